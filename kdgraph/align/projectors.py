@@ -1,0 +1,216 @@
+"""Student-side projectors: trainable maps from the student's channels to the teacher's.
+
+A projector sees the student feature after pooling and layout conversion, so
+it knows the common layout and the two channel counts ``d`` (student) and
+``D_T`` (teacher). Projectors are saved apart from the student.
+
+| name       | map ``(B, C, H, W)``                      | tokens / vector                  |
+| ---------- | ----------------------------------------- | -------------------------------- |
+| ``auto``   | identity if ``d == D_T`` else ``conv1x1`` | identity if equal else ``linear``|
+| ``none``   | identity; error if ``d != D_T``           | same                             |
+| ``identity``| same as ``none``                         | same                             |
+| ``linear`` | ``Conv2d(d, D_T, 1, bias=True)``          | ``Linear(d, D_T, bias=True)``    |
+| ``conv1x1``| ``Conv2d(d, D_T, 1, bias=False)``         | error: maps only                 |
+| ``mlp``    | per position: 1x1 convs + BatchNorm2d     | Linear layers (+ BatchNorm)      |
+
+``linear`` on a map is a Linear over the channel dim at each position, which
+is exactly a 1x1 convolution with bias; it is built as one so no permutes
+are needed.
+
+``mlp`` takes ``{name: mlp, hidden: [...], bn: ..., relu: ..., bias: true}``:
+``Linear(d, h1) [BN] [ReLU] Linear(h1, h2) ... Linear(h_last, D_T)``. Hidden
+widths are ints or multiples of the student dim written ``"2d"``, ``"d"``,
+``"0.5d"``. ``bn`` / ``relu`` are one bool for every hidden layer or a list
+with one bool per hidden layer (defaults: ``bn: false``, ``relu: true``).
+SimReg's head is ``hidden: [2d, d, 2d], bn: [true, false, true],
+relu: [true, false, true]``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from torch import nn
+
+from kdgraph.align.normalizers import TokenBatchNorm
+
+__all__ = [
+    "PROJECTORS",
+    "parse_projector",
+    "resolve_width",
+    "mlp_widths",
+    "build_mlp",
+    "build_projector",
+]
+
+PROJECTORS = ("auto", "none", "identity", "linear", "conv1x1", "mlp", "prune")
+
+_ALLOWED_KEYS = {
+    "auto": set(),
+    "none": set(),
+    "identity": set(),
+    "prune": set(),
+    "linear": {"bias"},
+    "conv1x1": {"bias"},
+    "mlp": {"hidden", "bn", "relu", "bias"},
+}
+
+_WIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)?\s*d\s*$")
+
+
+def parse_projector(spec: str | Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Normalise ``"linear"`` / ``{name: linear}`` / ``None`` into ``(name, options)``."""
+    if spec is None:
+        return "auto", {}
+    if isinstance(spec, str):
+        name, opts = spec, {}
+    elif isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise ValueError(f"projector {dict(spec)!r} has no 'name'; valid names: {', '.join(PROJECTORS)}")
+        opts = dict(spec)
+        name = opts.pop("name")
+    else:
+        raise ValueError(f"projector must be a name or a mapping with 'name', got {spec!r}")
+    if name not in PROJECTORS:
+        raise ValueError(f"projector {name!r} is not one of {', '.join(PROJECTORS)}")
+    extra = set(opts) - _ALLOWED_KEYS[name]
+    if extra:
+        allowed = _ALLOWED_KEYS[name]
+        raise ValueError(
+            f"projector {name!r} does not take {', '.join(sorted(extra))}"
+            + (f"; it takes: {', '.join(sorted(allowed))}" if allowed else "")
+        )
+    if "bias" in opts and not isinstance(opts["bias"], bool):
+        raise ValueError(f"projector {name!r}: bias must be true or false, got {opts['bias']!r}")
+    return name, opts
+
+
+def resolve_width(width: int | str, d: int) -> int:
+    """A hidden width: an int, or a multiple of the student dim ``d`` (``"2d"``, ``"d"``, ``"0.5d"``)."""
+    if isinstance(width, bool):
+        raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple like '2d'")
+    if isinstance(width, int):
+        w = width
+    elif isinstance(width, str):
+        m = _WIDTH_RE.match(width)
+        if not m:
+            raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple of d like '2d', 'd', '0.5d'")
+        mult = float(m.group(1)) if m.group(1) else 1.0
+        w = int(round(mult * d))
+    else:
+        raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple like '2d'")
+    if w < 1:
+        raise ValueError(f"mlp hidden width {width!r} resolves to {w} for d={d}; it must be at least 1")
+    return w
+
+
+def _per_layer(flag: bool | list[bool], n: int, key: str) -> list[bool]:
+    if isinstance(flag, bool):
+        return [flag] * n
+    if isinstance(flag, (list, tuple)) and all(isinstance(f, bool) for f in flag):
+        if len(flag) != n:
+            raise ValueError(f"mlp {key} has {len(flag)} flags but hidden has {n} layers; give one per hidden layer or one bool")
+        return list(flag)
+    raise ValueError(f"mlp {key} must be a bool or a list of bools, got {flag!r}")
+
+
+def mlp_widths(hidden: list[int | str], d: int) -> list[int]:
+    """Resolve every hidden width against the student dim ``d``."""
+    if not isinstance(hidden, (list, tuple)):
+        raise ValueError(f"mlp hidden must be a list of widths, got {hidden!r}")
+    return [resolve_width(h, d) for h in hidden]
+
+
+def build_mlp(
+    layout: str,
+    d_in: int,
+    d_out: int,
+    hidden: list[int | str] = (),
+    bn: bool | list[bool] = False,
+    relu: bool | list[bool] = True,
+    bias: bool = True,
+) -> tuple[nn.Sequential, str]:
+    """Build ``Linear(d, h1) [BN] [ReLU] ... Linear(h_last, D_T)`` for a layout.
+
+    On maps every Linear is a ``Conv2d(k=1)`` and BN is ``BatchNorm2d`` (the
+    MLP runs at each position); on tokens BN is :class:`TokenBatchNorm`;
+    on vectors ``BatchNorm1d``. The BN layers here are ordinary trainable
+    BatchNorm with running statistics, part of the projector.
+    """
+    widths = mlp_widths(list(hidden), d_in)
+    bns = _per_layer(bn, len(widths), "bn")
+    relus = _per_layer(relu, len(widths), "relu")
+
+    def lin(a: int, b: int) -> nn.Module:
+        return nn.Conv2d(a, b, 1, bias=bias) if layout == "map" else nn.Linear(a, b, bias=bias)
+
+    def norm(c: int) -> nn.Module:
+        if layout == "map":
+            return nn.BatchNorm2d(c)
+        if layout == "tokens":
+            return TokenBatchNorm(c)
+        return nn.BatchNorm1d(c)
+
+    layers: list[nn.Module] = []
+    parts = [str(d_in)]
+    prev = d_in
+    for w, b_, r_ in zip(widths, bns, relus):
+        layers.append(lin(prev, w))
+        tag = str(w)
+        if b_:
+            layers.append(norm(w))
+            tag += " bn"
+        if r_:
+            layers.append(nn.ReLU(inplace=False))
+            tag += " relu"
+        parts.append(f"[{tag}]" if (b_ or r_) else tag)
+        prev = w
+    layers.append(lin(prev, d_out))
+    parts.append(str(d_out))
+    where = " (1x1 convs per position)" if layout == "map" else ""
+    return nn.Sequential(*layers), "mlp " + "→".join(parts) + where
+
+
+def build_projector(
+    spec: str | Mapping[str, Any] | None, layout: str, d_in: int, d_out: int
+) -> tuple[nn.Module | None, str | None]:
+    """Build the projector for a student feature of ``layout`` with ``d_in`` channels.
+
+    Returns ``(module, step description)``, or ``(None, None)`` for an
+    identity. Raises ``ValueError`` (with what to try) when the choice cannot
+    map ``d_in`` to ``d_out``. ``prune`` is not built here: it keeps the
+    student as is and acts on the teacher (see :mod:`kdgraph.align.plan`).
+    """
+    name, opts = parse_projector(spec)
+    if name == "auto":
+        if d_in == d_out:
+            return None, None
+        name = "conv1x1" if layout == "map" else "linear"
+    if name in ("none", "identity", "prune"):
+        if d_in != d_out and name != "prune":
+            raise ValueError(
+                f"projector {name!r} keeps the student's {d_in} channels but the teacher has {d_out}; "
+                f"try projector: auto (or {'conv1x1' if layout == 'map' else 'linear'})"
+            )
+        return None, None
+    if name == "linear":
+        bias = opts.get("bias", True)
+        if layout == "map":
+            return nn.Conv2d(d_in, d_out, 1, bias=bias), f"linear {d_in}→{d_out} (as conv1x1{' with bias' if bias else ''})"
+        return nn.Linear(d_in, d_out, bias=bias), f"linear {d_in}→{d_out}"
+    if name == "conv1x1":
+        if layout != "map":
+            raise ValueError(f"projector 'conv1x1' needs a map feature but the feature is {layout}; try projector: linear")
+        bias = opts.get("bias", False)
+        return nn.Conv2d(d_in, d_out, 1, bias=bias), f"conv1x1 {d_in}→{d_out}"
+    # mlp
+    return build_mlp(
+        layout,
+        d_in,
+        d_out,
+        hidden=opts.get("hidden", []),
+        bn=opts.get("bn", False),
+        relu=opts.get("relu", True),
+        bias=opts.get("bias", True),
+    )

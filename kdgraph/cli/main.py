@@ -1,0 +1,155 @@
+"""The ``kdgraph`` command: thin click wrappers around the library. User errors exit with code 2, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from kdgraph import __version__
+
+__all__ = ["main"]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kdgraph.align import AlignmentError
+    from kdgraph.data import DataError
+    from kdgraph.errors import KdgraphError
+    from kdgraph.losses import UnknownLossError
+    from kdgraph.trace import UnknownLayerError
+
+    return KdgraphError, DataError, AlignmentError, UnknownLayerError, UnknownLossError
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user errors as one clear message and exit 2; ``--debug`` shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(err)
+            if isinstance(err, KeyError) and message.startswith(("'", '"')):
+                message = message[1:-1]
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+    return wrapper
+
+
+def _is_spec(target: str) -> bool:
+    return target.endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kdgraph")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """kdgraph: declarative, graph-based feature distillation for PyTorch."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--dry-run", is_flag=True, help="Resolve models, data and pairs, print the plan, train nothing.")
+@handle_errors
+def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool,
+          dry_run: bool) -> None:
+    """Train the student of SPEC (a YAML file)."""
+    from kdgraph.cli.render import print_plan, print_summary
+    from kdgraph.spec import load_spec
+    from kdgraph.train import train as run_train
+    from kdgraph.train.resolve import resolve_plan
+
+    if overwrite and resume:
+        raise click.UsageError("--overwrite and --resume exclude each other")
+    spec = load_spec(spec_path, overrides)
+    if dry_run:
+        print_plan(resolve_plan(spec))
+        return
+    result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
+    print_summary(result)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
+@handle_errors
+def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
+    """Check SPEC: schema, models, weights, data and every pair, without training."""
+    from kdgraph.cli.render import print_plan
+    from kdgraph.spec import load_spec
+    from kdgraph.train.resolve import resolve_plan
+
+    plan = resolve_plan(load_spec(spec_path, overrides))
+    print_plan(plan, maps=False)
+    click.echo(f"{spec_path}: ok")
+
+
+@main.command()
+@click.argument("target", metavar="MODEL|SPEC")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
+              "1,28,28 for the kdgraph zoo).")
+@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the layer map(s) as JSON.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
+@handle_errors
+def inspect(target: str, input_shape: str | None, kwargs_json: str | None, as_json: bool,
+            overrides: tuple[str, ...]) -> None:
+    """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs."""
+    from kdgraph.cli.render import print_layer_map, print_plan
+    from kdgraph.errors import KdgraphError
+    from kdgraph.models import create_model
+    from kdgraph.spec import load_spec
+    from kdgraph.trace import trace_model
+    from kdgraph.train.resolve import resolve_plan
+
+    if _is_spec(target):
+        plan = resolve_plan(load_spec(target, overrides))
+        if as_json:
+            click.echo(json.dumps({"student": plan.graph_plan.student_map.to_json(),
+                                   "teacher": plan.graph_plan.teacher_map.to_json() if plan.graph_plan.teacher_map
+                                   else None, "pairs": plan.pairs_json()}, indent=1))
+        else:
+            print_plan(plan)
+        return
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as err:
+        raise KdgraphError(f"--kwargs is not valid JSON: {err}") from None
+    if input_shape is None:
+        shape = (1, 28, 28) if target.startswith("kdgraph:") else (3, 224, 224)
+    else:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+            assert shape and all(v > 0 for v in shape)
+        except (ValueError, AssertionError):
+            raise KdgraphError(f"--input-shape {input_shape!r} must be positive integers like 3,224,224") from None
+    if ":" not in target:
+        raise KdgraphError(f"{target!r} is neither a spec file nor a model reference like timm:resnet18")
+    model = create_model(target, kwargs)
+    layer_map = trace_model(model, shape, target)
+    if as_json:
+        click.echo(json.dumps(layer_map.to_json(), indent=1))
+    else:
+        print_layer_map(layer_map)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Rendering for the CLI: layer maps, resolved plans and run summaries as rich tables."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from kdgraph.trace import LayerMap
+
+__all__ = ["print_layer_map", "print_plan", "print_summary"]
+
+console = Console(highlight=False, width=160)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(v) for v in shape) if shape else "-"
+
+
+def layer_table(layer_map: LayerMap, marks: Optional[dict[str, str]] = None) -> Table:
+    marks = marks or {}
+    table = Table(title=f"{layer_map.model} — {len(layer_map.layers)} layers (traced with {layer_map.method}, "
+                        f"input {_shape(layer_map.input_shape)})", title_justify="left")
+    for column in ("name", "kind", "shape", "channels", "stride", "pair"):
+        table.add_column(column, no_wrap=column == "name")
+    for info in layer_map.layers:
+        mark = marks.get(info.name, "")
+        style = "bold green" if mark else None
+        table.add_row(info.name, info.kind, _shape(info.shape), str(info.channels or "-"), str(info.stride or "-"),
+                      mark, style=style)
+    return table
+
+
+def print_layer_map(layer_map: LayerMap, marks: Optional[dict[str, str]] = None) -> None:
+    console.print(layer_table(layer_map, marks))
+
+
+def print_plan(plan, maps: bool = True) -> None:
+    """Both layer maps with the tapped layers marked, then one row per pair with the adapters inserted."""
+    gp = plan.graph_plan
+    if maps:
+        s_marks = {r.student.name: f"← {r.label}" for r in gp.pairs}
+        t_marks = {r.teacher.name: f"← {r.label}" for r in gp.pairs}
+        if gp.teacher_map is not None:
+            print_layer_map(gp.teacher_map, t_marks)
+        print_layer_map(gp.student_map, s_marks)
+    console.print(f"data: {plan.data.description}")
+    table = Table(title=f"{plan.spec.name}: loss terms", title_justify="left")
+    for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
+        table.add_column(column)
+    for term in gp.graph.terms:
+        if term.kind != "pair":
+            detail = "labels" if term.kind == "ce" else f"{term.params['loss']} T={term.params['temperature']}"
+            table.add_row(term.label, "output", "output" if term.kind == "logits" else "-", "", "", detail,
+                          f"{term.weight:g}")
+    for r in gp.pairs:
+        table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", f"{r.teacher.name} {_shape(r.teacher.shape)}",
+                      " → ".join(r.plan.student_steps) or "identity", " → ".join(r.plan.teacher_steps) or "identity",
+                      r.spec.loss.name, f"{r.spec.weight:g}")
+    console.print(table)
+
+
+def print_summary(result) -> None:
+    s = result.summary
+    table = Table(title=f"{s['name']}: summary", title_justify="left")
+    table.add_column("model")
+    table.add_column("top-1", justify="right")
+    if "teacher_top1" in s:
+        table.add_row("teacher", f"{s['teacher_top1']:.2%}")
+    if s.get("student_top1") is not None:
+        table.add_row("student (distilled)" if "teacher_top1" in s or "baseline_top1" in s else "student",
+                      f"{s['student_top1']:.2%}")
+    if "baseline_top1" in s:
+        table.add_row("student alone (same budget)", f"{s['baseline_top1']:.2%}")
+    console.print(table)
+    if "baseline_top1" in s and s.get("student_top1") is not None:
+        gain = s["student_top1"] - s["baseline_top1"]
+        console.print(f"distillation gain: {gain * 100:+.2f} points")
+    if result.run_dir is not None:
+        console.print(f"run dir: {result.run_dir} (student.safetensors, metrics.jsonl, checkpoints/)")

@@ -1,0 +1,148 @@
+"""Batch-level, device-agnostic augmentations on image tensors ``(B, C, H, W)``.
+
+Random draws come from an optional ``torch.Generator`` (CPU or on ``x.device``); the
+drawn numbers are moved to ``x.device``, so the same generator state gives the same
+augmentation on CPU and GPU.
+
+Mixup / CutMix follow the "function matching" recipe of Beyer et al. 2022 ("Knowledge
+distillation: A good teacher is patient and consistent"): one ratio per batch,
+``a ~ Beta(alpha, alpha)``, ``a <- max(a, 1 - a)``, and the partner of sample ``i`` is
+sample ``i - 1`` (``torch.roll(x, 1, dims=0)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import DataError
+
+__all__ = ["random_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _check_batch(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"{name} expects a batch tensor of shape (B, C, H, W), got {shape}.")
+
+
+def random_crop_flip(
+    x: torch.Tensor,
+    padding: int = 4,
+    generator: torch.Generator | None = None,
+    *,
+    flip: bool = True,
+    fill: float = 0.0,
+) -> torch.Tensor:
+    """Per-sample pad-and-random-crop (same output size) plus random horizontal flip.
+
+    ``x`` is padded by ``padding`` pixels with the constant ``fill`` on every side, then each
+    sample gets its own crop offset in ``[0, 2*padding]`` and, if ``flip``, a horizontal flip
+    with probability 1/2.
+    """
+    _check_batch(x, "random_crop_flip")
+    b, _, h, w = x.shape
+    gdev = _gen_device(generator)
+    if padding < 0:
+        raise DataError(f"random_crop_flip: padding must be >= 0, got {padding}.")
+    out = x
+    if padding > 0 and b > 0:
+        xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=fill)
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
+        rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
+        cols = ox[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
+        bidx = torch.arange(b, device=x.device)[:, None, None]
+        # advanced indices separated by a slice -> result is (B, H, W, C)
+        out = xp[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    if flip and b > 0:
+        do_flip = (torch.rand((b,), generator=generator, device=gdev) < 0.5).to(x.device)
+        out = torch.where(do_flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def sample_mix_ratio(alpha: float, generator: torch.Generator | None = None) -> float:
+    """Draw ``a ~ Beta(alpha, alpha)`` and return ``max(a, 1 - a)`` (in [0.5, 1]).
+
+    ``alpha <= 0`` disables mixing (returns 1.0) without consuming randomness.
+    """
+    if alpha is None or alpha <= 0:
+        return 1.0
+    # torch's Beta sampler takes no generator: draw a seed from the generator and sample
+    # with numpy, so results depend only on the generator state.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=_gen_device(generator)).item())
+    a = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return max(a, 1.0 - a)
+
+
+def _mix_targets(y: torch.Tensor | None, a: float) -> torch.Tensor | None:
+    if y is None:
+        return None
+    if not torch.is_floating_point(y):
+        y = y.float()
+    return a * y + (1.0 - a) * torch.roll(y, 1, dims=0)
+
+
+def mixup(
+    x: torch.Tensor,
+    y_onehot: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    ratio: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mixup: ``x~ = a*x + (1-a)*roll(x, 1, 0)`` and the same for the (one-hot/soft) targets.
+
+    ``ratio`` fixes ``a`` instead of sampling it. ``y_onehot`` may be ``None`` (pure function
+    matching); then ``None`` is returned as targets.
+    """
+    _check_batch(x, "mixup")
+    a = sample_mix_ratio(alpha, generator) if ratio is None else float(ratio)
+    xm = a * x + (1.0 - a) * torch.roll(x, 1, dims=0)
+    return xm, _mix_targets(y_onehot, a)
+
+
+def cutmix_box(
+    h: int, w: int, ratio: float, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
+    """Box ``(y0, y1, x0, x1)`` of nominal area ``(1 - ratio) * h * w`` with a uniformly random
+    centre, clipped to the image (so the real area can be smaller)."""
+    cut = math.sqrt(max(0.0, 1.0 - ratio))
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    gdev = _gen_device(generator)
+    cy = int(torch.randint(0, h, (1,), generator=generator, device=gdev).item())
+    cx = int(torch.randint(0, w, (1,), generator=generator, device=gdev).item())
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+    return y0, y1, x0, x1
+
+
+def cutmix(
+    x: torch.Tensor,
+    y_onehot: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    ratio: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CutMix: paste a box of area ``(1 - a)`` from ``roll(x, 1, 0)`` into every sample.
+
+    The same box is used for the whole batch; targets are weighted by the area actually
+    pasted (after clipping to the image): ``lam = 1 - box_area / (H*W)``,
+    ``y~ = lam*y + (1-lam)*roll(y, 1, 0)``.
+    """
+    _check_batch(x, "cutmix")
+    a = sample_mix_ratio(alpha, generator) if ratio is None else float(ratio)
+    _, _, h, w = x.shape
+    y0, y1, x0, x1 = cutmix_box(h, w, a, generator)
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = torch.roll(x, 1, dims=0)[:, :, y0:y1, x0:x1]
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+    return out, _mix_targets(y_onehot, lam)

@@ -1,0 +1,253 @@
+"""Seeded, resumable data loaders.
+
+The sample order of epoch ``e`` depends only on ``(seed, e)``, never on what was iterated
+before, so a run can resume exactly: ``loader.set_epoch(e); loader.skip(k)`` continues at
+batch ``k`` of epoch ``e``.
+
+* :class:`TensorBatchLoader` - fast path for tensor-backed datasets: yields index-sliced
+  batches directly (no per-sample ``__getitem__`` + collate).
+* :class:`SeededDataLoader` - a ``torch.utils.data.DataLoader`` with the same ordering
+  semantics, for any map-style dataset (e.g. ImageFolder).
+
+Both use :func:`epoch_indices`, so for a tensor-backed dataset they produce identical batches.
+Each ``iter(loader)`` uses the current epoch and then advances it by one; call
+``set_epoch(e)`` to choose the epoch explicitly. ``skip(n)`` applies to the next iteration
+only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from . import DataError
+
+__all__ = ["epoch_indices", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "make_loader"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed mixed from ``(seed, epoch)`` (SplitMix-quality via numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(seed) & _MASK64, int(epoch) & _MASK64]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
+
+
+def epoch_indices(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """Sample order for one epoch: a permutation depending only on (seed, epoch), or arange."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator()
+    g.manual_seed(_epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=g)
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
+
+
+class _EpochState:
+    """Epoch counter + one-shot skip shared by both loaders."""
+
+    seed: int
+    shuffle: bool
+    epoch: int
+    _skip: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch`` for the next iteration (order depends only on (seed, epoch))."""
+        if epoch < 0:
+            raise DataError(f"epoch must be >= 0, got {epoch}.")
+        self.epoch = int(epoch)
+
+    def skip(self, n_batches: int) -> None:
+        """Skip the first ``n_batches`` batches of the next iteration (mid-epoch resume)."""
+        if n_batches < 0:
+            raise DataError(f"skip() needs a number of batches >= 0, got {n_batches}.")
+        self._skip = int(n_batches)
+
+    def _begin_epoch(self) -> tuple[int, int]:
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = epoch + 1, 0
+        return epoch, skip
+
+
+class EpochSampler(_EpochState, Sampler[int]):
+    """Index sampler whose order for epoch e depends only on (seed, e).
+
+    ``skip_samples`` (set through ``skip_batches``) drops a prefix of the next epoch.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int = 1) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.batch_size = int(batch_size)
+        self.epoch = 0
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = self._begin_epoch()
+        idx = epoch_indices(self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return iter(idx[skip * self.batch_size:].tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _check_common(dataset: Any, batch_size: int) -> int:
+    if batch_size is None or int(batch_size) <= 0:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    try:
+        n = len(dataset)
+    except TypeError as exc:
+        raise DataError(f"the dataset ({type(dataset).__name__}) has no length; kdgraph loaders "
+                        "need a map-style dataset.") from exc
+    if n == 0:
+        raise DataError(f"the dataset ({type(dataset).__name__}) is empty; check the data root and split.")
+    return n
+
+
+def supports_batching(dataset: Any) -> bool:
+    """True when ``dataset`` can be sliced by an index tensor (no per-sample transform)."""
+    if isinstance(dataset, TensorDataset):
+        return True
+    return bool(getattr(dataset, "supports_batching", False)) and hasattr(dataset, "get_batch")
+
+
+class TensorBatchLoader(_EpochState):
+    """Iterable over index-sliced batches of a tensor-backed dataset.
+
+    Works with :class:`kdgraph.data.TensorImageDataset` (anything with ``get_batch(idx)`` and
+    ``supports_batching``) and ``torch.utils.data.TensorDataset``.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        pin_memory: bool = False,
+    ) -> None:
+        n = _check_common(dataset, batch_size)
+        if not supports_batching(dataset):
+            raise DataError(f"TensorBatchLoader needs a tensor-backed dataset without per-sample "
+                            f"transforms; got {type(dataset).__name__}. Use make_loader() instead.")
+        self.dataset = dataset
+        self.n = n
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.epoch = 0
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return _num_batches(self.n, self.batch_size, self.drop_last)
+
+    def _get(self, idx: torch.Tensor):
+        ds = self.dataset
+        if isinstance(ds, TensorDataset):
+            return tuple(t.index_select(0, idx) for t in ds.tensors)
+        return ds.get_batch(idx)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, skip = self._begin_epoch()
+        order = epoch_indices(self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        for b in range(skip, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = self._get(idx)
+            if self.pin_memory:
+                batch = tuple(t.pin_memory() for t in batch)
+            yield batch
+
+
+class SeededDataLoader(DataLoader):
+    """``DataLoader`` whose order for epoch e depends only on (seed, e); supports ``skip``.
+
+    Worker seeds are also derived from (seed, epoch) through the loader's generator.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        n = _check_common(dataset, batch_size)
+        sampler = EpochSampler(n, seed=seed, shuffle=shuffle, batch_size=int(batch_size))
+        generator = torch.Generator()
+        generator.manual_seed(_epoch_seed(seed, 0) ^ 0x5EED)
+        super().__init__(
+            dataset,
+            batch_size=int(batch_size),
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory and torch.cuda.is_available(),
+            generator=generator,
+            **kwargs,
+        )
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.epoch_sampler = sampler
+
+    @property
+    def epoch(self) -> int:
+        return self.epoch_sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch_sampler.set_epoch(epoch)
+
+    def skip(self, n_batches: int) -> None:
+        self.epoch_sampler.skip(n_batches)
+
+    def __iter__(self):
+        # worker base seeds are drawn from self.generator: make them a function of (seed, epoch)
+        self.generator.manual_seed(_epoch_seed(self.seed, self.epoch_sampler.epoch) ^ 0x5EED)
+        return super().__iter__()
+
+
+def make_loader(
+    dataset: Any,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    drop_last: bool,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    fast: bool = True,
+) -> TensorBatchLoader | SeededDataLoader:
+    """Build a reproducible loader: shuffled when ``train``, sequential otherwise.
+
+    Tensor-backed datasets (and ``fast=True``) get a :class:`TensorBatchLoader`; everything
+    else a :class:`SeededDataLoader`. Both have ``set_epoch(e)``, ``skip(n)``, ``__len__`` and the
+    same order for the same ``(seed, epoch)``.
+    """
+    if fast and supports_batching(dataset):
+        return TensorBatchLoader(
+            dataset, batch_size, shuffle=train, seed=seed, drop_last=drop_last, pin_memory=pin_memory
+        )
+    return SeededDataLoader(
+        dataset,
+        batch_size,
+        shuffle=train,
+        seed=seed,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,102 @@
+"""DistillGraph: frozen teacher extractor, student extractor, per-pair adapters and loss terms in one module.
+
+``forward(x, y)`` is the whole differentiable part of a training step; it returns every loss term unweighted
+(for metrics) and the weighted total (for backward). Losses know only tensors; this module only wires them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from kdgraph.losses import cross_entropy, kl_div, soft_cross_entropy
+
+__all__ = ["DistillGraph", "Term", "StepOutput"]
+
+
+@dataclass
+class Term:
+    """One weighted loss term. ``kind`` is ``ce``, ``logits`` or ``pair``; ``index`` selects a pair's adapters."""
+
+    label: str
+    kind: str
+    weight: float
+    fn: Optional[Callable[..., torch.Tensor]] = None
+    params: dict[str, Any] = field(default_factory=dict)
+    student_tap: Optional[str] = None
+    teacher_tap: Optional[str] = None
+    index: int = -1
+
+
+@dataclass
+class StepOutput:
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
+class DistillGraph(nn.Module):
+    """Teacher (frozen, always in eval mode, never receives gradients), student and adapters in one module.
+
+    ``student`` and ``teacher`` are extractors returning ``{tap: tensor, "output": logits}``; ``student_adapters`` and
+    ``teacher_adapters`` hold one module per pair, keyed by the pair's index.
+    """
+
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module], student_adapters: nn.ModuleDict,
+                 teacher_adapters: nn.ModuleDict, terms: list[Term]):
+        super().__init__()
+        self.student = student
+        self.student_adapters = student_adapters
+        self.teacher_adapters = teacher_adapters
+        self.terms = terms
+        # Kept out of the module tree so the teacher never appears in the trainable state or an optimizer.
+        self._teacher = [teacher] if teacher is not None else []
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self._teacher[0] if self._teacher else None
+
+    def train(self, mode: bool = True) -> "DistillGraph":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "DistillGraph":
+        super().to(*args, **kwargs)
+        if self.teacher is not None:
+            self.teacher.to(*args, **kwargs)
+        return self
+
+    def teacher_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.teacher is None:
+            return {}
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        feats_t = self.teacher_features(x)
+        feats_s = self.student(x)
+        logits = feats_s["output"]
+        terms: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        for term in self.terms:
+            if term.kind == "ce":
+                value = cross_entropy(logits, y)
+            elif term.kind == "logits":
+                fn = kl_div if term.params.get("loss", "kl") == "kl" else soft_cross_entropy
+                value = fn(logits, feats_t["output"].detach(), temperature=term.params["temperature"])
+            else:
+                key = str(term.index)
+                s = self.student_adapters[key](feats_s[term.student_tap])
+                t = self.teacher_adapters[key](feats_t[term.teacher_tap].detach())
+                value = term.fn(s.float(), t.float(), **term.params)
+            terms[term.label] = value.detach()
+            total = total + term.weight * value
+        return StepOutput(total=total, terms=terms, logits=logits.detach())

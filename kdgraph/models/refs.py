@@ -1,0 +1,126 @@
+"""Model references: ``timm:NAME``, ``torchvision:NAME``, ``python:package.module:factory``, ``kdgraph:NAME``.
+
+``python:`` references import and run user code: only use specs you trust (see docs/spec.md).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from typing import Any
+
+from torch import nn
+
+from kdgraph.errors import ModelError
+from kdgraph.models.weights import BUILTIN_DIR, load_weights
+from kdgraph.models.zoo import ZOO
+
+__all__ = ["SCHEMES", "build_model", "create_model"]
+
+SCHEMES = ("timm", "torchvision", "python", "kdgraph", "live")
+
+
+def _nearest(name: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    return f"; nearest: {', '.join(near)}" if near else ""
+
+
+def _timm(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        raise ModelError(f"timm has no model {name!r}{_nearest(name, timm.list_models())}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - downloads fail in many ways; all mean "no weights here"
+        if pretrained:
+            raise ModelError(
+                f"timm:{name}: pretrained weights are neither cached locally nor downloadable ({type(err).__name__}). "
+                "Download them once with network access, or give `weights: path/to/file.safetensors`."
+            ) from None
+        raise
+
+
+def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if name not in names:
+        raise ModelError(f"torchvision has no model {name!r}{_nearest(name, names)}")
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        if pretrained:
+            raise ModelError(
+                f"torchvision:{name}: pretrained weights are neither in the torch hub cache nor downloadable "
+                f"({type(err).__name__}). Download them once with network access, or give a safetensors path."
+            ) from None
+        raise
+
+
+def _python(target: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, _, attr = target.rpartition(":")
+    if not module_name or not attr:
+        raise ModelError(f"python:{target} must look like python:package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"python:{target}: cannot import {module_name!r} ({err})") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise ModelError(f"python:{target}: module {module_name!r} has no {attr!r}{_nearest(attr, public)}")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"python:{target} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
+    """Build the architecture a reference names (random init unless ``pretrained``)."""
+    kwargs = dict(kwargs or {})
+    scheme, _, name = ref.partition(":")
+    if scheme == "timm":
+        return _timm(name, kwargs, pretrained)
+    if scheme == "torchvision":
+        return _torchvision(name, kwargs, pretrained)
+    if scheme == "python":
+        if pretrained:
+            raise ModelError(f"{ref}: `weights: pretrained` is for timm/torchvision models; give a safetensors path")
+        return _python(name, kwargs)
+    if scheme == "kdgraph":
+        if name not in ZOO:
+            raise ModelError(f"the kdgraph zoo has no model {name!r}; available: {', '.join(ZOO)}{_nearest(name, list(ZOO))}")
+        if pretrained:
+            raise ModelError(f"{ref}: zoo models use `weights: builtin`, not `pretrained`")
+        try:
+            return ZOO[name](**kwargs)
+        except TypeError as err:
+            raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}") from None
+    if scheme == "live":
+        raise ModelError(f"{ref} stands for a module passed from Python: kdgraph.distill(spec, student=..., teacher=...)")
+    raise ModelError(f"model reference {ref!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")
+
+
+def build_model(ref: str, kwargs: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:
+    """Build a model and load its weights: None (random), ``builtin``, ``pretrained`` or a file path."""
+    if weights == "pretrained":
+        return create_model(ref, kwargs, pretrained=True)
+    model = create_model(ref, kwargs)
+    if weights == "builtin":
+        scheme, _, name = ref.partition(":")
+        path = BUILTIN_DIR / f"{name}.safetensors"
+        if scheme != "kdgraph" or not path.is_file():
+            shipped = sorted(p.stem for p in BUILTIN_DIR.glob("*.safetensors"))
+            raise ModelError(f"{ref} has no builtin weights (shipped: {', '.join(shipped) or 'none'})")
+        if kwargs:
+            raise ModelError(f"builtin weights of {ref} are for its default kwargs; remove `kwargs` or give a path")
+        load_weights(model, path, ref)
+    elif weights:
+        load_weights(model, os.path.expanduser(weights), ref)
+    return model

@@ -1,0 +1,60 @@
+"""Weights: safetensors in, safetensors out. Pickle is never used; ``.pt/.pth`` only with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from kdgraph.errors import WeightsError
+
+__all__ = ["load_weights", "read_state_dict", "BUILTIN_DIR"]
+
+BUILTIN_DIR = Path(__file__).parent / "weights"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` (or ``.pt/.pth`` with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted as plain tensors
+            raise WeightsError(f"cannot read {str(path)!r} as plain tensors (weights_only=True): {err}") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise WeightsError(f"{str(path)!r} does not hold a state dict")
+        return state
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{str(path)!r} is not a readable safetensors file ({err}); is it truncated or corrupted?") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, model_name: str = "model") -> None:
+    """Load weights strictly; a file for another architecture is reported with example missing/unexpected keys."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                 if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} with other shapes (e.g. {'; '.join(bad_shape[:2])})")
+        raise WeightsError(
+            f"{str(path)!r} does not fit {model_name}: {', '.join(parts)} keys. Are these weights for another "
+            "architecture or other model kwargs?"
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,220 @@
+"""The spec: one pydantic model per YAML section, ``extra="forbid"`` everywhere.
+
+Validators normalise what users write into one shape (``loss: mse`` and ``loss: {name: mse}`` become the same
+``LossSpec``); anything that needs the models (layer names, shapes) is checked later, in ``kdgraph.graph``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
+from pydantic import PrivateAttr, field_validator, model_validator
+
+__all__ = [
+    "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
+    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """A model reference, its constructor arguments and where its weights come from."""
+
+    model: str = Field(description="`timm:NAME`, `torchvision:NAME`, `python:package.module:factory` or `kdgraph:NAME`.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model constructor.")
+    weights: Optional[str] = Field(
+        default=None,
+        description="A safetensors path, `builtin` (zoo weights shipped with kdgraph) or `pretrained` "
+        "(timm/torchvision published weights, from the local cache when offline). None: random init.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _has_scheme(cls, v: str) -> str:
+        from kdgraph.models.refs import SCHEMES
+
+        scheme = v.split(":", 1)[0]
+        if ":" not in v or scheme not in SCHEMES:
+            raise ValueError(f"model reference {v!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")
+        return v
+
+
+class SyntheticSpec(_Section):
+    """Shape and size of the synthetic data set (for smoke tests and benchmarks); the side is data.image_size."""
+
+    channels: PositiveInt = Field(default=3, description="Image channels.")
+    classes: PositiveInt = Field(default=10, description="Number of classes.")
+    train_size: PositiveInt = Field(default=2048, description="Training images (the test split has a fifth as many).")
+
+
+class DataSpec(_Section):
+    """Where the images come from and how they are batched."""
+
+    dataset: str = Field(
+        default="fashion-mnist",
+        description="`fashion-mnist`, `digits`, `imagefolder`, `torchvision:CIFAR10|CIFAR100|MNIST|FashionMNIST`, `synthetic`.",
+    )
+    root: Optional[str] = Field(default=None, description="Local folder holding the data set; kdgraph never downloads.")
+    source: Literal["auto", "full", "embedded"] = Field(
+        default="auto", description="Fashion-MNIST only: full set when found (data.root or Debian's package), else embedded subset."
+    )
+    batch_size: PositiveInt = Field(default=128, description="Training batch size (the last partial batch is dropped).")
+    eval_batch_size: Optional[PositiveInt] = Field(default=None, description="Evaluation batch size (default: 2x batch_size).")
+    image_size: Optional[PositiveInt] = Field(default=None, description="Image side for imagefolder / resized data sets.")
+    augment: Literal["none", "crop-flip"] = Field(default="none", description="Batch augmentation applied to training batches.")
+    train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")
+    test_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N test images.")
+    num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Used when dataset is `synthetic`.")
+
+
+class LossSpec(_Section):
+    """A feature loss by name with its keyword parameters (`{name: logsum, alpha: 4}`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="One of kdgraph.losses.FEATURE_LOSSES.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "LossSpec":
+        from kdgraph.losses import UnknownLossError, get_loss, loss_params
+
+        try:
+            get_loss(self.name, kind="feature")
+        except UnknownLossError as err:
+            raise ValueError(str(err).strip("'\"")) from None
+        allowed = loss_params(self.name)
+        for key in self.params:
+            if key not in allowed:
+                valid = ", ".join(allowed) or "none"
+                raise ValueError(f"loss {self.name!r} has no parameter {key!r} (valid: {valid})")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _as_named(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+class PairSpec(_Section):
+    """One student layer matched to one teacher layer."""
+
+    teacher: str = Field(description="Teacher layer name, as `kdgraph inspect` prints it.")
+    student: str = Field(description="Student layer name, as `kdgraph inspect` prints it.")
+    projector: Union[str, dict[str, Any]] = Field(
+        default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, or `{name: mlp, hidden: [...]}`."
+    )
+    normalize: Union[str, dict[str, Any]] = Field(default="none", description="`none`, `bn`, `l2` or `layernorm`.")
+    pool: Optional[Literal["gap", "tokens-mean", "cls"]] = Field(default=None, description="Pool both features first.")
+    resize: Literal["bilinear", "nearest", "avgpool"] = Field(
+        default="bilinear", description="How a student map is resized to the teacher's spatial size."
+    )
+    loss: LossSpec = Field(default_factory=lambda: LossSpec(name="mse"), description="Feature loss.")
+    weight: NonNegativeFloat = Field(default=1.0, description="Weight of this term in the total loss.")
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_named(cls, v: Any) -> Any:
+        return _as_named(v)
+
+    @property
+    def label(self) -> str:
+        return f"pair:{self.student}->{self.teacher}"
+
+
+class LogitsSpec(_Section):
+    """Distillation on the output logits."""
+
+    loss: Literal["kl", "ce_soft"] = Field(default="kl", description="KL(p_t || p_s) at temperature T, scaled by T^2.")
+    temperature: PositiveFloat = Field(default=4.0, description="Softmax temperature T.")
+    weight: NonNegativeFloat = Field(default=1.0, description="Weight of the logit term.")
+
+
+class DistillSpec(_Section):
+    """What is transferred from teacher to student."""
+
+    logits: Optional[LogitsSpec] = Field(default=None, description="Logit distillation term, if any.")
+    pairs: list[PairSpec] = Field(default_factory=list, description="Feature pairs.")
+
+
+class OptimizerSpec(_Section):
+    name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
+    lr: PositiveFloat = Field(default=0.05, description="Peak learning rate.")
+    momentum: NonNegativeFloat = Field(default=0.9, description="SGD momentum.")
+    nesterov: bool = Field(default=False, description="SGD Nesterov momentum.")
+    weight_decay: NonNegativeFloat = Field(default=5e-4, description="Weight decay (decoupled for adamw).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam/AdamW betas.")
+
+
+class ScheduleSpec(_Section):
+    name: Literal["constant", "step", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
+    warmup_epochs: NonNegativeFloat = Field(default=0.0, description="Linear warmup from 0, in epochs (fractions allowed).")
+    step_epochs: PositiveInt = Field(default=30, description="`step`: multiply the lr by gamma every this many epochs.")
+    gamma: PositiveFloat = Field(default=0.1, description="`step`: decay factor.")
+    min_lr: NonNegativeFloat = Field(default=0.0, description="`cosine`: final learning rate.")
+
+
+class TrainSpec(_Section):
+    epochs: PositiveInt = Field(default=3, description="Training epochs.")
+    ce_weight: NonNegativeFloat = Field(default=1.0, description="Weight of cross-entropy on the labels.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grad_clip: Optional[PositiveFloat] = Field(default=None, description="Clip the gradient norm to this value.")
+    max_steps_per_epoch: Optional[PositiveInt] = Field(default=None, description="Cap on steps per epoch (smoke tests).")
+    baseline: bool = Field(
+        default=False, description="Also train the student alone (no teacher) for the same budget and report both."
+    )
+
+
+class RuntimeSpec(_Section):
+    device: str = Field(default="auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.")
+    seed: int = Field(default=0, description="Seed for every random number generator.")
+    threads: Optional[PositiveInt] = Field(default=None, description="CPU threads for torch (default: torch's choice).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
+        default="auto", description="auto: compiled with CUDA graphs on CUDA, eager on CPU."
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on for conv nets on CUDA.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+class Spec(_Section):
+    """A whole run: models, data, what to distill, how to train, where to write."""
+
+    model_config = ConfigDict(extra="forbid", title="kdgraph spec", validate_assignment=True)
+
+    name: str = Field(default="run", description="Run name.")
+    teacher: Optional[ModelSpec] = Field(default=None, description="The teacher; omit for plain supervised training.")
+    student: ModelSpec = Field(description="The student that is trained and exported.")
+    data: DataSpec = Field(default_factory=DataSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    output: Optional[str] = Field(default=None, description="Run directory (default: runs/NAME).")
+    _lines: Any = PrivateAttr(default=None)
+
+    def line_of(self, *path: Any) -> Optional[int]:
+        """The YAML line of a key path, when the spec came from a file."""
+        return self._lines.line(path) if self._lines is not None else None
+
+    @model_validator(mode="after")
+    def _teacher_needed(self) -> "Spec":
+        if self.teacher is None and (self.distill.pairs or self.distill.logits):
+            raise ValueError("distill terms need a teacher: add `teacher: {model: ...}` or remove `distill`")
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return self.output or f"runs/{self.name}"

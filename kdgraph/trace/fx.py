@@ -1,0 +1,280 @@
+"""torch.fx strategy: timm's tracer setup, layer names, shape propagation, feature graphs.
+
+One job, like timm's ``_features_fx.py``: trace a model with torchvision's
+``NodePathTracer`` configured with timm's leaf modules and autowrapped
+functions, then (a) describe every node with one probe forward, or (b) rewrite
+the graph so that the tapped nodes are its outputs.
+
+Names are torchvision's ``get_graph_node_names`` names (eval mode), plus every
+submodule path that owns nodes; a submodule's output is its last node in
+execution order, which is also how torchvision's ``create_feature_extractor``
+resolves such a prefix. Excluded from the vocabulary, on purpose:
+
+- placeholders (the model input; tap ``NAME:input`` of the first layer instead);
+- ``get_attr`` nodes: parameters and buffers are weights, not activations, and
+  have no batch dim;
+- the ``output`` node (the extractor returns it as ``"output"``).
+
+Why not call ``create_feature_extractor`` directly: it maps one node per query
+string, so it cannot return ``NAME:input`` (another node's value), the same node
+under two names, or the model's own output structure (logits, tuples) beside the
+taps. ``build_feature_graph`` does the same rewrite (output node replaced, dead
+code eliminated, train and eval graphs in torchvision's ``DualGraphModule``)
+with those three additions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torchvision
+from torch import fx, nn
+from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer
+
+from kdgraph.trace.layer_map import (
+    LayerInfo,
+    LayerMap,
+    UnknownLayerError,
+    describe,
+    preserved_modes,
+    probe_input,
+    split_name,
+)
+
+__all__ = ["tracer_kwargs", "trace_graph", "NodeIndex", "fx_layer_map", "build_feature_graph"]
+
+# Node ops that are never layer names (see the module docstring for why).
+_NOT_LAYERS = ("placeholder", "get_attr", "output")
+
+
+def tracer_kwargs() -> dict[str, Any]:
+    """``NodePathTracer`` arguments: timm's leaf modules and autowrap functions, plus
+    torchvision's defaults (torchvision.ops modules are leaves, ``math`` and
+    ``torchvision.ops`` are autowrapped).
+
+    timm's lists are why ``tf_efficientnet_lite0`` traces here but not with plain
+    ``symbolic_trace``: e.g. its same-padding layers compute their padding from
+    the input size with ``max``, which fx cannot trace, so timm registers them as
+    leaves. timm is imported lazily (it is slow to import); without it only
+    torchvision's defaults apply. Register extra leaves for your own models with
+    ``timm.layers.register_notrace_module`` / ``register_notrace_function``.
+    """
+    leaf_modules: list[type] = [
+        obj
+        for _, obj in inspect.getmembers(torchvision.ops)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module)
+    ]
+    autowrap_functions: list[Any] = []
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - timm is a dependency, but tracing works without it
+        pass
+    else:
+        leaf_modules += [m for m in get_notrace_modules() if m not in leaf_modules]
+        # timm registers a few names as strings; the tracer only takes callables.
+        autowrap_functions = [f for f in get_notrace_functions() if callable(f)]
+    return {
+        "leaf_modules": leaf_modules,
+        "autowrap_modules": (math, torchvision.ops),
+        "autowrap_functions": autowrap_functions,
+    }
+
+
+def trace_graph(model: nn.Module, training: bool = False) -> tuple[fx.Graph, dict[fx.Node, str]]:
+    """Trace ``model`` in train or eval mode; returns the graph and node -> layer name.
+
+    Every module's own ``training`` flag is restored afterwards. Raises whatever
+    fx raises (``TraceError``, ``TypeError``, ...) when the model is not traceable.
+    """
+    with preserved_modes(model):
+        model.train(training)
+        tracer = NodePathTracer(**tracer_kwargs())
+        graph = tracer.trace(model)
+    names = list(tracer.node_to_qualname.values())
+    if len(set(names)) != len(names):
+        # torchvision treats this as impossible too; refuse rather than guess.
+        raise RuntimeError(f"fx tracing of {type(model).__name__} produced duplicate node names")
+    return graph, dict(tracer.node_to_qualname)
+
+
+def _under(name: str | None, prefix: str) -> bool:
+    return name is not None and name.startswith(prefix + ".")
+
+
+class NodeIndex:
+    """Resolves layer names to the nodes of one traced graph.
+
+    Layer names are node names and submodule prefixes; see the module docstring.
+    Built the same way for the layer map (eval graph) and for each graph an
+    extractor rewrites, so one name means the same node in both.
+    """
+
+    def __init__(self, graph: fx.Graph, qualnames: dict[fx.Node, str]):
+        self.qualnames = qualnames
+        self.nodes: dict[str, fx.Node] = {}
+        self.prefix_last: dict[str, fx.Node] = {}
+        self.prefix_nodes: dict[str, list[fx.Node]] = {}
+        for node in graph.nodes:
+            name = qualnames.get(node)
+            if name is None or node.op in _NOT_LAYERS:
+                continue
+            self.nodes[name] = node
+            parts = name.split(".")
+            for k in range(1, len(parts)):
+                prefix = ".".join(parts[:k])
+                self.prefix_last[prefix] = node
+                self.prefix_nodes.setdefault(prefix, []).append(node)
+
+    def entries(self) -> Iterator[tuple[str, fx.Node, bool]]:
+        """``(name, output node, is_prefix)`` in execution order.
+
+        A submodule is listed right after its last node, inner before outer
+        (``layer4.1.act2``, ``layer4.1``, ``layer4``).
+        """
+        ends: dict[fx.Node, list[str]] = {}
+        for prefix, node in self.prefix_last.items():
+            ends.setdefault(node, []).append(prefix)
+        for name, node in self.nodes.items():
+            yield name, node, False
+            for prefix in sorted(ends.get(node, ()), key=lambda p: -p.count(".")):
+                yield prefix, node, True
+
+    def output(self, name: str) -> fx.Node | None:
+        """The node whose value is layer ``name`` (a node, or a submodule's last node)."""
+        if name in self.nodes:
+            return self.nodes[name]
+        return self.prefix_last.get(name)
+
+    def input(self, name: str) -> fx.Node | None:
+        """The node feeding layer ``name``: the first non-weight input of the node,
+        or, for a submodule, the first such input coming from outside it."""
+        if name in self.nodes:
+            for arg in self.nodes[name].all_input_nodes:
+                if arg.op != "get_attr":
+                    return arg
+            return None
+        for node in self.prefix_nodes.get(name, ()):
+            for arg in node.all_input_nodes:
+                if arg.op != "get_attr" and not _under(self.qualnames.get(arg), name):
+                    return arg
+        return None
+
+    def resolve(self, name: str) -> fx.Node | None:
+        """The node for ``NAME``, ``NAME:output`` or ``NAME:input``; None if absent."""
+        base, suffix = split_name(name)
+        return self.input(base) if suffix == "input" else self.output(base)
+
+
+def _kind(node: fx.Node, prefix: str | None, root: nn.Module) -> str:
+    if prefix is not None:
+        try:
+            return type(root.get_submodule(prefix)).__name__
+        except AttributeError:
+            return "Module"
+    if node.op == "call_module":
+        return type(root.get_submodule(str(node.target))).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)  # call_method: the method name
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once, keeping only a description of every node's value."""
+
+    def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]):
+        super().__init__(gm)
+        self.input_shape = input_shape
+        self.described: dict[fx.Node, tuple[tuple[int, ...], int | None, int | None, str]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        self.described[n] = describe(value, self.input_shape)
+        return value
+
+
+def fx_layer_map(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerMap:
+    """Trace in eval mode and describe every layer with ONE probe forward of the graph.
+
+    Raises on any tracing or probing failure (``trace_model`` then falls back to hooks).
+    """
+    graph, qualnames = trace_graph(model, training=False)
+    index = NodeIndex(graph, qualnames)
+    gm = fx.GraphModule(model, graph)  # shares the model's submodules and parameters
+    recorder = _ShapeRecorder(gm, input_shape)
+    x = probe_input(model, input_shape)
+    with preserved_modes(model), torch.no_grad():
+        model.eval()
+        recorder.run(x)
+
+    layers: list[LayerInfo] = []
+    inputs: dict[str, LayerInfo] = {}
+    for name, node, is_prefix in index.entries():
+        kind = _kind(node, name if is_prefix else None, model)
+        layers.append(LayerInfo(name, kind, *recorder.described[node]))
+        source = index.input(name)
+        if source is not None and source in recorder.described:
+            inputs[name] = LayerInfo(f"{name}:input", kind, *recorder.described[source])
+    return LayerMap(model_name, "fx", input_shape, layers, inputs)
+
+
+def _match_modes(gm: nn.Module, model: nn.Module) -> None:
+    """Give ``gm`` and its container modules the training flags of their originals,
+    without touching the original (leaf) modules it shares with ``model``."""
+    originals = {id(m) for m in model.modules()}
+    for name, sub in gm.named_modules():
+        if id(sub) in originals:
+            continue
+        try:
+            sub.training = model.get_submodule(name).training if name else model.training
+        except AttributeError:
+            sub.training = model.training
+
+
+def build_feature_graph(
+    model: nn.Module, taps: list[str], keep_output: bool = True, model_name: str = "model"
+) -> DualGraphModule:
+    """A ``DualGraphModule`` returning ``{tap: value, ..., "output": model output}``.
+
+    The model is traced in train and in eval mode (like torchvision); in each
+    graph the output node is replaced by a dict of the tapped nodes (plus the
+    original output when ``keep_output``) and dead code is eliminated, so with
+    ``keep_output=False`` nothing after the last tap runs (a pruned head is not
+    even a submodule of the result). Submodules and parameters are the model's
+    own objects. Every module's ``training`` flag is left as it was.
+    """
+    graphs: dict[str, fx.Graph] = {}
+    with preserved_modes(model):
+        for mode in ("train", "eval"):
+            graph, qualnames = trace_graph(model, training=mode == "train")
+            index = NodeIndex(graph, qualnames)
+            outputs: dict[str, Any] = {}
+            for tap in taps:
+                node = index.resolve(tap)
+                if node is None:
+                    raise UnknownLayerError(
+                        f"no layer {tap!r} in the {mode}-mode fx graph of {model_name} "
+                        f"(the layer map was traced in eval mode; the two graphs differ here)",
+                        tap,
+                    )
+                outputs[tap] = node
+            out_node = next(n for n in reversed(graph.nodes) if n.op == "output")
+            if keep_output:
+                outputs["output"] = out_node.args[0]
+            graph.erase_node(out_node)
+            graph.output(outputs)
+            # DCE asks the owning module whether call_module nodes are impure.
+            graph = fx.GraphModule(model, graph).graph
+            graph.eliminate_dead_code()
+            graph.lint()
+            graphs[mode] = graph
+        # DualGraphModule.__init__ calls .train() on the shared submodules; the
+        # enclosing preserved_modes puts their flags back.
+        gm = DualGraphModule(model, graphs["train"], graphs["eval"], class_name=type(model).__name__)
+    # Select the graph for the model's current mode without recursing into shared modules.
+    gm.graph = graphs["train"] if model.training else graphs["eval"]
+    _match_modes(gm, model)
+    return gm

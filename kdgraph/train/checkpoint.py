@@ -1,0 +1,146 @@
+"""Checkpoints: tensors in safetensors, everything else in a small JSON file; every write is atomic.
+
+A checkpoint ``epoch_0003`` is ``epoch_0003.safetensors`` (student, adapters, optimizer tensors, RNG state) plus
+``epoch_0003.json`` (epoch, step, optimizer hyper-parameters, scheduler state). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdgraph.errors import KdgraphError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint", "load_checkpoint",
+           "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
+    path = Path(path)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    version, internal, gauss = random.getstate()
+    return tensors, {"python": [version, list(internal), gauss]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(directory: str | Path, name: str, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> Path:
+    """Write ``name.safetensors`` then ``name.json`` (the JSON last: its presence marks a complete checkpoint)."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in modules.items():
+        tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    tensors.update(opt_tensors)
+    tensors.update(rng_tensors)
+    save_tensors(directory / f"{name}.safetensors", tensors)
+    full = dict(meta, optimizer=opt_meta, rng=rng_meta, tensors=f"{name}.safetensors")
+    atomic_write_text(directory / f"{name}.json", json.dumps(full, indent=1))
+    return directory / f"{name}.json"
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    found = sorted(Path(directory).glob("epoch_*.json"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore modules, optimizer and RNG from a checkpoint; returns its JSON metadata."""
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(meta_path.parent / meta["tensors"]))
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
+        raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({err})") from None
+    for prefix, module in modules.items():
+        own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(own, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+    set_rng_state(tensors, meta["rng"])
+    return meta

@@ -1,0 +1,251 @@
+"""The training loop: build everything from a Spec, train, evaluate each epoch, checkpoint, export the student."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from kdgraph.data import DataBundle, build_datasets, make_loader, random_crop_flip, take
+from kdgraph.errors import KdgraphError
+from kdgraph.graph import GraphPlan
+from kdgraph.models import build_model
+from kdgraph.spec.schema import DataSpec, Spec
+from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from kdgraph.train.evaluate import top1
+from kdgraph.train.optim import build_optimizer, build_scheduler
+from kdgraph.train.progress import Reporter
+from kdgraph.train.resolve import resolve_plan
+from kdgraph.train.rundir import RunDir
+from kdgraph.train.runtime import Runtime, resolve_runtime, seed_everything
+
+__all__ = ["TrainResult", "train", "build_data", "build_models"]
+
+
+@dataclass
+class TrainResult:
+    """What a run returns: the trained student (plain architecture), per-epoch metrics and a summary."""
+
+    student: nn.Module
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+    run_dir: Optional[Path]
+    plan: GraphPlan = field(repr=False)
+
+
+def build_data(cfg: DataSpec, seed: int) -> DataBundle:
+    """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given."""
+    synthetic = cfg.dataset == "synthetic"
+    bundle = build_datasets(
+        cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
+        num_classes=cfg.synthetic.classes if synthetic else None,
+        synthetic_size=cfg.synthetic.train_size if synthetic else None,
+        channels=cfg.synthetic.channels if synthetic else None,
+    )
+    if cfg.train_subset:
+        bundle.train = take(bundle.train, cfg.train_subset)
+    if cfg.test_subset:
+        bundle.test = take(bundle.test, cfg.test_subset)
+    return bundle
+
+
+def build_models(spec: Spec, student: Optional[nn.Module] = None,
+                 teacher: Optional[nn.Module] = None) -> tuple[nn.Module, Optional[nn.Module]]:
+    """Live modules win over the spec's references (Python API); errors carry the spec key."""
+    if student is None:
+        try:
+            student = build_model(spec.student.model, spec.student.kwargs, spec.student.weights)
+        except KdgraphError as err:
+            err.key, err.line = err.key or "student", err.line or spec.line_of("student")
+            raise
+    if teacher is None and spec.teacher is not None:
+        try:
+            teacher = build_model(spec.teacher.model, spec.teacher.kwargs, spec.teacher.weights)
+        except KdgraphError as err:
+            err.key, err.line = err.key or "teacher", err.line or spec.line_of("teacher")
+            raise
+    return student, teacher
+
+
+def _baseline_spec(spec: Spec) -> Spec:
+    doc = spec.model_dump(mode="json")
+    doc.update(teacher=None, distill={}, name=f"{spec.name}-baseline")
+    doc["train"].update(baseline=False, ce_weight=spec.train.ce_weight or 1.0)
+    doc["output"] = str(Path(spec.run_dir) / "baseline")
+    return Spec.model_validate(doc)
+
+
+class _Loop:
+    """One run's state. Kept small: the step, an epoch, and the bookkeeping around them."""
+
+    def __init__(self, spec: Spec, plan: GraphPlan, data: DataBundle, rt: Runtime, reporter: Reporter,
+                 run_dir: Optional[RunDir], student: nn.Module):
+        self.spec, self.plan, self.data, self.rt, self.reporter, self.run_dir = spec, plan, data, rt, reporter, run_dir
+        self.student = student
+        self.graph = plan.graph.to(rt.device)
+        if rt.channels_last:
+            self.graph.to(memory_format=torch.channels_last)
+        cfg = spec.train
+        self.loader = make_loader(data.train, spec.data.batch_size, train=True, seed=spec.runtime.seed, drop_last=True,
+                                  num_workers=spec.data.num_workers, pin_memory=rt.device.type == "cuda")
+        self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
+        if self.steps == 0:
+            raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
+                               f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size")
+        self.trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters})
+        self.optimizer = build_optimizer(cfg.optimizer, self.trainable.parameters())
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
+        self.forward = self.graph
+        if rt.compile_mode:
+            self.forward = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+        self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "adapters": nn.ModuleDict(
+            {"student": self.graph.student_adapters, "teacher": self.graph.teacher_adapters})}
+
+    def resume(self) -> tuple[int, list[dict[str, Any]]]:
+        last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
+        if last is None:
+            return 0, []
+        meta = load_checkpoint(last, self._modules(), self.optimizer)
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
+        self.reporter.info(f"resumed from {last.name} (epoch {meta['epoch']} done)")
+        rows = [r for r in self.run_dir.read_metrics() if r["epoch"] <= meta["epoch"]]
+        return meta["epoch"], rows
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.rt.autocast():
+            out = self.forward(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        if self.spec.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.trainable.parameters(), self.spec.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        correct = (out.logits.argmax(1) == y).sum()
+        return dict(out.terms, total=out.total.detach(), correct=correct)
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        self.graph.train()
+        self.loader.set_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        seen, start = 0, time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
+            for i, (x, y) in enumerate(self.loader):
+                if i >= self.steps:
+                    break
+                x = x.to(self.rt.device, non_blocking=True)
+                y = y.to(self.rt.device, non_blocking=True)
+                if self.spec.data.augment == "crop-flip":
+                    x = random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=self.aug_gen)
+                if self.rt.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                values = self.step(x, y)
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0) + value.detach() * (1 if key == "correct" else len(x))
+                seen += len(x)
+                if i % 10 == 0:
+                    bar.advance(f"loss {values['total'].item():.3f}")
+                else:
+                    bar.advance()
+        elapsed = time.perf_counter() - start
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for key, value in sums.items():
+            if key == "correct":
+                continue
+            row["loss/" + key] = float(value) / seen
+        row["train_top1"] = float(sums["correct"]) / seen
+        row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
+        row["lr"] = lr
+        row["images_per_s"] = seen / elapsed
+        row["time_s"] = elapsed
+        return row
+
+    def checkpoint(self, epoch: int) -> None:
+        if self.run_dir is None:
+            return
+        meta = {"epoch": epoch, "scheduler": self.scheduler.state_dict(),
+                "aug_rng": self.aug_gen.get_state().tolist()}
+        save_checkpoint(self.run_dir.checkpoints, f"epoch_{epoch:04d}", self._modules(), self.optimizer, meta)
+        for old in sorted(self.run_dir.checkpoints.glob("epoch_*.json"))[:-2]:
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            old.unlink()
+
+
+def _has_conv(*models: Optional[nn.Module]) -> bool:
+    return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
+
+
+def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
+    """True when the model's output is one logit per class of this data set."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
+        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
+    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
+    return (f"epoch {row['epoch']}: {losses}  train {row['train_top1']:.2%}  val {row['val_top1']:.2%}  "
+            f"{row['images_per_s']:.0f} img/s")
+
+
+def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
+          overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
+          reporter: Optional[Reporter] = None) -> TrainResult:
+    """Run the whole pipeline for ``spec``; live ``student``/``teacher`` modules replace the spec's references.
+
+    Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
+    """
+    reporter = reporter or Reporter(quiet=quiet)
+    seed_everything(spec.runtime.seed)
+    resolved = resolve_plan(spec, student, teacher)
+    data, student, teacher, plan = resolved.data, resolved.student, resolved.teacher, resolved.graph_plan
+    rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
+    run_dir = RunDir(spec.run_dir) if write else None
+    if run_dir is not None:
+        run_dir.prepare(spec.model_dump(mode="json"), overwrite=overwrite, resume=resume)
+    reporter.info(f"[bold]{spec.name}[/bold]: {data.description}; device {rt.device}, {rt.precision}"
+                  f"{', compiled' if rt.compile_mode else ''}")
+    for report in plan.pairs:
+        steps = " → ".join(report.plan.student_steps) or "identity"
+        reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
+    loop = _Loop(spec, plan, data, rt, reporter, run_dir, student)
+    summary: dict[str, Any] = {"name": spec.name}
+    if teacher is not None and _is_classifier(teacher, data):
+        summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt)
+        reporter.info(f"  teacher top-1 {summary['teacher_top1']:.2%}")
+    start_epoch, rows = loop.resume() if resume else (0, [])
+    for epoch in range(start_epoch, spec.train.epochs):
+        row = loop.epoch(epoch)
+        rows.append(row)
+        reporter.info(_format_row(row))
+        if run_dir is not None:
+            run_dir.write_metrics(rows)
+            loop.checkpoint(epoch + 1)
+    summary["student_top1"] = rows[-1]["val_top1"] if rows else None
+    summary["epochs"] = spec.train.epochs
+    if run_dir is not None:
+        save_tensors(run_dir.student, student.state_dict())
+        save_tensors(run_dir.adapters, loop._modules()["adapters"].state_dict())
+    if spec.train.baseline and spec.teacher is not None:
+        reporter.info("baseline: the same student trained without distillation, same budget")
+        base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
+        summary["baseline_top1"] = base.summary["student_top1"]
+    if run_dir is not None:
+        run_dir.write_json(run_dir.summary, summary)
+    return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
+                       plan=plan)

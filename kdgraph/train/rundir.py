@@ -1,0 +1,70 @@
+"""The run directory: created only once everything validated; never overwritten without being asked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdgraph.errors import RunDirError
+from kdgraph.train.checkpoint import atomic_write_text
+
+__all__ = ["RunDir"]
+
+MARKER = "spec.yaml"
+
+
+class RunDir:
+    """Layout: spec.yaml, metrics.jsonl, checkpoints/, student.safetensors, adapters.safetensors, summary.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics = self.path / "metrics.jsonl"
+        self.student = self.path / "student.safetensors"
+        self.adapters = self.path / "adapters.safetensors"
+        self.summary = self.path / "summary.json"
+        self.spec = self.path / MARKER
+
+    def check(self, *, overwrite: bool, resume: bool) -> None:
+        """Refuse to touch a non-empty directory unless asked; ``overwrite`` only clears a kdgraph run dir."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{str(self.path)!r} exists and is not a directory", key="output")
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return
+        if resume:
+            if not (self.path / MARKER).is_file():
+                raise RunDirError(f"{str(self.path)!r} is not a kdgraph run directory (no {MARKER}); nothing to resume",
+                                  key="output")
+            return
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {str(self.path)!r} already exists and is not empty; pass --resume to continue it, "
+                f"--overwrite to replace it, or choose another `output:` (e.g. --set output={self.path}-2)",
+                key="output",
+            )
+        if not (self.path / MARKER).is_file():
+            raise RunDirError(f"refusing to overwrite {str(self.path)!r}: it is not a kdgraph run directory "
+                              f"(no {MARKER}); choose another `output:`", key="output")
+
+    def prepare(self, spec_doc: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+        self.check(overwrite=overwrite, resume=resume)
+        if overwrite and not resume and self.path.is_dir():
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not (resume and self.spec.is_file()):
+            atomic_write_text(self.spec, yaml.safe_dump(spec_doc, sort_keys=False))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")

@@ -1,0 +1,65 @@
+"""Runtime policy: device, seeds, threads, precision and compile mode resolved from ``runtime:``."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kdgraph.errors import KdgraphError
+from kdgraph.spec.schema import RuntimeSpec
+
+__all__ = ["Runtime", "resolve_runtime", "seed_everything"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    compile_mode: str | None   # None: eager
+    channels_last: bool
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_runtime(cfg: RuntimeSpec, conv_net: bool = False) -> Runtime:
+    """auto: CUDA when available; bf16 on CUDA devices that support it, fp32 on CPU; compiled only on CUDA;
+    channels_last for conv nets (measured: 1.2-2x faster training steps on CPU too, docs/benchmarks.md)."""
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise KdgraphError(f"device {cfg.device!r} requested but no CUDA GPU is available; use cpu or auto",
+                               key="runtime.device")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cuda = device.type == "cuda"
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is torch.float16 and not cuda:
+        raise KdgraphError("fp16 needs a CUDA device; use bf16 or fp32 on CPU", key="runtime.precision")
+    mode = cfg.compile
+    if mode == "auto":
+        mode = "reduce-overhead" if cuda else "off"
+    compile_mode = None if mode == "off" else mode
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and conv_net)
+    return Runtime(device, dtype, compile_mode, channels_last)

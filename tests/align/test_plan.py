@@ -1,0 +1,103 @@
+"""plan_pair end to end: prune wiring, step lists, teacher side, error texts."""
+
+import pytest
+import torch
+from torch import nn
+
+from kdgraph.align import AlignmentError, FeatureShape, PairPlan, plan_pair
+from kdgraph.align.prune import ChannelSelect, l1_channel_mask
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_prune_projector():
+    idx = torch.tensor([1, 4, 6, 7])
+    p = plan_pair(FeatureShape((4, 7, 7), "map"), FeatureShape((8, 4, 4), "map"), projector="prune", prune_indices=idx)
+    assert isinstance(p.teacher.prune, ChannelSelect)
+    assert n_params(p.student) == 0 and n_params(p.teacher) == 0
+    assert p.student_steps == ["resize 7x7→4x4 (bilinear)"]
+    assert p.teacher_steps == ["select 4 of 8 channels (pruned filters)"]
+    t = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(p.teacher(t), t[:, idx])
+    assert p.out_shape == (4, 4, 4)
+
+
+def test_prune_with_pool_and_dict_spec():
+    idx = l1_channel_mask(torch.randn(8, 3, 3, 3), 4)
+    p = plan_pair(
+        FeatureShape((4, 7, 7), "map"), FeatureShape((8, 4, 4), "map"), projector={"name": "prune"}, prune_indices=idx, pool="gap"
+    )
+    t = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(p.teacher(t), t.mean((2, 3))[:, idx])
+    assert p.out_shape == (4,)
+
+
+def test_prune_errors():
+    s, t = FeatureShape((4, 4, 4), "map"), FeatureShape((8, 4, 4), "map")
+    with pytest.raises(AlignmentError, match="l1_channel_mask"):
+        plan_pair(s, t, projector="prune")
+    with pytest.raises(AlignmentError, match="fewer than the student's 8"):
+        plan_pair(FeatureShape((8, 4, 4), "map"), FeatureShape((4, 4, 4), "map"), projector="prune", prune_indices=torch.arange(4))
+    with pytest.raises(AlignmentError, match="keep 3 teacher channels but the student has 4"):
+        plan_pair(s, t, projector="prune", prune_indices=torch.arange(3))
+    with pytest.raises(AlignmentError, match="0..7"):
+        plan_pair(s, t, projector="prune", prune_indices=torch.tensor([0, 1, 2, 8]))
+    with pytest.raises(AlignmentError, match="duplicates"):
+        plan_pair(s, t, projector="prune", prune_indices=torch.tensor([0, 1, 1, 2]))
+    with pytest.raises(AlignmentError, match="projector: prune"):
+        plan_pair(s, t, projector="auto", prune_indices=torch.arange(4))
+
+
+def test_teacher_side_never_trainable():
+    cases = [
+        (FeatureShape((64, 7, 7), "map"), FeatureShape((128, 4, 4), "map"), dict(normalize="bn")),
+        (FeatureShape((197, 192), "tokens"), FeatureShape((256, 7, 7), "map"), dict(normalize="layernorm")),
+        (FeatureShape((256, 7, 7), "map"), FeatureShape((197, 384), "tokens"), dict(normalize="l2")),
+        (FeatureShape((256, 7, 7), "map"), FeatureShape((197, 384), "tokens"), dict(pool="cls", normalize={"name": "bn"})),
+    ]
+    for s, t, kw in cases:
+        p = plan_pair(s, t, **kw)
+        assert isinstance(p, PairPlan)
+        assert n_params(p.teacher) == 0
+        xs = torch.randn(3, *s.shape)
+        xt = torch.randn(3, *t.shape)
+        assert p.student(xs).shape == (3, *p.out_shape)
+        assert p.teacher(xt).shape == (3, *p.out_shape)
+
+
+def test_student_adapter_state_dict_is_separate_and_loadable():
+    p = plan_pair(FeatureShape((16, 4, 4), "map"), FeatureShape((32, 4, 4), "map"), projector="linear")
+    sd = p.student.state_dict()
+    assert set(sd) == {"proj.weight", "proj.bias"}
+    q = plan_pair(FeatureShape((16, 4, 4), "map"), FeatureShape((32, 4, 4), "map"), projector="linear")
+    q.student.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(q.student(x), p.student(x))
+
+
+def test_describe():
+    p = plan_pair(FeatureShape((64, 7, 7), "map"), FeatureShape((128, 4, 4), "map"))
+    assert p.describe().splitlines() == [
+        "student: resize 7x7→4x4 (bilinear) → conv1x1 64→128",
+        "teacher: as is",
+        "compared at: (128, 4, 4)",
+    ]
+
+
+def test_gradients_flow_to_student_adapter_only():
+    p = plan_pair(FeatureShape((8,), "vector"), FeatureShape((4,), "vector"), normalize="l2")
+    xs = torch.randn(3, 8, requires_grad=True)
+    loss = (p.student(xs) - p.teacher(torch.randn(3, 4))).pow(2).sum()
+    loss.backward()
+    assert p.student.proj.weight.grad is not None and xs.grad is not None
+
+
+def test_error_text_names_shapes_reason_and_fix():
+    with pytest.raises(AlignmentError) as e:
+        plan_pair(FeatureShape((256, 14, 14), "map"), FeatureShape((768,), "vector"))
+    msg = str(e.value)
+    assert msg.startswith("cannot align student map (256, 14, 14) with teacher vector (768,)")
+    assert "no pool" in msg and msg.endswith("try pool: gap")
+    assert isinstance(e.value, ValueError)

@@ -1,0 +1,116 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdgraph.data import DataError, cutmix, cutmix_box, mixup, random_crop_flip, sample_mix_ratio
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(b=6, c=2, h=8, w=10):
+    return torch.arange(b * c * h * w, dtype=torch.float32).reshape(b, c, h, w)
+
+
+def test_mix_ratio_is_beta_max_and_deterministic():
+    a = [sample_mix_ratio(1.0, _gen(s)) for s in range(200)]
+    assert all(0.5 <= v <= 1.0 for v in a)
+    assert a[:5] == [sample_mix_ratio(1.0, _gen(s)) for s in range(5)]
+    # for alpha=1, a ~ U(0,1) so max(a, 1-a) ~ U(0.5, 1): mean 0.75
+    assert abs(np.mean(a) - 0.75) < 0.03
+    g = _gen(3)
+    assert sample_mix_ratio(0.0, g) == 1.0
+    assert torch.equal(g.get_state(), _gen(3).get_state())  # alpha <= 0 draws nothing
+
+
+def test_mixup_formula():
+    x = torch.randn(5, 3, 4, 4, generator=_gen(1))
+    y = F.one_hot(torch.tensor([0, 1, 2, 3, 4]), 5).float()
+    xm, ym = mixup(x, y, alpha=0.4, generator=_gen(7))
+    a = sample_mix_ratio(0.4, _gen(7))
+    assert 0.5 <= a <= 1
+    for i in range(5):
+        j = (i - 1) % 5  # roll(x, 1, 0)[i] == x[i-1]
+        torch.testing.assert_close(xm[i], a * x[i] + (1 - a) * x[j])
+        torch.testing.assert_close(ym[i], a * y[i] + (1 - a) * y[j])
+    torch.testing.assert_close(ym.sum(1), torch.ones(5))
+
+
+def test_mixup_fixed_ratio_and_no_labels():
+    x = _batch()
+    xm, ym = mixup(x, None, ratio=0.75)
+    assert ym is None
+    torch.testing.assert_close(xm, 0.75 * x + 0.25 * torch.roll(x, 1, 0))
+    xm, ym = mixup(x, torch.tensor([0, 1, 0, 1, 0, 1]), ratio=1.0)  # int labels are cast
+    torch.testing.assert_close(xm, x)
+    assert ym.dtype == torch.float32
+
+
+def test_cutmix_formula():
+    b, c, h, w = 4, 3, 16, 12
+    x = torch.randn(b, c, h, w, generator=_gen(2))
+    y = F.one_hot(torch.arange(b), b).float()
+    xm, ym = cutmix(x, y, alpha=1.0, generator=_gen(11))
+
+    g = _gen(11)
+    a = sample_mix_ratio(1.0, g)
+    y0, y1, x0, x1 = cutmix_box(h, w, a, g)
+    expected = x.clone()
+    rolled = torch.roll(x, 1, 0)
+    expected[:, :, y0:y1, x0:x1] = rolled[:, :, y0:y1, x0:x1]
+    torch.testing.assert_close(xm, expected)
+    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    # label weight = actual pasted area, counted from the pixels themselves
+    from_rolled = ((xm == rolled) & (xm != x)).all(1).float().mean().item()
+    assert math.isclose(1 - lam, from_rolled, abs_tol=1e-6)
+    torch.testing.assert_close(ym, lam * y + (1 - lam) * torch.roll(y, 1, 0))
+
+
+def test_cutmix_box_area_and_clipping():
+    # unclipped box (centre in the middle) has area round(h*sqrt(1-a)) * round(w*sqrt(1-a))
+    for a in (0.5, 0.75, 0.9):
+        for seed in range(20):
+            y0, y1, x0, x1 = cutmix_box(32, 32, a, _gen(seed))
+            side = round(32 * math.sqrt(1 - a))
+            assert 0 <= y0 <= y1 <= 32 and 0 <= x0 <= x1 <= 32
+            assert y1 - y0 <= side and x1 - x0 <= side
+    x = _batch(3, 1, 8, 8)
+    y = F.one_hot(torch.arange(3), 3).float()
+    xm, ym = cutmix(x, y, ratio=1.0, generator=_gen(0))  # empty box: identity
+    torch.testing.assert_close(xm, x)
+    torch.testing.assert_close(ym, y)
+
+
+def test_random_crop_flip_matches_per_sample_reference():
+    x = _batch(8, 2, 6, 7)
+    p = 2
+    out = random_crop_flip(x, p, _gen(5))
+    g = _gen(5)
+    oy = torch.randint(0, 2 * p + 1, (8,), generator=g)
+    ox = torch.randint(0, 2 * p + 1, (8,), generator=g)
+    fl = torch.rand((8,), generator=g) < 0.5
+    xp = F.pad(x, (p, p, p, p))
+    for i in range(8):
+        ref = xp[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 7]
+        if fl[i]:
+            ref = ref.flip(-1)
+        torch.testing.assert_close(out[i], ref)
+    assert out.shape == x.shape
+    assert 0 < fl.sum() < 8  # both branches exercised
+
+
+def test_random_crop_flip_options_and_determinism():
+    x = torch.randn(4, 3, 8, 8, generator=_gen(0))
+    torch.testing.assert_close(random_crop_flip(x, 0, _gen(1), flip=False), x)
+    torch.testing.assert_close(random_crop_flip(x, 3, _gen(9)), random_crop_flip(x, 3, _gen(9)))
+    flipped_only = random_crop_flip(x, 0, _gen(1))
+    for i in range(4):
+        assert torch.equal(flipped_only[i], x[i]) or torch.equal(flipped_only[i], x[i].flip(-1))
+    with pytest.raises(DataError):
+        random_crop_flip(x[0], 2)
+    with pytest.raises(DataError):
+        mixup(x[0], None, 1.0)
