@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdgraph.data import DataBundle, build_datasets, make_loader, random_crop_flip, take
-from kdgraph.errors import KdgraphError
+from kdgraph.data import DataBundle, DataError, build_datasets, make_loader, random_crop_flip, take
+from kdgraph.errors import KdgraphError, with_key
 from kdgraph.graph import GraphPlan
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
@@ -37,15 +37,18 @@ class TrainResult:
     plan: GraphPlan = field(repr=False)
 
 
-def build_data(cfg: DataSpec, seed: int) -> DataBundle:
+def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
     """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given."""
     synthetic = cfg.dataset == "synthetic"
-    bundle = build_datasets(
-        cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
-        num_classes=cfg.synthetic.classes if synthetic else None,
-        synthetic_size=cfg.synthetic.train_size if synthetic else None,
-        channels=cfg.synthetic.channels if synthetic else None,
-    )
+    try:
+        bundle = build_datasets(
+            cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
+            num_classes=cfg.synthetic.classes if synthetic else None,
+            synthetic_size=cfg.synthetic.train_size if synthetic else None,
+            channels=cfg.synthetic.channels if synthetic else None,
+        )
+    except DataError as err:
+        raise with_key(err, "data", line) from None
     if cfg.train_subset:
         bundle.train = take(bundle.train, cfg.train_subset)
     if cfg.test_subset:

@@ -33,6 +33,6 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Optio
     """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
     from kdgraph.train.loop import build_data, build_models
 
-    data = build_data(spec.data, spec.runtime.seed)
+    data = build_data(spec.data, spec.runtime.seed, spec.line_of("data"))
     student, teacher = build_models(spec, student, teacher)
     return ResolvedPlan(spec, data, student, teacher, build_graph(spec, student, teacher, data.input_shape))

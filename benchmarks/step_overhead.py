@@ -1,0 +1,281 @@
+"""Step overhead: kdgraph's training step vs. a hand-written PyTorch step, same models, same losses.
+
+Quickstart pair (teacher ``kdgraph:fmnist_resnet``, student ``kdgraph:fmnist_cnn``, ``specs/quickstart.yaml``):
+
+(A) kdgraph: ``load_spec`` -> ``resolve_plan`` -> the trainer's ``_Loop`` (built as ``train()`` builds it, no run
+    dir, quiet reporter); the timed call is ``loop.step(x, y)``.
+(B) hand-written: fresh copies of the same models and adapter (identical weights), teacher stem->layer1..3->fc under
+    ``torch.no_grad()`` in eval mode, student block1..3->pool->fc, ``CE + 0.9 * KL(T=4, T^2, batch mean) +
+    1.0 * MSE(proj1x1(block3), layer3)``, SGD (same lr/momentum, weight decay on >1-D params only), LambdaLR cosine.
+
+Both run one full step (forward, backward, optimizer step, scheduler step) on one fixed batch that is already on
+the device, in the memory format the trainer uses. The variants are interleaved step by step (A B T, B T A, ...;
+T = the hand-written teacher forward alone) so that load from other processes hits all of them alike; each trial
+sums its per-step times, and the table reports every trial plus the median and the min/max over trials.
+
+    python3 benchmarks/step_overhead.py                   # batch 128, 7 trials x 20 steps
+    python3 benchmarks/step_overhead.py --channels-last off --threads 2
+    python3 benchmarks/step_overhead.py --profile          # also: where kdgraph's extra time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdgraph.models.weights import BUILTIN_DIR  # noqa: E402
+from kdgraph.spec import load_spec  # noqa: E402
+from kdgraph.train.loop import _has_conv, _Loop  # noqa: E402
+from kdgraph.train.optim import lr_factor  # noqa: E402
+from kdgraph.train.progress import Reporter  # noqa: E402
+from kdgraph.train.resolve import resolve_plan  # noqa: E402
+from kdgraph.train.runtime import resolve_runtime, seed_everything  # noqa: E402
+
+SPEC = ROOT / "specs" / "quickstart.yaml"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class HandStep:
+    """The hand-written step: what a careful PyTorch user would write for this spec."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, proj: nn.Module, spec, steps_per_epoch: int,
+                 device: torch.device, channels_last: bool):
+        self.s, self.t, self.proj = student.to(device), teacher.to(device), proj.to(device)
+        if channels_last:
+            for m in (self.s, self.t, self.proj):
+                m.to(memory_format=torch.channels_last)
+        self.t.eval().requires_grad_(False)
+        self.s.train()
+        self.proj.train()
+        self.ce_w = spec.train.ce_weight
+        self.kd_w = spec.distill.logits.weight
+        self.temp = spec.distill.logits.temperature
+        self.mse_w = spec.distill.pairs[0].weight
+        o = spec.train.optimizer
+        params = list(self.s.parameters()) + list(self.proj.parameters())
+        self.opt = torch.optim.SGD([{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+                                    {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+                                   lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+        total = steps_per_epoch * spec.train.epochs
+        assert spec.train.schedule.name == "cosine" and spec.train.schedule.warmup_epochs == 0
+        floor = spec.train.schedule.min_lr / o.lr
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda k: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, total)))))
+        # sanity: the same schedule as kdgraph's
+        for k in (0, 1, total // 3, total, total + 5):
+            ref = lr_factor(spec.train.schedule, k, steps_per_epoch, spec.train.epochs, o.lr)
+            assert abs(self.sched.lr_lambdas[0](k) - ref) < 1e-12
+
+    @torch.no_grad()
+    def teacher_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.t
+        h = t.layer3(t.layer2(t.layer1(t.stem(x))))
+        return h, t.fc(torch.flatten(t.pool(h), 1))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t3, t_logits = self.teacher_forward(x)
+        s = self.s
+        s3 = s.block3(s.block2(s.block1(x)))
+        logits = s.fc(torch.flatten(s.pool(s3), 1))
+        temp = self.temp
+        ce = F.cross_entropy(logits, y)
+        kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
+                      reduction="batchmean", log_target=True) * (temp * temp)
+        mse = F.mse_loss(self.proj(s3), t3)
+        return self.ce_w * ce + self.kd_w * kd + self.mse_w * mse
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss.detach()
+
+
+def build(args):
+    spec = load_spec(SPEC)
+    if not (BUILTIN_DIR / "fmnist_resnet.safetensors").is_file():
+        spec.teacher.weights = None  # == --set teacher.weights=null: random teacher, same cost
+    spec.runtime.channels_last = args.channels_last
+    if args.threads:
+        spec.runtime.threads = args.threads
+    spec.data.batch_size = args.batch_size
+
+    # (A) exactly as kdgraph.train.loop.train() builds it, minus the run dir.
+    seed_everything(spec.runtime.seed)
+    resolved = resolve_plan(spec)
+    student, teacher, plan = resolved.student, resolved.teacher, resolved.graph_plan
+    # (B) fresh copies, taken before anything is moved, converted or stepped: identical weights.
+    b_student, b_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
+    b_proj = copy.deepcopy(plan.graph.student_adapters["0"])
+    assert len(plan.graph.teacher_adapters["0"]) == 0, "teacher adapter expected to be the identity"
+    rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
+    loop = _Loop(spec, plan, resolved.data, rt, Reporter(quiet=True), None, student)
+    loop.graph.train()  # as loop.epoch() does
+    hand = HandStep(b_student, b_teacher, b_proj, spec, loop.steps, rt.device, rt.channels_last)
+
+    # One fixed batch from the real training set, on the device, in the trainer's memory format.
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(resolved.data.train), (args.batch_size,), generator=g).tolist()
+    xs, ys = zip(*(resolved.data.train[i] for i in idx))
+    x = torch.stack(xs).to(rt.device)
+    y = torch.as_tensor(ys).to(rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return spec, rt, loop, hand, x, y
+
+
+def check_same_loss(loop, hand, x, y) -> tuple[float, float]:
+    """Total loss of both variants on the same batch from the same (initial) weights."""
+    a = float(loop.step(x, y)["total"])
+    b = float(hand.step(x, y))
+    rel = abs(a - b) / max(abs(b), 1e-12)
+    print(f"loss check (same batch, same initial weights): kdgraph {a:.6f}  hand-written {b:.6f}  "
+          f"rel diff {rel:.2e}")
+    assert rel <= 1e-4, f"losses differ: {a} vs {b}"
+    return a, b
+
+
+def timed(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - start
+
+
+def profile(loop, hand, x, y, steps: int) -> None:
+    """Per-step wall time of the pieces of kdgraph's step that the hand-written step does not have."""
+    from kdgraph.losses import cross_entropy, kl_div, mse
+
+    g = loop.graph
+    s3 = torch.randn(x.shape[0], 32, 7, 7)
+    logits = torch.randn(x.shape[0], 10, requires_grad=True)
+    tl = torch.randn(x.shape[0], 10)
+    a3, b3 = torch.randn(x.shape[0], 64, 7, 7), torch.randn(x.shape[0], 64, 7, 7)
+    with torch.no_grad():
+        pieces = {
+            "teacher fx GraphModule fwd": lambda: g.teacher(x),
+            "teacher hand fwd": lambda: hand.teacher_forward(x),
+            "student fx GraphModule fwd (no grad)": lambda: g.student(x),
+            "student hand fwd (no grad)": lambda: hand.s.fc(torch.flatten(hand.s.pool(
+                hand.s.block3(hand.s.block2(hand.s.block1(x)))), 1)),
+            "kdgraph kl_div": lambda: kl_div(logits, tl, temperature=4.0),
+            "F.kl_div": lambda: F.kl_div(F.log_softmax(logits / 4, 1), F.log_softmax(tl / 4, 1),
+                                         reduction="batchmean", log_target=True) * 16,
+            "kdgraph mse (+fp32 wrapper)": lambda: mse(a3, b3),
+            "F.mse_loss": lambda: F.mse_loss(a3, b3),
+            "kdgraph cross_entropy": lambda: cross_entropy(logits, y),
+            "F.cross_entropy": lambda: F.cross_entropy(logits, y),
+            "empty teacher adapter call": lambda: g.teacher_adapters["0"](a3),
+            "correct = (argmax == y).sum()": lambda: (logits.argmax(1) == y).sum(),
+            "s3.float() x2 + 3 x .detach()": lambda: (s3.float(), a3.float(), a3.detach(), b3.detach(), s3.detach()),
+        }
+        n = max(steps, 20)
+        print(f"\nprofile: mean wall time per call over {n} calls (ms), same machine load caveats apply")
+        for name, fn in pieces.items():
+            fn()
+            best = min(timed(fn, n) for _ in range(3)) / n
+            print(f"  {name:40s} {best * 1e3:9.3f}")
+    # torch.profiler over a few full kdgraph steps: the top CPU ops by self time.
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    for name, fn in (("kdgraph step", lambda: loop.step(x, y)), ("hand-written step", lambda: hand.step(x, y))):
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                fn()
+        print(f"\ntorch.profiler, 5 x {name}: top ops by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="steps per trial and variant")
+    p.add_argument("--trials", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="runtime.channels_last of the spec; both variants use the resolved choice")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--profile", action="store_true", help="also time the pieces where the two steps differ")
+    args = p.parse_args(argv)
+
+    spec, rt, loop, hand, x, y = build(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} logical CPUs ({cpu_model()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {rt.device}")
+    print(f"pair: {spec.teacher.model} (weights: {spec.teacher.weights or 'random'}) -> {spec.student.model}; "
+          f"batch {args.batch_size}x{tuple(x.shape[1:])}, channels_last {rt.channels_last}, {rt.precision}")
+    check_same_loss(loop, hand, x, y)
+
+    run_a = lambda: loop.step(x, y)  # noqa: E731
+    run_b = lambda: hand.step(x, y)  # noqa: E731
+    run_t = lambda: hand.teacher_forward(x)  # noqa: E731
+    for _ in range(args.warmup):
+        run_a(), run_b(), run_t()
+
+    rows = []
+    n = args.steps
+    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
+    variants = [("A", run_a), ("B", run_b), ("T", run_t)]
+    for trial in range(args.trials):
+        t = {"A": 0.0, "B": 0.0, "T": 0.0}
+        for i in range(n):
+            # Step-level interleaving, order rotated every round: load spikes from other processes hit all three.
+            k = (trial * n + i) % 3
+            order = variants[k:] + variants[:k]
+            if (trial * n + i) % 2:
+                order = order[::-1]
+            for key, fn in order:
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                t[key] += time.perf_counter() - start
+        rows.append((n * args.batch_size / t["A"], n * args.batch_size / t["B"], t["A"] / t["B"], t["T"] / t["B"]))
+
+    def stat(col: int) -> tuple[float, float, float]:
+        vals = [r[col] for r in rows]
+        return statistics.median(vals), min(vals), max(vals)
+
+    print(f"\n{args.trials} trials x {n} steps per variant, interleaved step by step (A, B, teacher-forward T; "
+          f"order rotated), after {args.warmup} warm-up steps each")
+    print(f"{'trial':>6} {'A kdgraph img/s':>16} {'B hand img/s':>13} {'time A/B':>9} {'teacher fwd / B':>16}")
+    for i, r in enumerate(rows):
+        print(f"{i + 1:>6} {r[0]:16.0f} {r[1]:13.0f} {r[2]:9.3f} {r[3]:16.1%}")
+    (ma, la, ha), (mb, lb, hb), (mr, lr_, hr), (mt, lt, ht) = stat(0), stat(1), stat(2), stat(3)
+    print(f"{'median':>6} {ma:16.0f} {mb:13.0f} {mr:9.3f} {mt:16.1%}")
+    print(f"{'min':>6} {la:16.0f} {lb:13.0f} {lr_:9.3f} {lt:16.1%}")
+    print(f"{'max':>6} {ha:16.0f} {hb:13.0f} {hr:9.3f} {ht:16.1%}")
+    print(f"\ntime ratio kdgraph / hand-written (<= 1.0: kdgraph is as fast): median {mr:.3f} "
+          f"[min {lr_:.3f}, max {hr:.3f}]; teacher forward is {mt:.0%} of the hand-written step")
+    if args.profile:
+        profile(loop, hand, x, y, n)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

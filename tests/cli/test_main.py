@@ -1,0 +1,112 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kdgraph import __version__
+from kdgraph.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--set", "data.source=embedded", "--set", "data.train_subset=128", "--set", "data.test_subset=64",
+         "--set", "data.batch_size=32", "--set", "train.epochs=1", "--set", "train.baseline=false"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def write_spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+SPEC = """\
+name: cli
+teacher: {model: "kdgraph:fmnist_resnet"}
+student: {model: "kdgraph:fmnist_cnn"}
+data: {dataset: fashion-mnist, source: embedded, batch_size: 32, train_subset: 128, test_subset: 64}
+distill:
+  logits: {temperature: 4.0, weight: 0.9}
+  pairs:
+    - {teacher: layer3, student: block3}
+train: {epochs: 1}
+"""
+
+
+def test_version():
+    code, out = run("--version")
+    assert code == 0 and __version__ in out
+
+
+def test_inspect_model_table_and_json():
+    code, out = run("inspect", "kdgraph:fmnist_cnn")
+    assert code == 0 and "block3" in out and "32×7×7" in out
+    code, out = run("inspect", "timm:resnet18", "--input-shape", "3,64,64", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    layer3 = next(r for r in rows if r["name"] == "layer3")
+    assert layer3["shape"] == [256, 4, 4] and {"name", "kind", "shape"} <= set(layer3)
+
+
+def test_inspect_spec_marks_pairs_and_adapters(tmp_path):
+    code, out = run("inspect", write_spec(tmp_path, SPEC))
+    assert code == 0
+    assert "pair:block3->layer3" in out and "conv1x1" in out
+
+
+def test_validate_ok_and_dry_run(tmp_path):
+    path = write_spec(tmp_path, SPEC)
+    code, out = run("validate", path)
+    assert code == 0 and "ok" in out
+    code, out = run("train", path, "--dry-run", "--set", f"output={tmp_path / 'never'}")
+    assert code == 0 and not (tmp_path / "never").exists()
+
+
+def test_train_end_to_end_writes_run_and_summary(tmp_path):
+    out_dir = tmp_path / "run"
+    code, out = run("train", str(ROOT / "specs" / "quickstart.yaml"), *SMALL, "--set", f"output={out_dir}", "--quiet")
+    assert code == 0, out
+    assert "teacher" in out and "student" in out
+    assert (out_dir / "student.safetensors").is_file()
+    code, out = run("train", str(ROOT / "specs" / "quickstart.yaml"), *SMALL, "--set", f"output={out_dir}", "--quiet")
+    assert code == 2 and "already exists" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("change,needles", [
+    (("train: {epochs: 1}", "train: {epoch: 1}"), ["train.epoch (line 9)", "did you mean 'epochs'"]),
+    (("teacher: layer3", "teacher: layer33"), ["distill.pairs[0].teacher (line 8)", "layer3"]),
+    (('"kdgraph:fmnist_cnn"', '"timm:resnet1"'), ["timm has no model 'resnet1'", "student"]),
+    (("batch_size: 32", "batch_size: -4"), ["data.batch_size (line 4)", "-4"]),
+    (("student: block3", "student: fc"), ["distill.pairs[0]", "cannot be matched"]),
+    (("dataset: fashion-mnist, source: embedded", "dataset: imagefolder, root: /nonexistent/x"),
+     ["data (line 4)", "/nonexistent/x"]),
+])
+def test_bad_input_exits_2_with_clear_message(tmp_path, change, needles):
+    code, out = run("train", write_spec(tmp_path, SPEC.replace(*change)), "--set", f"output={tmp_path / 'r'}")
+    assert code == 2, out
+    assert out.startswith("error: ") and "Traceback" not in out
+    for needle in needles:
+        assert needle in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_weights_and_debug_traceback(tmp_path):
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    path = write_spec(tmp_path, SPEC.replace('"kdgraph:fmnist_resnet"}', f'"kdgraph:fmnist_resnet", weights: {weights}}}'))
+    code, out = run("validate", path)
+    assert code == 2 and "corrupted" in out and "teacher" in out
+    result = CliRunner().invoke(main, ["--debug", "validate", path])
+    assert result.exit_code != 2 and result.exception is not None
+
+
+def test_readme_python_snippet_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    assert list(tmp_path.iterdir()) == []  # the API writes nothing unless asked

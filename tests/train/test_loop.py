@@ -1,0 +1,108 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdgraph.errors import RunDirError
+from kdgraph.models import create_model
+from kdgraph.spec import spec_from_dict
+from kdgraph.train import train
+
+TINY = {
+    "name": "tiny",
+    "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
+    "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
+    "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 192,
+             "test_subset": 64},
+    "distill": {"logits": {"temperature": 4.0, "weight": 0.9},
+                "pairs": [{"teacher": "layer3", "student": "block3", "loss": "mse"}]},
+    "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}},
+    "runtime": {"seed": 0},
+}
+
+
+def make_spec(tmp_path, **changes):
+    doc = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            doc[section][field] = value
+        else:
+            doc[section] = value
+    doc["output"] = str(tmp_path / "run")
+    return spec_from_dict(doc)
+
+
+def test_run_dir_layout_metrics_and_export(tmp_path):
+    result = train(make_spec(tmp_path), quiet=True)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"spec.yaml", "metrics.jsonl", "checkpoints", "student.safetensors",
+                                              "adapters.safetensors", "summary.json"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("loss/ce", "loss/logits", "loss/pair:block3->layer3", "loss/total", "val_top1", "train_top1", "lr",
+                "images_per_s"):
+        assert key in rows[0], key
+    total = rows[0]["loss/ce"] + 0.9 * rows[0]["loss/logits"] + rows[0]["loss/pair:block3->layer3"]
+    assert rows[0]["loss/total"] == pytest.approx(total, rel=1e-5)
+    plain = create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 16]})
+    plain.load_state_dict(load_file(str(run / "student.safetensors")), strict=True)
+    x = torch.randn(3, 1, 28, 28)
+    result.student.eval()
+    plain.eval()
+    assert torch.allclose(plain(x), result.student(x), atol=1e-6)
+    adapters = load_file(str(run / "adapters.safetensors"))
+    assert any(k.startswith("student.0.") for k in adapters) and not any("layer" in k for k in adapters)
+    assert len(list((run / "checkpoints").glob("epoch_*.safetensors"))) == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["student_top1"] == rows[-1]["val_top1"]
+
+
+def test_teacher_is_never_updated(tmp_path):
+    teacher = create_model("kdgraph:fmnist_resnet", {"widths": [8, 16, 32], "blocks": [1, 1, 1]})
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    train(make_spec(tmp_path), teacher=teacher, quiet=True, write=False)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value.to(before[key].dtype).contiguous(), before[key]), key
+
+
+def test_existing_run_dir_is_kept_unless_asked(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="already exists"):
+        train(make_spec(tmp_path), quiet=True)
+    with pytest.raises(RunDirError, match="not a kdgraph run directory"):
+        train(make_spec(tmp_path), quiet=True, overwrite=True)
+    assert (run / "precious.txt").read_text() == "mine"
+    assert [p.name for p in run.iterdir()] == ["precious.txt"]
+
+
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
+    full = train(make_spec(tmp_path / "a"), quiet=True)
+    # an interrupted copy: the run as it stood after epoch 1 (epoch-2 checkpoint and metrics row gone)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    run = tmp_path / "b" / "run"
+    for path in (run / "checkpoints").glob("epoch_0002.*"):
+        path.unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    (run / "student.safetensors").unlink()
+    resumed = train(make_spec(tmp_path / "b"), quiet=True, resume=True)
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2]
+    assert resumed.metrics[0] == full.metrics[0]
+    for (key, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert resumed.metrics[1]["val_top1"] == full.metrics[1]["val_top1"]
+
+
+def test_plain_supervised_training_without_teacher(tmp_path):
+    doc = {"student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 8]}},
+           "data": {"dataset": "synthetic", "image_size": 16, "batch_size": 32,
+                    "synthetic": {"channels": 1, "classes": 4, "train_size": 256}},
+           "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01}}}
+    result = train(spec_from_dict(doc), write=False, quiet=True)
+    assert set(k for k in result.metrics[0] if k.startswith("loss/")) == {"loss/ce", "loss/total"}
+    assert result.metrics[-1]["val_top1"] > 0.5  # synthetic classes are learnable
