@@ -34,6 +34,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except _user_errors() as err:
+            from kdgraph.train.loop import Interrupted
+
+            if isinstance(err, Interrupted):
+                click.echo(str(err), err=True)
+                ctx.exit(130)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = str(err)

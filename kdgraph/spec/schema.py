@@ -13,7 +13,7 @@ from pydantic import PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
-    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec",
+    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec",
 ]
 
 
@@ -167,8 +167,21 @@ class TrainSpec(_Section):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     grad_clip: Optional[PositiveFloat] = Field(default=None, description="Clip the gradient norm to this value.")
     max_steps_per_epoch: Optional[PositiveInt] = Field(default=None, description="Cap on steps per epoch (smoke tests).")
+    max_bad_steps: PositiveInt = Field(
+        default=3, description="Stop after this many consecutive steps with a non-finite loss or gradient."
+    )
     baseline: bool = Field(
         default=False, description="Also train the student alone (no teacher) for the same budget and report both."
+    )
+
+
+class OutputSpec(_Section):
+    """Where the run is written and how checkpoints are kept."""
+
+    dir: Optional[str] = Field(default=None, description="Run directory (default: runs/NAME).")
+    keep: PositiveInt = Field(default=2, description="Keep the last N checkpoints (plus `best`).")
+    checkpoint_every: Optional[PositiveInt] = Field(
+        default=None, description="Also checkpoint every N optimizer steps inside an epoch (long epochs)."
     )
 
 
@@ -202,7 +215,7 @@ class Spec(_Section):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    output: Optional[str] = Field(default=None, description="Run directory (default: runs/NAME).")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
     _lines: Any = PrivateAttr(default=None)
 
     def line_of(self, *path: Any) -> Optional[int]:
@@ -215,6 +228,11 @@ class Spec(_Section):
             raise ValueError("distill terms need a teacher: add `teacher: {model: ...}` or remove `distill`")
         return self
 
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_path(cls, v: Any) -> Any:
+        return {"dir": v} if isinstance(v, str) or v is None else v
+
     @property
     def run_dir(self) -> str:
-        return self.output or f"runs/{self.name}"
+        return self.output.dir or f"runs/{self.name}"

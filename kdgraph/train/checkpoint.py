@@ -1,7 +1,7 @@
 """Checkpoints: tensors in safetensors, everything else in a small JSON file; every write is atomic.
 
-A checkpoint ``epoch_0003`` is ``epoch_0003.safetensors`` (student, adapters, optimizer tensors, RNG state) plus
-``epoch_0003.json`` (epoch, step, optimizer hyper-parameters, scheduler state). No pickle anywhere.
+A checkpoint ``ckpt-e0003-s000000`` (3 epochs done, 0 steps into the 4th) is ``ckpt-e0003-s000000.safetensors`` (student, adapters, optimizer tensors, RNG state) plus
+``ckpt-e0003-s000000.json`` (epoch, step, optimizer hyper-parameters, scheduler state). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -94,7 +95,9 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     version, internal, gauss = random.getstate()
-    return tensors, {"python": [version, list(internal), gauss]}
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    return tensors, {"python": [version, list(internal), gauss], "numpy": [int(pos), int(has_gauss), float(cached)]}
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -104,6 +107,8 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
         torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
+    pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def save_checkpoint(directory: str | Path, name: str, modules: dict[str, torch.nn.Module],
@@ -124,7 +129,7 @@ def save_checkpoint(directory: str | Path, name: str, modules: dict[str, torch.n
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    found = sorted(Path(directory).glob("epoch_*.json"))
+    found = sorted(Path(directory).glob("ckpt-*.json"))
     return found[-1] if found else None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -82,8 +85,12 @@ def _baseline_spec(spec: Spec) -> Spec:
     return Spec.model_validate(doc)
 
 
+class NumericalError(KdgraphError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
 class _Loop:
-    """One run's state. Kept small: the step, an epoch, and the bookkeeping around them."""
+    """One run's state. Kept small: the step, an epoch, and the bookkeeping around them (checkpoints, signals)."""
 
     def __init__(self, spec: Spec, plan: GraphPlan, data: DataBundle, rt: Runtime, reporter: Reporter,
                  run_dir: Optional[RunDir], student: nn.Module):
@@ -106,6 +113,13 @@ class _Loop:
         if rt.compile_mode:
             self.forward = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
+        self.bad_steps = 0
+        self.best = -1.0
+        self.stop_signal: Optional[int] = None
+        # position inside the current epoch, restored on resume
+        self.start_step = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.seen = 0
 
     def _modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "adapters": nn.ModuleDict(
@@ -118,30 +132,55 @@ class _Loop:
         meta = load_checkpoint(last, self._modules(), self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
-        self.reporter.info(f"resumed from {last.name} (epoch {meta['epoch']} done)")
+        self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
+        self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["sums"].items()}
+        where = f"epoch {meta['epoch'] + 1}, step {self.start_step}" if self.start_step else f"epoch {meta['epoch']} done"
+        self.reporter.info(f"resumed from {last.name} ({where})")
         rows = [r for r in self.run_dir.read_metrics() if r["epoch"] <= meta["epoch"]]
         return meta["epoch"], rows
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+        """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step."""
         with self.rt.autocast():
             out = self.forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
-        if self.spec.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.trainable.parameters(), self.spec.train.grad_clip)
+        clip = self.spec.train.grad_clip or float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.trainable.parameters(), clip)
+        if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
+            self._bad_step(out.terms, grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return None
+        self.bad_steps = 0
         self.optimizer.step()
         self.scheduler.step()
         correct = (out.logits.argmax(1) == y).sum()
         return dict(out.terms, total=out.total.detach(), correct=correct)
 
-    def epoch(self, epoch: int) -> dict[str, Any]:
+    def _bad_step(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        self.bad_steps += 1
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        what = f"loss term(s) {', '.join(bad)}" if bad else f"the gradient (norm {float(grad_norm)})"
+        self.reporter.warn(f"non-finite {what}; step skipped ({self.bad_steps}/{self.spec.train.max_bad_steps})")
+        if self.bad_steps >= self.spec.train.max_bad_steps:
+            last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
+            keep = f"; the last good checkpoint {last.name} is intact" if last else ""
+            raise NumericalError(
+                f"{self.bad_steps} consecutive steps with non-finite {what}{keep}. Lower train.optimizer.lr, set "
+                "train.grad_clip, or check the inputs and the loss weights", key="train")
+
+    def epoch(self, epoch: int) -> Optional[dict[str, Any]]:
+        """Train one epoch (from ``start_step`` when resuming); None when a stop signal arrived mid-epoch."""
         self.graph.train()
         self.loader.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        seen, start = 0, time.perf_counter()
+        self.loader.skip(self.start_step)
+        start, seen_before = time.perf_counter(), self.seen
         lr = self.optimizer.param_groups[0]["lr"]
+        every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
-            for i, (x, y) in enumerate(self.loader):
+            bar.advance(n=self.start_step)
+            for i, (x, y) in enumerate(self.loader, start=self.start_step):
                 if i >= self.steps:
                     break
                 x = x.to(self.rt.device, non_blocking=True)
@@ -151,35 +190,72 @@ class _Loop:
                 if self.rt.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 values = self.step(x, y)
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0) + value.detach() * (1 if key == "correct" else len(x))
-                seen += len(x)
-                if i % 10 == 0:
-                    bar.advance(f"loss {values['total'].item():.3f}")
-                else:
-                    bar.advance()
+                if values is not None:
+                    for key, value in values.items():
+                        weight = 1 if key == "correct" else len(x)
+                        self.sums[key] = self.sums.get(key, 0) + value.detach().double() * weight
+                    self.seen += len(x)
+                bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
+                done = i + 1
+                if self.stop_signal is not None and done < self.steps:
+                    self.checkpoint(epoch, done)
+                    return None
+                if every and done % every == 0 and done < self.steps:
+                    self.checkpoint(epoch, done)
         elapsed = time.perf_counter() - start
         row: dict[str, Any] = {"epoch": epoch + 1}
-        for key, value in sums.items():
-            if key == "correct":
-                continue
-            row["loss/" + key] = float(value) / seen
-        row["train_top1"] = float(sums["correct"]) / seen
+        seen = max(1, self.seen)
+        for key, value in self.sums.items():
+            if key != "correct":
+                row["loss/" + key] = float(value) / seen
+        row["train_top1"] = float(self.sums.get("correct", 0)) / seen
         row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
         row["lr"] = lr
-        row["images_per_s"] = seen / elapsed
+        row["images_per_s"] = (self.seen - seen_before) / elapsed
         row["time_s"] = elapsed
+        self.start_step, self.sums, self.seen = 0, {}, 0
         return row
 
-    def checkpoint(self, epoch: int) -> None:
+    def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
+        """``epoch`` = completed epochs; ``step_in_epoch`` > 0 for a checkpoint inside the next epoch."""
         if self.run_dir is None:
             return
-        meta = {"epoch": epoch, "scheduler": self.scheduler.state_dict(),
+        if val_top1 is not None and val_top1 > self.best:
+            self.best = val_top1
+            save_tensors(self.run_dir.best, self.student.state_dict(), {"epoch": str(epoch), "val_top1": str(val_top1)})
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": self.seen, "best": self.best,
+                "sums": {k: float(v) for k, v in self.sums.items()}, "scheduler": self.scheduler.state_dict(),
                 "aug_rng": self.aug_gen.get_state().tolist()}
-        save_checkpoint(self.run_dir.checkpoints, f"epoch_{epoch:04d}", self._modules(), self.optimizer, meta)
-        for old in sorted(self.run_dir.checkpoints.glob("epoch_*.json"))[:-2]:
-            old.with_suffix(".safetensors").unlink(missing_ok=True)
+        save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", self._modules(),
+                        self.optimizer, meta)
+        for old in sorted(self.run_dir.checkpoints.glob("ckpt-*.json"))[:-self.spec.output.keep]:
             old.unlink()
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+@contextmanager
+def _stop_on_signals(loop: _Loop):
+    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (a second signal interrupts at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if loop.stop_signal is not None:
+            raise KeyboardInterrupt
+        loop.stop_signal = signum
+        loop.reporter.warn(f"{signal.Signals(signum).name} received: finishing this step and writing a checkpoint")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Interrupted(KdgraphError):
+    """The run was stopped by a signal after writing a checkpoint."""
 
 
 def _has_conv(*models: Optional[nn.Module]) -> bool:
@@ -232,13 +308,19 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
         summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt)
         reporter.info(f"  teacher top-1 {summary['teacher_top1']:.2%}")
     start_epoch, rows = loop.resume() if resume else (0, [])
-    for epoch in range(start_epoch, spec.train.epochs):
-        row = loop.epoch(epoch)
-        rows.append(row)
-        reporter.info(_format_row(row))
-        if run_dir is not None:
-            run_dir.write_metrics(rows)
-            loop.checkpoint(epoch + 1)
+    with _stop_on_signals(loop):
+        for epoch in range(start_epoch, spec.train.epochs):
+            row = loop.epoch(epoch)
+            if row is not None:
+                rows.append(row)
+                reporter.info(_format_row(row))
+                if run_dir is not None:
+                    run_dir.write_metrics(rows)
+                    loop.checkpoint(epoch + 1, val_top1=row["val_top1"])
+            if loop.stop_signal is not None and epoch + 1 < spec.train.epochs:
+                where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
+                raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
+                                  f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
     summary["student_top1"] = rows[-1]["val_top1"] if rows else None
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:

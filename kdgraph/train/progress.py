@@ -44,6 +44,7 @@ class _Bar:
     def __init__(self, progress: Optional[Progress], task: Optional[int]):
         self.progress, self.task = progress, task
 
-    def advance(self, status: str = "") -> None:
+    def advance(self, n: int = 1, status: Optional[str] = None) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, status=status)
+            fields = {} if status is None else {"status": status}
+            self.progress.update(self.task, advance=n, **fields)

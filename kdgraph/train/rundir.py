@@ -18,13 +18,15 @@ MARKER = "spec.yaml"
 
 
 class RunDir:
-    """Layout: spec.yaml, metrics.jsonl, checkpoints/, student.safetensors, adapters.safetensors, summary.json."""
+    """Layout: spec.yaml, metrics.jsonl, checkpoints/, student.safetensors, best.safetensors, adapters.safetensors,
+    summary.json."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
         self.student = self.path / "student.safetensors"
+        self.best = self.path / "best.safetensors"
         self.adapters = self.path / "adapters.safetensors"
         self.summary = self.path / "summary.json"
         self.spec = self.path / MARKER

@@ -55,7 +55,7 @@ def test_run_dir_layout_metrics_and_export(tmp_path):
     assert torch.allclose(plain(x), result.student(x), atol=1e-6)
     adapters = load_file(str(run / "adapters.safetensors"))
     assert any(k.startswith("student.0.") for k in adapters) and not any("layer" in k for k in adapters)
-    assert len(list((run / "checkpoints").glob("epoch_*.safetensors"))) == 2
+    assert len(list((run / "checkpoints").glob("ckpt-*.safetensors"))) == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["student_top1"] == rows[-1]["val_top1"]
 
@@ -85,7 +85,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
     # an interrupted copy: the run as it stood after epoch 1 (epoch-2 checkpoint and metrics row gone)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     run = tmp_path / "b" / "run"
-    for path in (run / "checkpoints").glob("epoch_0002.*"):
+    for path in (run / "checkpoints").glob("ckpt-e0002-*"):
         path.unlink()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(lines[0] + "\n")
