@@ -10,6 +10,7 @@ from torch import nn
 from kdgraph.align import AlignmentError, FeatureShape, PairPlan, plan_pair
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph, Term
+from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.losses import UnknownLossError, get_loss
 from kdgraph.spec.schema import PairSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerInfo, LayerMap, UnknownLayerError, trace_model
@@ -99,6 +100,6 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
     teacher_ex = None
     taps = sorted({p.teacher for p in spec.distill.pairs})
     if teacher is not None and teacher_map is not None and (taps or needs_teacher_logits):
-        teacher_ex = FeatureExtractor(teacher, taps, teacher_map, keep_output=needs_teacher_logits)
+        teacher_ex = FrozenTeacher(FeatureExtractor(teacher, taps, teacher_map, keep_output=needs_teacher_logits))
     graph = DistillGraph(student_ex, teacher_ex, student_adapters, teacher_adapters, terms)
     return GraphPlan(graph, reports, student_map, teacher_map)

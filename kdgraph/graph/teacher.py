@@ -1,0 +1,78 @@
+"""The frozen teacher made cheaper: an eval-only fx graph with BatchNorm folded into the preceding convolution.
+
+The teacher never trains, so its BatchNorm layers are fixed affine maps; folding them into the convolution before
+them removes a whole pass over every feature map. The fold works on a deep copy: the user's teacher module is never
+changed in memory or on disk. Models on the hooks path (fx could not trace them) are used as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from kdgraph.trace import FeatureExtractor
+
+__all__ = ["FrozenTeacher", "fold_batchnorm"]
+
+
+def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` used once; returns (copy, count)."""
+    gm = copy.deepcopy(gm)
+    modules = dict(gm.named_modules())
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or uses[node.target] != 1:
+            continue
+        prev = node.args[0]
+        conv = modules.get(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
+        # the conv's raw output must feed only this BN (a tap on it would otherwise change meaning)
+        if not isinstance(conv, nn.Conv2d) or len(prev.users) != 1 or uses[prev.target] != 1:
+            continue
+        _set_module(gm, prev.target, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    gm.requires_grad_(False)
+    return gm.eval(), folded
+
+
+class FrozenTeacher(nn.Module):
+    """The teacher's feature extractor for inference only: eval mode, no gradients, BatchNorm folded (fx path)."""
+
+    def __init__(self, extractor: FeatureExtractor, fold: bool = True):
+        super().__init__()
+        self.folded = 0
+        self.taps = extractor.taps
+        if extractor.method == "fx" and fold:
+            source = extractor.graph_module
+            eval_graph = getattr(source, "eval_graph", source.graph)
+            gm = fx.GraphModule(source, copy.deepcopy(eval_graph))
+            self.module, self.folded = fold_batchnorm(gm)
+        else:
+            self.module = extractor
+        self.module.requires_grad_(False)
+        self.module.eval()
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.module(x)
