@@ -108,16 +108,21 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("target", metavar="MODEL|SPEC")
+@click.argument("targets", metavar="MODEL|SPEC [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")
 @click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the layer map(s) as JSON.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
+@click.option("--plot", default=None, metavar="FILE", help="Also draw the layer map(s) and pairs (.png, .svg, .pdf).")
+@click.option("--suggest", is_flag=True, help="With two models TEACHER STUDENT: propose pairs stage by stage.")
 @handle_errors
-def inspect(target: str, input_shape: str | None, kwargs_json: str | None, as_json: bool,
-            overrides: tuple[str, ...]) -> None:
-    """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs."""
+def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, as_json: bool,
+            overrides: tuple[str, ...], plot: str | None, suggest: bool) -> None:
+    """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs.
+
+    `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
+    from kdgraph.cli import commands
     from kdgraph.cli.render import print_layer_map, print_plan
     from kdgraph.errors import KdgraphError
     from kdgraph.models import create_model
@@ -125,6 +130,13 @@ def inspect(target: str, input_shape: str | None, kwargs_json: str | None, as_js
     from kdgraph.trace import trace_model
     from kdgraph.train.resolve import resolve_plan
 
+    if suggest:
+        return commands.suggest_command(targets, input_shape, kwargs_json, as_json)
+    if len(targets) != 1:
+        raise click.UsageError("inspect takes one MODEL or SPEC; two models only with --suggest")
+    target = targets[0]
+    if plot:
+        commands.check_plot_target(plot)
     if _is_spec(target):
         plan = resolve_plan(load_spec(target, overrides))
         if as_json:
@@ -133,6 +145,8 @@ def inspect(target: str, input_shape: str | None, kwargs_json: str | None, as_js
                                    else None, "pairs": plan.pairs_json()}, indent=1))
         else:
             print_plan(plan)
+        if plot:
+            commands.plot_spec(plan, plot)
         return
     try:
         kwargs = json.loads(kwargs_json) if kwargs_json else {}
@@ -154,7 +168,11 @@ def inspect(target: str, input_shape: str | None, kwargs_json: str | None, as_js
         click.echo(json.dumps(layer_map.to_json(), indent=1))
     else:
         print_layer_map(layer_map)
+    if plot:
+        commands.plot_model(layer_map, plot)
 
+
+from kdgraph.cli.commands import register; register(main)  # noqa: E402,E702 - schema, report, export
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -8,6 +8,7 @@ never touches a global backend or opens a window.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -16,7 +17,7 @@ from kdgraph.errors import KdgraphError
 from kdgraph.trace import LayerInfo, LayerMap
 from kdgraph.trace.suggest import block_list, stage_layers
 
-__all__ = ["PlotError", "PlotPair", "require_matplotlib", "plot_rows", "plot_layer_maps", "plot_plan",
+__all__ = ["PlotError", "PlotPair", "require_matplotlib", "check_path", "pair_label", "plot_rows", "plot_layer_maps", "plot_plan",
            "read_metrics", "plot_metrics"]
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -45,7 +46,7 @@ def require_matplotlib() -> None:
         raise PlotError("drawing needs matplotlib, which is not installed: pip install 'kdgraph[plot]'") from None
 
 
-def _check_path(path: str | Path) -> Path:
+def check_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise PlotError(f"{str(path)!r}: the picture is written as {', '.join(FORMATS)}; choose one of those suffixes")
@@ -90,7 +91,7 @@ def plot_layer_maps(path: str | Path, student_map: LayerMap, teacher_map: Option
                     pairs: Sequence[PlotPair] = (), title: str = "") -> Path:
     """Teacher (left) and student (right) as columns of stage-level layers with shapes; pairs as labelled lines."""
     require_matplotlib()
-    path = _check_path(path)
+    path = check_path(path)
     columns: list[tuple[str, LayerMap, list[LayerInfo]]] = []
     if teacher_map is not None:
         columns.append(("teacher", teacher_map, plot_rows(teacher_map, [p.teacher for p in pairs])))
@@ -98,7 +99,7 @@ def plot_layer_maps(path: str | Path, student_map: LayerMap, teacher_map: Option
     n_rows = max(len(rows) for _, _, rows in columns)
     box_w, gap = 3.4, 3.6
     width = box_w * len(columns) + gap * (len(columns) - 1) + 0.6
-    height = 1.3 + 0.36 * n_rows
+    height = 1.05 + 0.36 * n_rows
     fig = _figure(width, height)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
@@ -137,7 +138,7 @@ def plot_layer_maps(path: str | Path, student_map: LayerMap, teacher_map: Option
         ax.plot([x_a, x_b], [ty, sy], ls="none", marker="o", ms=3.5, color=f"C{i % 10}")
         # Labels of crossing lines would sit on one point: stagger them along their line.
         t = 0.5 + (((i % 3) - 1) * 0.18 if len(pairs) > 2 else 0)
-        ax.text(x_a + t * (x_b - x_a), ty + t * (sy - ty), pair.label, ha="center", va="center", fontsize=7,
+        ax.text(x_a + t * (x_b - x_a), ty + t * (sy - ty), textwrap.fill(pair.label, 36), ha="center", va="center", fontsize=7,
                 color=f"C{i % 10}", bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": f"C{i % 10}", "lw": 0.8})
     if title:
         fig.suptitle(title, fontsize=9, y=0.005, va="bottom", color="0.35")
@@ -190,7 +191,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def plot_metrics(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Training curves per epoch: every ``loss/`` term, train/val top-1, and the learning rate."""
     require_matplotlib()
-    path = _check_path(path)
+    path = check_path(path)
     fig = _figure(13, 3.8)
     axes = fig.subplots(1, 3)
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(rows)]

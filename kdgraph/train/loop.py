@@ -109,9 +109,10 @@ class _Loop:
         self.trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters})
         self.optimizer = build_optimizer(cfg.optimizer, self.trainable.parameters())
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
-        self.forward = self.graph
+        self.compiled = None
         if rt.compile_mode:
-            self.forward = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+            self.compiled = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+        self.compile_checked = False
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
         self.bad_steps = 0
         self.best = -1.0
@@ -142,7 +143,7 @@ class _Loop:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
         """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step."""
         with self.rt.autocast():
-            out = self.forward(x, y)
+            out = self._forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         clip = self.spec.train.grad_clip or float("inf")
@@ -157,6 +158,22 @@ class _Loop:
         self.scheduler.step()
         correct = (out.logits.argmax(1) == y).sum()
         return dict(out.terms, total=out.total.detach(), correct=correct)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+        """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
+        if self.compiled is None:
+            return self.graph(x, y)
+        if self.compile_checked:
+            return self.compiled(x, y)
+        try:
+            out = self.compiled(x, y)
+        except Exception as err:  # noqa: BLE001 - any compile/capture failure means "run eagerly"
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            self.reporter.warn(f"torch.compile failed ({reason[:300]}); running eagerly instead")
+            self.compiled = None
+            return self.graph(x, y)
+        self.compile_checked = True
+        return out
 
     def _bad_step(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
         self.bad_steps += 1

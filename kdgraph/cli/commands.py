@@ -1,0 +1,139 @@
+"""The ecosystem commands (``schema``, ``report``, ``export``) and the logic behind ``inspect --plot / --suggest``.
+
+Registered on the ``kdgraph`` group by ``register(main)`` at the bottom of ``kdgraph/cli/main.py``. Thin, like
+the rest of the CLI: parse, call the library, print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from kdgraph.errors import KdgraphError
+
+__all__ = ["register", "parse_input_shape", "suggest_command", "check_plot_target", "plot_spec", "plot_model"]
+
+
+def parse_input_shape(input_shape: Optional[str], refs: tuple[str, ...]) -> tuple[int, ...]:
+    """``--input-shape C,H,W``; default 1,28,28 when any model is from the kdgraph zoo, else 3,224,224."""
+    if input_shape is None:
+        return (1, 28, 28) if any(ref.startswith("kdgraph:") for ref in refs) else (3, 224, 224)
+    try:
+        shape = tuple(int(v) for v in input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(v <= 0 for v in shape):
+        raise KdgraphError(f"--input-shape {input_shape!r} must be positive integers like 3,224,224")
+    return shape
+
+
+def _kwargs(kwargs_json: Optional[str]) -> dict:
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as err:
+        raise KdgraphError(f"--kwargs is not valid JSON: {err}") from None
+    if not isinstance(kwargs, dict):
+        raise KdgraphError(f"--kwargs must be a JSON object like '{{\"num_classes\": 10}}', got {kwargs_json!r}")
+    return kwargs
+
+
+def _trace(ref: str, kwargs: dict, shape: tuple[int, ...]):
+    from kdgraph.models import create_model
+    from kdgraph.trace import trace_model
+
+    if ":" not in ref:
+        raise KdgraphError(f"{ref!r} is not a model reference like timm:resnet18")
+    return trace_model(create_model(ref, kwargs), shape, ref)
+
+
+def suggest_command(targets: tuple[str, ...], input_shape: Optional[str], kwargs_json: Optional[str],
+                    as_json: bool) -> None:
+    """``inspect TEACHER STUDENT --suggest``: print proposed pairs as YAML (or JSON)."""
+    from kdgraph.trace.suggest import format_pairs_yaml, suggest_pairs
+
+    if len(targets) != 2:
+        raise click.UsageError("--suggest takes two model references: kdgraph inspect TEACHER STUDENT --suggest")
+    shape = parse_input_shape(input_shape, targets)
+    kwargs = _kwargs(kwargs_json)
+    teacher_map, student_map = (_trace(ref, kwargs, shape) for ref in targets)
+    pairs = suggest_pairs(teacher_map, student_map)
+    if as_json:
+        click.echo(json.dumps(pairs, indent=1))
+    else:
+        click.echo(format_pairs_yaml(pairs, teacher_map, student_map), nl=False)
+
+
+def check_plot_target(path: str) -> None:
+    """Fail fast, before any model is traced: matplotlib installed and a known picture suffix."""
+    from kdgraph.cli.plot import check_path, require_matplotlib
+
+    require_matplotlib()
+    check_path(path)
+
+
+def plot_spec(plan, path: str) -> None:
+    """``inspect SPEC --plot FILE``: the paired layer maps of a resolved plan (message on stderr: stdout may be JSON)."""
+    from kdgraph.cli.plot import plot_plan
+
+    click.echo(f"wrote {plot_plan(plan, path)}", err=True)
+
+
+def plot_model(layer_map, path: str) -> None:
+    """``inspect MODEL --plot FILE``: one column of stage-level layers."""
+    from kdgraph.cli.plot import plot_layer_maps
+
+    click.echo(f"wrote {plot_layer_maps(path, layer_map, title=f'kdgraph inspect: {layer_map.model}')}", err=True)
+
+
+def register(main: click.Group) -> None:
+    """Add ``schema``, ``report`` and ``export`` to the ``kdgraph`` group."""
+    # The module that defined ``main`` (``kdgraph.cli.main``, or ``__main__`` when run as a script) is loaded by now.
+    handle_errors = sys.modules[main.callback.__module__].handle_errors
+
+    @main.command()
+    @click.option("--out", "out", default=None, metavar="FILE", help="Write to FILE instead of printing.")
+    @handle_errors
+    def schema(out: Optional[str]) -> None:
+        """Print the JSON Schema of a spec file (for editors: yaml-language-server, VS Code)."""
+        from kdgraph.spec.jsonschema import spec_json_schema
+        from kdgraph.train.checkpoint import atomic_write_text
+
+        text = json.dumps(spec_json_schema(), indent=2) + "\n"
+        if out:
+            atomic_write_text(out, text)
+            click.echo(f"wrote {out}")
+        else:
+            click.echo(text, nl=False)
+
+    @main.command()
+    @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+    @click.option("--out", default=None, metavar="FILE", help="Picture to write (.png, .svg, .pdf; default "
+                  "RUN_DIR/report.png).")
+    @handle_errors
+    def report(run_dir: str, out: Optional[str]) -> None:
+        """Draw the training curves of RUN_DIR (every loss term, train/val top-1, lr per epoch)."""
+        from kdgraph.cli.plot import plot_metrics, read_metrics, require_matplotlib
+
+        require_matplotlib()
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+        path = plot_metrics(rows, out or Path(run_dir) / "report.png", title=f"{run_dir} — {len(rows)} epoch(s)")
+        click.echo(f"wrote {path}")
+
+    @main.command()
+    @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+    @click.option("--out", required=True, metavar="FILE", help="The student's plain state dict (.safetensors).")
+    @click.option("--onnx", "onnx_path", default=None, metavar="FILE", help="Also write an ONNX graph (needs onnx).")
+    @click.option("--input-shape", default=None, metavar="C,H,W",
+                  help="ONNX probe input (default: the spec's data shape).")
+    @handle_errors
+    def export(run_dir: str, out: str, onnx_path: Optional[str], input_shape: Optional[str]) -> None:
+        """Rebuild RUN_DIR's student, load its trained weights strictly, and write them (and ONNX) out."""
+        from kdgraph.train.export import export_student
+
+        shape = parse_input_shape(input_shape, ()) if input_shape else None
+        path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape)
+        click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))

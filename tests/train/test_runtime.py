@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from kdgraph.errors import KdgraphError
+from kdgraph.spec import spec_from_dict
+from kdgraph.spec.schema import RuntimeSpec
+from kdgraph.train import train
+from kdgraph.train.runtime import resolve_runtime
+
+TINY = {
+    "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}},
+    "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
+    "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 64,
+             "test_subset": 32},
+    "distill": {"logits": {"temperature": 4.0, "weight": 0.9}, "pairs": [{"teacher": "layer3", "student": "block3"}]},
+    "train": {"epochs": 1},
+}
+
+
+def test_auto_policy_on_cpu():
+    rt = resolve_runtime(RuntimeSpec(), conv_net=True)
+    if not torch.cuda.is_available():
+        assert rt.device.type == "cpu" and rt.dtype is None and rt.compile_mode is None and rt.channels_last
+        assert resolve_runtime(RuntimeSpec(), conv_net=False).channels_last is False
+    assert resolve_runtime(RuntimeSpec(precision="bf16", compile="default", channels_last="off")).dtype is torch.bfloat16
+    assert resolve_runtime(RuntimeSpec(compile="reduce-overhead")).compile_mode == "reduce-overhead"
+    assert resolve_runtime(RuntimeSpec(compile="off")).compile_mode is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only errors")
+def test_gpu_only_settings_fail_clearly_on_cpu():
+    with pytest.raises(KdgraphError, match="runtime.device.*no CUDA GPU"):
+        resolve_runtime(RuntimeSpec(device="cuda"))
+    with pytest.raises(KdgraphError, match="fp16 needs a CUDA device"):
+        resolve_runtime(RuntimeSpec(precision="fp16"))
+
+
+def test_forced_compile_failure_falls_back_with_one_warning(monkeypatch, capsys):
+    def broken_compile(module, **kwargs):
+        def run(*args):
+            raise RuntimeError("backend exploded on purpose")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    spec = spec_from_dict(dict(TINY, runtime={"compile": "default"}))
+    result = train(spec, write=False)
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed") == 1 and "backend exploded on purpose" in err
+    assert len(result.metrics) == 1
+
+
+def test_bf16_autocast_step_close_to_fp32():
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        spec = spec_from_dict(dict(TINY, runtime={"precision": precision, "seed": 1}, train={"epochs": 1}))
+        rows[precision] = train(spec, write=False, quiet=True).metrics[0]
+    for key in ("loss/ce", "loss/logits", "loss/pair:block3->layer3"):
+        assert rows["bf16"][key] == pytest.approx(rows["fp32"][key], rel=0.1), key
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_losses_and_gradients():
+    """torch.compile of the whole graph computes the same terms and gradients as eager (first compile ~40 s)."""
+    from kdgraph.graph import build_graph
+    from kdgraph.models import create_model
+
+    spec = spec_from_dict(TINY)
+    torch.manual_seed(0)
+    student = create_model(spec.student.model, spec.student.kwargs)
+    teacher = create_model(spec.teacher.model, spec.teacher.kwargs)
+    graph = build_graph(spec, student, teacher, (1, 28, 28)).graph.train()
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+    eager = graph(x, y)
+    eager.total.backward()
+    grads = {n: p.grad.clone() for n, p in graph.named_parameters()}
+    graph.zero_grad(set_to_none=True)
+    compiled = torch.compile(graph)(x, y)
+    compiled.total.backward()
+    for key, value in eager.terms.items():
+        torch.testing.assert_close(compiled.terms[key], value, rtol=1e-4, atol=1e-5)
+    for name, p in graph.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-5)
