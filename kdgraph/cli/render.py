@@ -50,10 +50,19 @@ def print_plan(plan, maps: bool = True) -> None:
     for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
         table.add_column(column)
     for term in gp.graph.terms:
-        if term.kind != "pair":
-            detail = "labels" if term.kind == "ce" else f"{term.params['loss']} T={term.params['temperature']}"
-            table.add_row(term.label, "output", "output" if term.kind == "logits" else "-", "", "", detail,
+        if term.kind == "pair":
+            continue
+        if term.kind == "logits":
+            table.add_row(term.label, "output", "output", "", "", f"{term.params['loss']} T={term.params['temperature']}",
                           f"{term.weight:g}")
+        elif term.kind.startswith("head_"):
+            detail = {"head_soft": f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
+                      "head_ce": "CE on labels", "head_feat": f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
+            head = gp.graph.student_adapters[f"head{term.index}"]
+            table.add_row(term.label, term.student_tap, "self", f"aux head ({sum(p.numel() for p in head.parameters())}"
+                          " params)", "", detail, f"{term.weight:g}")
+        else:
+            table.add_row(term.label, "output", "-", "", "", "labels", f"{term.weight:g}")
     for r in gp.pairs:
         table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", f"{r.teacher.name} {_shape(r.teacher.shape)}",
                       " → ".join(r.plan.student_steps) or "identity", " → ".join(r.plan.teacher_steps) or "identity",

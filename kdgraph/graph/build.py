@@ -7,6 +7,7 @@ from typing import Optional
 
 from torch import nn
 
+from kdgraph.align.heads import AuxHead
 from kdgraph.align import AlignmentError, FeatureShape, PairPlan, plan_pair
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph, Term
@@ -42,7 +43,8 @@ def trace_pair_models(spec: Spec, student: nn.Module, teacher: Optional[nn.Modul
                       input_shape: tuple[int, ...]) -> tuple[LayerMap, Optional[LayerMap]]:
     """Layer maps of both models, probed at the data's input shape."""
     student_map = trace_model(student, input_shape, spec.student.model)
-    teacher_map = trace_model(teacher, input_shape, spec.teacher.model) if teacher is not None and spec.teacher else None
+    name = spec.external_teacher.model if spec.external_teacher else "teacher"
+    teacher_map = trace_model(teacher, input_shape, name) if teacher is not None else None
     return student_map, teacher_map
 
 
@@ -56,6 +58,41 @@ def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) ->
 def _unique_labels(pairs: list[PairSpec]) -> list[str]:
     labels = [p.label for p in pairs]
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
+def _default_deep_layers(student: nn.Module, student_map: LayerMap) -> tuple[str, str, nn.Linear]:
+    """The deepest stage's map (last map layer with more than one position) and the classifier's input."""
+    linears = [(name, m) for name, m in student.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SpecError("self-distillation needs a student with a final nn.Linear classifier", key="student")
+    maps = [info.name for info in student_map.layers if info.layout == "map" and info.shape[1] * info.shape[2] > 1]
+    if not maps:
+        raise SpecError("the student has no (C, H, W) feature map to attach heads to", key="self_distill.heads")
+    return maps[-1], f"{linears[-1][0]}:input", linears[-1][1]
+
+
+def _add_heads(spec: Spec, student: nn.Module, student_map: LayerMap, terms: list[Term],
+               adapters: nn.ModuleDict) -> None:
+    """Auxiliary heads and their three terms each: soft CE to the deepest logits, CE, feature distance."""
+    sd = spec.self_distill
+    deep_map, deep_feature, classifier = _default_deep_layers(student, student_map)
+    deep_map = _layer(student_map, sd.deep_map or deep_map, "self_distill.deep_map", spec, ("self_distill", "deep_map"))
+    feature = _layer(student_map, sd.deep_feature or deep_feature, "self_distill.deep_feature", spec,
+                     ("self_distill", "deep_feature"))
+    for i, name in enumerate(sd.heads):
+        key, path = f"self_distill.heads[{i}]", ("self_distill", "heads", i)
+        info = _layer(student_map, name, key, spec, path)
+        if info.layout != "map":
+            raise SpecError(f"heads attach to (C, H, W) maps; {name} is {info.layout} {info.shape}", key=key,
+                            line=spec.line_of(*path))
+        adapters[f"head{i}"] = AuxHead(info.shape, deep_map.shape, classifier.out_features, feature.shape[-1],
+                                       kind=sd.head, attention=sd.attention)
+        common = dict(student_tap=info.name, teacher_tap=feature.name, index=i)
+        terms.append(Term(label=f"head:{name}/soft", kind="head_soft", weight=sd.alpha,
+                          params={"temperature": sd.temperature, "t_squared": sd.t_squared}, **common))
+        terms.append(Term(label=f"head:{name}/ce", kind="head_ce", weight=1 - sd.alpha, **common))
+        if sd.feature_weight > 0:
+            terms.append(Term(label=f"head:{name}/feature", kind="head_feat", weight=sd.feature_weight, **common))
 
 
 def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], input_shape: tuple[int, ...],
@@ -92,11 +129,14 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
         terms.append(Term(label=label, kind="pair", weight=pair.weight, fn=fn, params=pair.loss.params,
                           student_tap=pair.student, teacher_tap=pair.teacher, index=i))
         reports.append(PairReport(i, label, pair, s_info, t_info, plan))
+    if spec.teacher == "self":
+        _add_heads(spec, student, student_map, terms, student_adapters)
     if not terms:
         raise SpecError("nothing to train: train.ce_weight is 0 and there are no distill terms", key="train.ce_weight")
     needs_teacher_logits = spec.distill.logits is not None
-    student_ex = FeatureExtractor(student, sorted({p.student for p in spec.distill.pairs}), student_map,
-                                  keep_output=True)
+    student_taps = {p.student for p in spec.distill.pairs} | {t.student_tap for t in terms if t.student_tap}
+    student_taps |= {t.teacher_tap for t in terms if t.kind == "head_feat"}
+    student_ex = FeatureExtractor(student, sorted(student_taps), student_map, keep_output=True)
     teacher_ex = None
     taps = sorted({p.teacher for p in spec.distill.pairs})
     if teacher is not None and teacher_map is not None and (taps or needs_teacher_logits):

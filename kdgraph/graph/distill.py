@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from kdgraph.losses import cross_entropy, kl_div, soft_cross_entropy
+from kdgraph.losses import cross_entropy, feature_distance, kl_div, soft_cross_entropy
 
 __all__ = ["DistillGraph", "Term", "StepOutput"]
 
@@ -85,9 +85,14 @@ class DistillGraph(nn.Module):
         feats_s = self.student(x)
         logits = feats_s["output"]
         terms: dict[str, torch.Tensor] = {}
+        heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         total = logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
-            if term.kind == "ce":
+            if term.kind.startswith("head_"):
+                if term.index not in heads:
+                    heads[term.index] = self.student_adapters[f"head{term.index}"](feats_s[term.student_tap])
+                value = self._head_term(term, heads[term.index], logits, feats_s, y)
+            elif term.kind == "ce":
                 value = cross_entropy(logits, y)
             elif term.kind == "logits":
                 fn = kl_div if term.params.get("loss", "kl") == "kl" else soft_cross_entropy
@@ -100,3 +105,23 @@ class DistillGraph(nn.Module):
             terms[term.label] = value.detach()
             total = total + term.weight * value
         return StepOutput(total=total, terms=terms, logits=logits.detach())
+
+    def _head_term(self, term: Term, head: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor,
+                   feats: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Self-distillation terms of one auxiliary head; the deepest outputs are targets (detached)."""
+        q, h = head
+        if term.kind == "head_soft":
+            return soft_cross_entropy(q.float(), logits.detach().float(), **term.params)
+        if term.kind == "head_ce":
+            return cross_entropy(q.float(), y)
+        adapt = self.student_adapters[f"head{term.index}"].adapt
+        return feature_distance(adapt(h).float(), feats[term.teacher_tap].detach().flatten(1).float())
+
+    def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of the deepest classifier (``output``) and of every auxiliary head (for evaluation)."""
+        feats = self.student(x)
+        out = {"output": feats["output"]}
+        for term in self.terms:
+            if term.kind == "head_ce":
+                out[term.student_tap] = self.student_adapters[f"head{term.index}"](feats[term.student_tap])[0]
+        return out

@@ -3,7 +3,7 @@
 See ``docs/losses.md`` for the formulas as implemented.
 """
 
-from kdgraph.losses.feature import LOGSUM_FLOOR, cosine, l1, logsum, logsum_corr, mse
+from kdgraph.losses.feature import LOGSUM_FLOOR, cosine, feature_distance, l1, logsum, logsum_corr, mse
 from kdgraph.losses.logits import cross_entropy, kl_div, soft_cross_entropy
 from kdgraph.losses.relational import cosine_kernel, distance_kernel, pkt_combined, pkt_cosine
 from kdgraph.losses.table import (
@@ -25,6 +25,7 @@ __all__ = [
     "cosine_kernel",
     "cross_entropy",
     "distance_kernel",
+    "feature_distance",
     "get_loss",
     "kl_div",
     "l1",

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar, cast
 import torch
 from torch import Tensor
 
-__all__ = ["mse", "l1", "cosine", "logsum", "logsum_corr", "LOGSUM_FLOOR"]
+__all__ = ["mse", "l1", "cosine", "logsum", "logsum_corr", "feature_distance", "LOGSUM_FLOOR"]
 
 #: Floor applied to the sum inside :func:`logsum` so that ``s == t`` gives
 #: ``log(LOGSUM_FLOOR)`` (about -27.6) instead of ``-inf``.
@@ -133,3 +133,15 @@ def logsum_corr(s: Tensor, t: Tensor, alpha: float = 4.0, eps: float = 1e-5) -> 
     s2, t2 = flatten_pair(s, t)
     c = (s2 * t2).mean(dim=0)
     return torch.log((c - 1.0).abs().pow(alpha).sum() + eps)
+
+
+@fp32_compute
+def feature_distance(s: Tensor, t: Tensor) -> Tensor:
+    """Euclidean distance between the whole batches, ``L = ||s - t||_2 = sqrt(sum_{b,k} (s - t)^2)``.
+
+    The feature term of self-distillation as in the published "Be Your Own Teacher" code (``torch.dist``): not
+    averaged over the batch, not squared.
+    """
+    s, t = flatten_pair(s, t)
+    diff = (s - t).flatten()
+    return torch.sqrt((diff * diff).sum().clamp_min(1e-24))

@@ -13,12 +13,13 @@ from pydantic import PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
-    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec",
+    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec",
 ]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf`/`.nan` pass `gt=0` checks (inf) or slip through unchecked fields; never meaningful
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Section):
@@ -143,6 +144,22 @@ class DistillSpec(_Section):
     pairs: list[PairSpec] = Field(default_factory=list, description="Feature pairs.")
 
 
+class SelfDistillSpec(_Section):
+    """Self-distillation: auxiliary heads on shallow student layers learn from the deepest classifier."""
+
+    heads: list[str] = Field(description="Student layers after which an auxiliary head is attached.")
+    head: Literal["sepconv", "linear"] = Field(default="sepconv", description="Head kind (see docs/methods.md).")
+    attention: bool = Field(default=True, description="Attention gate before a sepconv head's bottleneck.")
+    deep_map: Optional[str] = Field(default=None, description="The deepest stage's map (default: the last map layer).")
+    deep_feature: Optional[str] = Field(
+        default=None, description="The deepest feature h_deep (default: the input of the last Linear layer)."
+    )
+    alpha: float = Field(default=0.3, ge=0, le=1, description="α: weight of the soft term vs (1 − α) of CE per head.")
+    feature_weight: NonNegativeFloat = Field(default=0.03, description="λ: weight of ‖W_i h_i − sg(h_deep)‖.")
+    temperature: PositiveFloat = Field(default=3.0, description="T of the soft cross-entropy H_T(q_i, sg(q_deep)).")
+    t_squared: bool = Field(default=False, description="Multiply the soft term by T² (the published code does not).")
+
+
 class OptimizerSpec(_Section):
     name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
     lr: PositiveFloat = Field(default=0.05, description="Peak learning rate.")
@@ -187,13 +204,16 @@ class OutputSpec(_Section):
 
 class RuntimeSpec(_Section):
     device: str = Field(default="auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.")
-    seed: int = Field(default=0, description="Seed for every random number generator.")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed for every random number generator (0 to 2^63-1).")
     threads: Optional[PositiveInt] = Field(default=None, description="CPU threads for torch (default: torch's choice).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU.")
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="auto", description="auto: compiled with CUDA graphs on CUDA, eager on CPU."
     )
-    channels_last: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on for conv nets on CUDA.")
+    channels_last: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on for conv nets.")
+    log: list[Literal["jsonl", "tensorboard"]] = Field(
+        default_factory=lambda: ["jsonl"], description="Metric sinks; jsonl is always written, tensorboard needs the package."
+    )
 
     @field_validator("device")
     @classmethod
@@ -209,10 +229,13 @@ class Spec(_Section):
     model_config = ConfigDict(extra="forbid", title="kdgraph spec", validate_assignment=True)
 
     name: str = Field(default="run", description="Run name.")
-    teacher: Optional[ModelSpec] = Field(default=None, description="The teacher; omit for plain supervised training.")
+    teacher: Union[ModelSpec, Literal["self"], None] = Field(
+        default=None, description="The teacher; `self` for self-distillation; omit for plain supervised training."
+    )
     student: ModelSpec = Field(description="The student that is trained and exported.")
     data: DataSpec = Field(default_factory=DataSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
+    self_distill: Optional[SelfDistillSpec] = Field(default=None, description="Heads for `teacher: self`.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
@@ -226,7 +249,19 @@ class Spec(_Section):
     def _teacher_needed(self) -> "Spec":
         if self.teacher is None and (self.distill.pairs or self.distill.logits):
             raise ValueError("distill terms need a teacher: add `teacher: {model: ...}` or remove `distill`")
+        if self.teacher == "self":
+            if self.self_distill is None or not self.self_distill.heads:
+                raise ValueError("`teacher: self` needs `self_distill: {heads: [LAYER, ...]}`")
+            if self.distill.pairs or self.distill.logits:
+                raise ValueError("`teacher: self` takes its terms from `self_distill`; remove `distill`")
+        elif self.self_distill is not None:
+            raise ValueError("`self_distill` is used with `teacher: self` only")
         return self
+
+    @property
+    def external_teacher(self) -> Optional[ModelSpec]:
+        """The teacher model spec, or None for plain training and self-distillation."""
+        return self.teacher if isinstance(self.teacher, ModelSpec) else None
 
     @field_validator("output", mode="before")
     @classmethod

@@ -19,11 +19,12 @@ from kdgraph.graph import GraphPlan
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
-from kdgraph.train.evaluate import top1
+from kdgraph.train.evaluate import head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
+from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.runtime import Runtime, resolve_runtime, seed_everything
 
 __all__ = ["TrainResult", "train", "build_data", "build_models"]
@@ -68,7 +69,7 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
         except KdgraphError as err:
             err.key, err.line = err.key or "student", err.line or spec.line_of("student")
             raise
-    if teacher is None and spec.teacher is not None:
+    if teacher is None and spec.external_teacher is not None:
         try:
             teacher = build_model(spec.teacher.model, spec.teacher.kwargs, spec.teacher.weights)
         except KdgraphError as err:
@@ -79,7 +80,7 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
 
 def _baseline_spec(spec: Spec) -> Spec:
     doc = spec.model_dump(mode="json")
-    doc.update(teacher=None, distill={}, name=f"{spec.name}-baseline")
+    doc.update(teacher=None, distill={}, self_distill=None, name=f"{spec.name}-baseline")
     doc["train"].update(baseline=False, ce_weight=spec.train.ce_weight or 1.0)
     doc["output"] = str(Path(spec.run_dir) / "baseline")
     return Spec.model_validate(doc)
@@ -227,6 +228,8 @@ class _Loop:
                 row["loss/" + key] = float(value) / seen
         row["train_top1"] = float(self.sums.get("correct", 0)) / seen
         row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
+        if any(t.kind == "head_ce" for t in self.graph.terms):
+            row.update(head_top1(self.graph, self.data.test, self.spec, self.rt))
         row["lr"] = lr
         row["images_per_s"] = (self.seen - seen_before) / elapsed
         row["time_s"] = elapsed
@@ -312,8 +315,12 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
     data, student, teacher, plan = resolved.data, resolved.student, resolved.teacher, resolved.graph_plan
     rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
     run_dir = RunDir(spec.run_dir) if write else None
+    wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None
+    if wants_tb:
+        TensorBoardLogger.check_available()
     if run_dir is not None:
         run_dir.prepare(spec.model_dump(mode="json"), overwrite=overwrite, resume=resume)
+    tb = TensorBoardLogger(run_dir.path / "tensorboard") if wants_tb else None
     reporter.info(f"[bold]{spec.name}[/bold]: {data.description}; device {rt.device}, {rt.precision}"
                   f"{', compiled' if rt.compile_mode else ''}")
     for report in plan.pairs:
@@ -331,6 +338,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
             if row is not None:
                 rows.append(row)
                 reporter.info(_format_row(row))
+                if tb is not None:
+                    tb.log(row, step=row["epoch"])
                 if run_dir is not None:
                     run_dir.write_metrics(rows)
                     loop.checkpoint(epoch + 1, val_top1=row["val_top1"])
@@ -338,6 +347,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
                                   f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
+    if tb is not None:
+        tb.close()
     summary["student_top1"] = rows[-1]["val_top1"] if rows else None
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:

@@ -22,14 +22,21 @@ class TensorBoardMissingError(KdgraphError, ImportError):
 class TensorBoardLogger:
     """Write metric rows as TensorBoard scalars under ``log_dir`` (created if needed)."""
 
-    def __init__(self, log_dir: str | Path):
+    @staticmethod
+    def check_available() -> None:
+        """Raise TensorBoardMissingError (a user error naming runtime.log) when tensorboard is not installed."""
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
             raise TensorBoardMissingError(
                 "TensorBoard logging needs the tensorboard package, which is not installed: pip install tensorboard "
                 "(or remove `tensorboard` from runtime.log)", key="runtime.log"
             ) from None
+
+    def __init__(self, log_dir: str | Path):
+        self.check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
