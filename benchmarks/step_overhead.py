@@ -11,10 +11,12 @@ Quickstart pair (teacher ``kdgraph:fmnist_resnet``, student ``kdgraph:fmnist_cnn
 Both run one full step (forward, backward, optimizer step, scheduler step) on one fixed batch that is already on
 the device, in the memory format the trainer uses. The variants are interleaved step by step (A B T, B T A, ...;
 T = the hand-written teacher forward alone) so that load from other processes hits all of them alike; each trial
-sums its per-step times, and the table reports every trial plus the median and the min/max over trials.
+takes the median of its per-step times (one stalled step must not decide a trial), and the table reports every
+trial plus the median and the min/max over trials, then the median of all per-round paired A/B ratios.
 
     python3 benchmarks/step_overhead.py                   # batch 128, 7 trials x 20 steps
     python3 benchmarks/step_overhead.py --channels-last off --threads 2
+    python3 benchmarks/step_overhead.py --hand-fold-bn     # (B) also folds the teacher's BatchNorms
     python3 benchmarks/step_overhead.py --profile          # also: where kdgraph's extra time goes
 """
 
@@ -26,6 +28,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +40,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kdgraph.models import build_model  # noqa: E402
 from kdgraph.models.weights import BUILTIN_DIR  # noqa: E402
 from kdgraph.spec import load_spec  # noqa: E402
 from kdgraph.train.loop import _has_conv, _Loop  # noqa: E402
@@ -58,12 +62,47 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def revision() -> str:
+    """The kdgraph commit measured, with ``+dirty`` when kdgraph/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "kdgraph"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fold_teacher_bn(teacher: nn.Module) -> int:
+    """Fold every BatchNorm2d into the Conv2d before it, by hand, for the zoo ResNet (stem, BasicBlocks, shortcuts)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from kdgraph.models.zoo import BasicBlock
+
+    folded = 0
+    for m in teacher.modules():
+        if isinstance(m, BasicBlock):
+            for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
+                setattr(m, conv, fuse_conv_bn_eval(getattr(m, conv), getattr(m, bn)))
+                setattr(m, bn, nn.Identity())
+                folded += 1
+        elif isinstance(m, nn.Sequential):
+            for i in range(len(m) - 1):
+                if isinstance(m[i], nn.Conv2d) and isinstance(m[i + 1], nn.BatchNorm2d):
+                    m[i], m[i + 1] = fuse_conv_bn_eval(m[i], m[i + 1]), nn.Identity()
+                    folded += 1
+    return folded
+
+
 class HandStep:
     """The hand-written step: what a careful PyTorch user would write for this spec."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, proj: nn.Module, spec, steps_per_epoch: int,
-                 device: torch.device, channels_last: bool):
-        self.s, self.t, self.proj = student.to(device), teacher.to(device), proj.to(device)
+                 device: torch.device, channels_last: bool, fold_bn: bool = False):
+        self.t = teacher.eval().requires_grad_(False)
+        self.folded = fold_teacher_bn(self.t) if fold_bn else 0
+        self.s, self.t, self.proj = student.to(device), self.t.to(device), proj.to(device)
         if channels_last:
             for m in (self.s, self.t, self.proj):
                 m.to(memory_format=torch.channels_last)
@@ -118,6 +157,7 @@ class HandStep:
 
 def build(args):
     spec = load_spec(SPEC)
+    teacher = None
     if not (BUILTIN_DIR / "fmnist_resnet.safetensors").is_file():
         spec.teacher.weights = None  # == --set teacher.weights=null: random teacher, same cost
     spec.runtime.channels_last = args.channels_last
@@ -127,7 +167,20 @@ def build(args):
 
     # (A) exactly as kdgraph.train.loop.train() builds it, minus the run dir.
     seed_everything(spec.runtime.seed)
-    resolved = resolve_plan(spec)
+    if spec.teacher.weights is None:
+        # Random weights leave every BatchNorm the identity (mean 0, var 1, gamma 1, beta 0), which would make the
+        # loss check blind to BatchNorm handling (kdgraph folds the teacher's BNs); give them non-trivial stats.
+        teacher = build_model(spec.teacher.model, spec.teacher.kwargs, None)
+        g = torch.Generator().manual_seed(1)
+        for m in teacher.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+                m.weight.data.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.data.copy_(0.2 * torch.randn(c, generator=g))
+        seed_everything(spec.runtime.seed)
+    resolved = resolve_plan(spec, teacher=teacher)  # a live teacher: the same path as kdgraph.distill(teacher=...)
     student, teacher, plan = resolved.student, resolved.teacher, resolved.graph_plan
     # (B) fresh copies, taken before anything is moved, converted or stepped: identical weights.
     b_student, b_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
@@ -136,7 +189,7 @@ def build(args):
     rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
     loop = _Loop(spec, plan, resolved.data, rt, Reporter(quiet=True), None, student)
     loop.graph.train()  # as loop.epoch() does
-    hand = HandStep(b_student, b_teacher, b_proj, spec, loop.steps, rt.device, rt.channels_last)
+    hand = HandStep(b_student, b_teacher, b_proj, spec, loop.steps, rt.device, rt.channels_last, args.hand_fold_bn)
 
     # One fixed batch from the real training set, on the device, in the trainer's memory format.
     g = torch.Generator().manual_seed(0)
@@ -154,7 +207,7 @@ def check_same_loss(loop, hand, x, y) -> tuple[float, float]:
     a = float(loop.step(x, y)["total"])
     b = float(hand.step(x, y))
     rel = abs(a - b) / max(abs(b), 1e-12)
-    print(f"loss check (same batch, same initial weights): kdgraph {a:.6f}  hand-written {b:.6f}  "
+    print(f"loss check (same batch, same initial weights): kdgraph {a:.7f}  hand-written {b:.7f}  "
           f"rel diff {rel:.2e}")
     assert rel <= 1e-4, f"losses differ: {a} vs {b}"
     return a, b
@@ -168,46 +221,84 @@ def timed(fn, steps: int) -> float:
 
 
 def profile(loop, hand, x, y, steps: int) -> None:
-    """Per-step wall time of the pieces of kdgraph's step that the hand-written step does not have."""
+    """Where the two steps differ: per-step aten op counts, then interleaved micro-timings of the differing pieces."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
     from kdgraph.losses import cross_entropy, kl_div, mse
 
-    g = loop.graph
-    s3 = torch.randn(x.shape[0], 32, 7, 7)
-    logits = torch.randn(x.shape[0], 10, requires_grad=True)
-    tl = torch.randn(x.shape[0], 10)
-    a3, b3 = torch.randn(x.shape[0], 64, 7, 7), torch.randn(x.shape[0], 64, 7, 7)
-    with torch.no_grad():
-        pieces = {
-            "teacher fx GraphModule fwd": lambda: g.teacher(x),
-            "teacher hand fwd": lambda: hand.teacher_forward(x),
-            "student fx GraphModule fwd (no grad)": lambda: g.student(x),
-            "student hand fwd (no grad)": lambda: hand.s.fc(torch.flatten(hand.s.pool(
-                hand.s.block3(hand.s.block2(hand.s.block1(x)))), 1)),
-            "kdgraph kl_div": lambda: kl_div(logits, tl, temperature=4.0),
-            "F.kl_div": lambda: F.kl_div(F.log_softmax(logits / 4, 1), F.log_softmax(tl / 4, 1),
-                                         reduction="batchmean", log_target=True) * 16,
-            "kdgraph mse (+fp32 wrapper)": lambda: mse(a3, b3),
-            "F.mse_loss": lambda: F.mse_loss(a3, b3),
-            "kdgraph cross_entropy": lambda: cross_entropy(logits, y),
-            "F.cross_entropy": lambda: F.cross_entropy(logits, y),
-            "empty teacher adapter call": lambda: g.teacher_adapters["0"](a3),
-            "correct = (argmax == y).sum()": lambda: (logits.argmax(1) == y).sum(),
-            "s3.float() x2 + 3 x .detach()": lambda: (s3.float(), a3.float(), a3.detach(), b3.detach(), s3.detach()),
-        }
-        n = max(steps, 20)
-        print(f"\nprofile: mean wall time per call over {n} calls (ms), same machine load caveats apply")
-        for name, fn in pieces.items():
-            fn()
-            best = min(timed(fn, n) for _ in range(3)) / n
-            print(f"  {name:40s} {best * 1e3:9.3f}")
-    # torch.profiler over a few full kdgraph steps: the top CPU ops by self time.
-    from torch.profiler import ProfilerActivity, profile as tprofile
-    for name, fn in (("kdgraph step", lambda: loop.step(x, y)), ("hand-written step", lambda: hand.step(x, y))):
+    counts = {}
+    for name, fn in (("A", lambda: loop.step(x, y)), ("B", lambda: hand.step(x, y))):
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(5):
+            for _ in range(3):
                 fn()
-        print(f"\ntorch.profiler, 5 x {name}: top ops by self CPU time")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        counts[name] = {e.key: (e.count / 3, e.self_cpu_time_total / 3e3) for e in prof.key_averages()
+                        if e.key.startswith("aten::")}
+    print("\naten ops whose per-step call count differs (self CPU ms per step is load-sensitive)")
+    print(f"  {'op':36s} {'calls A':>8} {'calls B':>8} {'ms A':>8} {'ms B':>8}")
+    for key in sorted(set(counts["A"]) | set(counts["B"])):
+        (ca, ta), (cb, tb) = counts["A"].get(key, (0, 0.0)), counts["B"].get(key, (0, 0.0))
+        if ca != cb:
+            print(f"  {key:36s} {ca:8.0f} {cb:8.0f} {ta:8.2f} {tb:8.2f}")
+
+    g, fmt = loop.graph, torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+    bsz = x.shape[0]
+
+    def feat(c: int, grad: bool) -> torch.Tensor:
+        t = torch.randn(bsz, c, 7, 7, device=x.device)
+        t = t.contiguous(memory_format=fmt) if fmt is not None else t
+        return t.requires_grad_(grad)
+
+    s_feat, t_feat = feat(64, True), feat(64, False)
+    logits = torch.randn(bsz, 10, device=x.device, requires_grad=True)
+    t_logits = torch.randn(bsz, 10, device=x.device)
+
+    def fwd_bwd(fn):
+        return lambda: fn().backward()
+
+    pairs = {
+        "MSE pair loss, fwd+bwd (B,64,7,7)": (
+            fwd_bwd(lambda: mse(s_feat.float(), g.teacher_adapters["0"](t_feat.detach()).float())),
+            fwd_bwd(lambda: F.mse_loss(s_feat, t_feat))),
+        "KL T=4 logits loss, fwd+bwd": (
+            fwd_bwd(lambda: kl_div(logits, t_logits.detach(), temperature=4.0)),
+            fwd_bwd(lambda: F.kl_div(F.log_softmax(logits / 4, 1), F.log_softmax(t_logits / 4, 1),
+                                     reduction="batchmean", log_target=True) * 16.0)),
+        "CE loss, fwd+bwd": (fwd_bwd(lambda: cross_entropy(logits, y)), fwd_bwd(lambda: F.cross_entropy(logits, y))),
+        "correct = (argmax(1) == y).sum()": (lambda: (logits.detach().argmax(1) == y).sum(), lambda: None),
+        "teacher forward (no grad)": (lambda: g.teacher_features(x), lambda: hand.teacher_forward(x)),
+        "student forward (no grad)": (
+            lambda: _no_grad(g.student, x),
+            lambda: _no_grad(lambda v: hand.s.fc(torch.flatten(hand.s.pool(
+                hand.s.block3(hand.s.block2(hand.s.block1(v)))), 1)), x)),
+    }
+    print("\nmicro-timings, kdgraph piece vs hand-written piece, interleaved, median per call (ms)")
+    print(f"  {'piece':40s} {'kdgraph':>9} {'hand':>9} {'extra':>9}")
+    for name, (fa, fb) in pairs.items():
+        heavy = "forward" in name
+        reps, inner = (max(5, steps // 2), 1) if heavy else (max(15, steps), 50)
+        fa(), fb()
+        ta, tb = [], []
+        for _ in range(reps):
+            for fn, out in ((fa, ta), (fb, tb)):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                out.append((time.perf_counter() - start) / inner * 1e3)
+        ma, mb = statistics.median(ta), statistics.median(tb)
+        print(f"  {name:40s} {ma:9.3f} {mb:9.3f} {ma - mb:+9.3f}")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _no_grad(fn, v):
+    with torch.no_grad():
+        return fn(v)
 
 
 def main(argv=None) -> int:
@@ -219,6 +310,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="runtime.channels_last of the spec; both variants use the resolved choice")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--hand-fold-bn", action="store_true",
+                   help="fold the teacher's BatchNorms into its convs in (B) too, as kdgraph's frozen teacher does")
     p.add_argument("--profile", action="store_true", help="also time the pieces where the two steps differ")
     args = p.parse_args(argv)
 
@@ -226,7 +319,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} logical CPUs ({cpu_model()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {rt.device}")
+          f"{torch.get_num_threads()} threads, device {rt.device}, load average {_loadavg()}")
+    print(f"kdgraph {revision()}: teacher BatchNorms folded by kdgraph: {getattr(loop.graph.teacher, 'folded', 0)}, "
+          f"by the hand-written step: {hand.folded}")
     print(f"pair: {spec.teacher.model} (weights: {spec.teacher.weights or 'random'}) -> {spec.student.model}; "
           f"batch {args.batch_size}x{tuple(x.shape[1:])}, channels_last {rt.channels_last}, {rt.precision}")
     check_same_loss(loop, hand, x, y)
@@ -241,8 +336,9 @@ def main(argv=None) -> int:
     n = args.steps
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     variants = [("A", run_a), ("B", run_b), ("T", run_t)]
+    paired = []  # A/B step-time ratio of every round
     for trial in range(args.trials):
-        t = {"A": 0.0, "B": 0.0, "T": 0.0}
+        t: dict[str, list[float]] = {"A": [], "B": [], "T": []}
         for i in range(n):
             # Step-level interleaving, order rotated every round: load spikes from other processes hit all three.
             k = (trial * n + i) % 3
@@ -254,15 +350,19 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 fn()
                 sync()
-                t[key] += time.perf_counter() - start
-        rows.append((n * args.batch_size / t["A"], n * args.batch_size / t["B"], t["A"] / t["B"], t["T"] / t["B"]))
+                t[key].append(time.perf_counter() - start)
+            paired.append(t["A"][-1] / t["B"][-1])
+        # Medians, not sums: one step stalled by another process (seconds, under heavy load) must not decide a trial.
+        a, b, tt = (statistics.median(t[k]) for k in ("A", "B", "T"))
+        rows.append((args.batch_size / a, args.batch_size / b, a / b, tt / b))
+        print(f"  trial {trial + 1}/{args.trials} done", file=sys.stderr, flush=True)
 
     def stat(col: int) -> tuple[float, float, float]:
         vals = [r[col] for r in rows]
         return statistics.median(vals), min(vals), max(vals)
 
     print(f"\n{args.trials} trials x {n} steps per variant, interleaved step by step (A, B, teacher-forward T; "
-          f"order rotated), after {args.warmup} warm-up steps each")
+          f"order rotated), after {args.warmup} warm-up steps each; img/s from each trial's median step time")
     print(f"{'trial':>6} {'A kdgraph img/s':>16} {'B hand img/s':>13} {'time A/B':>9} {'teacher fwd / B':>16}")
     for i, r in enumerate(rows):
         print(f"{i + 1:>6} {r[0]:16.0f} {r[1]:13.0f} {r[2]:9.3f} {r[3]:16.1%}")
@@ -271,7 +371,11 @@ def main(argv=None) -> int:
     print(f"{'min':>6} {la:16.0f} {lb:13.0f} {lr_:9.3f} {lt:16.1%}")
     print(f"{'max':>6} {ha:16.0f} {hb:13.0f} {hr:9.3f} {ht:16.1%}")
     print(f"\ntime ratio kdgraph / hand-written (<= 1.0: kdgraph is as fast): median {mr:.3f} "
-          f"[min {lr_:.3f}, max {hr:.3f}]; teacher forward is {mt:.0%} of the hand-written step")
+          f"[min {lr_:.3f}, max {hr:.3f}] over trials; teacher forward is {mt:.0%} of the hand-written step")
+    q = statistics.quantiles(paired, n=4)
+    print(f"per-round paired ratio A/B over {len(paired)} rounds: median {statistics.median(paired):.3f}, "
+          f"quartiles [{q[0]:.3f}, {q[2]:.3f}]")
+    print(f"load average after: {_loadavg()}")
     if args.profile:
         profile(loop, hand, x, y, n)
     return 0

@@ -76,7 +76,8 @@ def check_plot_target(path: str) -> None:
 
 
 def plot_spec(plan, path: str) -> None:
-    """``inspect SPEC --plot FILE``: the paired layer maps of a resolved plan (message on stderr: stdout may be JSON)."""
+    """``inspect SPEC --plot FILE``: the paired layer maps of a resolved plan (the message goes to stderr: stdout
+    may be JSON)."""
     from kdgraph.cli.plot import plot_plan
 
     click.echo(f"wrote {plot_plan(plan, path)}", err=True)

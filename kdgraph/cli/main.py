@@ -33,6 +33,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         ctx = click.get_current_context()
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
         except _user_errors() as err:
             from kdgraph.train.loop import Interrupted
 
@@ -46,9 +49,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 message = message[1:-1]
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
 
     return wrapper
 

@@ -17,8 +17,8 @@ from kdgraph.errors import KdgraphError
 from kdgraph.trace import LayerInfo, LayerMap
 from kdgraph.trace.suggest import block_list, stage_layers
 
-__all__ = ["PlotError", "PlotPair", "require_matplotlib", "check_path", "pair_label", "plot_rows", "plot_layer_maps", "plot_plan",
-           "read_metrics", "plot_metrics"]
+__all__ = ["PlotError", "PlotPair", "require_matplotlib", "check_path", "pair_label", "plot_rows", "plot_layer_maps",
+           "plot_plan", "read_metrics", "plot_metrics"]
 
 FORMATS = (".png", ".svg", ".pdf")
 # Modules that never change a feature (at inference) and only crowd the picture; shown when tapped.
@@ -75,10 +75,11 @@ def plot_rows(layer_map: LayerMap, tapped: Sequence[str] = ()) -> list[LayerInfo
                 and info.name not in parents:
             chosen.setdefault(info.name, info)
     for name in tapped:
-        info = layer_map[name]
-        chosen[name] = info
+        info = layer_map[name]  # ``NAME:output`` is listed as NAME, ``NAME:input`` under its own name
+        chosen[info.name] = info
     base = lambda name: order.get(name.partition(":")[0], len(order))  # noqa: E731
-    return sorted(chosen.values(), key=lambda info: (base(info.name), info.name.endswith(":output")))
+    # ``NAME:input`` is drawn just before NAME
+    return sorted(chosen.values(), key=lambda info: (base(info.name), not info.name.endswith(":input")))
 
 
 def _figure(width: float, height: float):
@@ -105,8 +106,8 @@ def plot_layer_maps(path: str | Path, student_map: LayerMap, teacher_map: Option
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     ax.axis("off")
-    tapped_t = {p.teacher for p in pairs}
-    tapped_s = {p.student for p in pairs}
+    tapped_t = {teacher_map[p.teacher].name for p in pairs} if teacher_map is not None else set()
+    tapped_s = {student_map[p.student].name for p in pairs} if teacher_map is not None else set()
     centre: dict[tuple[str, str], tuple[float, float]] = {}
     top = height - 0.95
     for c, (role, layer_map, rows) in enumerate(columns):
@@ -131,15 +132,16 @@ def plot_layer_maps(path: str | Path, student_map: LayerMap, teacher_map: Option
     for i, pair in enumerate(pairs):
         if teacher_map is None:
             break
-        tx, ty = centre[("teacher", pair.teacher)]
-        sx, sy = centre[("student", pair.student)]
+        tx, ty = centre[("teacher", teacher_map[pair.teacher].name)]
+        sx, sy = centre[("student", student_map[pair.student].name)]
         x_a, x_b = tx + box_w, sx
         ax.plot([x_a, x_b], [ty, sy], color=f"C{i % 10}", lw=1.6)
         ax.plot([x_a, x_b], [ty, sy], ls="none", marker="o", ms=3.5, color=f"C{i % 10}")
         # Labels of crossing lines would sit on one point: stagger them along their line.
         t = 0.5 + (((i % 3) - 1) * 0.18 if len(pairs) > 2 else 0)
-        ax.text(x_a + t * (x_b - x_a), ty + t * (sy - ty), textwrap.fill(pair.label, 36), ha="center", va="center", fontsize=7,
-                color=f"C{i % 10}", bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": f"C{i % 10}", "lw": 0.8})
+        ax.text(x_a + t * (x_b - x_a), ty + t * (sy - ty), textwrap.fill(pair.label, 36), ha="center", va="center",
+                fontsize=7, color=f"C{i % 10}",
+                bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": f"C{i % 10}", "lw": 0.8})
     if title:
         fig.suptitle(title, fontsize=9, y=0.005, va="bottom", color="0.35")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -435,6 +435,22 @@ _CIFAR = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """The CIFAR python batches are pickles; only what they hold may be built (dicts, lists, strings, numpy
+    arrays), never an arbitrary callable: a crafted file in data.root must not run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only plain data and numpy arrays)")
+        return super().find_class(module, name)
+
+
 def _read_cifar(name: str, root: Path) -> tuple[tuple, tuple, tuple[str, ...]]:
     """Read the python-pickle CIFAR layout torchvision uses (``cifar-10-batches-py`` etc.)."""
     spec = _CIFAR[name]
@@ -451,10 +467,13 @@ def _read_cifar(name: str, root: Path) -> tuple[tuple, tuple, tuple[str, ...]]:
     def load(path: Path) -> dict:
         try:
             with open(path, "rb") as fh:
-                return pickle.load(fh, encoding="latin1")
+                entry = _CifarUnpickler(fh, encoding="latin1").load()
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
             raise DataError(f"{name}: could not read {path} ({exc}); the file is corrupted or not a "
-                            "CIFAR python batch.") from exc
+                            "CIFAR python batch.") from None
+        if not isinstance(entry, dict):
+            raise DataError(f"{name}: {path} holds a {type(entry).__name__}, not a CIFAR python batch (a dict).")
+        return entry
 
     def split(files: list[str]):
         xs, ys = [], []

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import nn
 
 from kdgraph.align.heads import AuxHead
-from kdgraph.align import AlignmentError, FeatureShape, PairPlan, plan_pair
+from kdgraph.align import AlignmentError, FeatureShape, PairPlan, find_producing_conv, l1_channel_mask, plan_pair
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph, Term
 from kdgraph.graph.teacher import FrozenTeacher
@@ -42,10 +43,32 @@ class GraphPlan:
 def trace_pair_models(spec: Spec, student: nn.Module, teacher: Optional[nn.Module],
                       input_shape: tuple[int, ...]) -> tuple[LayerMap, Optional[LayerMap]]:
     """Layer maps of both models, probed at the data's input shape."""
-    student_map = trace_model(student, input_shape, spec.student.model)
+    student_map = _trace(student, input_shape, spec.student.model, "student", spec)
     name = spec.external_teacher.model if spec.external_teacher else "teacher"
-    teacher_map = trace_model(teacher, input_shape, name) if teacher is not None else None
+    teacher_map = _trace(teacher, input_shape, name, "teacher", spec) if teacher is not None else None
     return student_map, teacher_map
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, key: str, spec: Spec) -> LayerMap:
+    try:
+        return trace_model(model, input_shape, name)
+    except ValueError as err:  # the probe forward failed: almost always the data's shape vs the model's
+        path = ("data", "image_size") if spec.data.image_size else (key,)
+        raise SpecError(f"{err}. The data gives inputs of shape {input_shape}; pick a model (or model kwargs such "
+                        "as in_chans) or an image size that fit", key=".".join(path), line=spec.line_of(*path)) from None
+
+
+def logit_count(model: nn.Module, input_shape: tuple[int, ...]) -> Optional[int]:
+    """Width of the model's output on a probe batch (None when it is not a (B, K) tensor)."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(torch.zeros((2, *input_shape), device=device))
+        return out.shape[-1] if torch.is_tensor(out) and out.ndim == 2 else None
+    finally:
+        model.train(was_training)
 
 
 def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) -> LayerInfo:
@@ -53,6 +76,22 @@ def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) ->
         return layer_map[name]
     except UnknownLayerError as err:
         raise with_key(SpecError(str(err).strip("'\"")), key, spec.line_of(*path)) from None
+
+
+def _projector_name(projector: object) -> object:
+    return projector.get("name") if isinstance(projector, dict) else projector
+
+
+def _prune_indices(pair: PairSpec, teacher: nn.Module, s_info: LayerInfo) -> torch.Tensor:
+    """InDistill: keep the teacher filters with the largest L1 (or L2) norm, as many as the student has channels."""
+    try:
+        _, conv = find_producing_conv(teacher, pair.teacher)
+    except ValueError as err:
+        raise AlignmentError(f"projector prune needs a conv layer at the teacher tap: {err}") from None
+    if s_info.channels is None or s_info.channels > conv.out_channels:
+        raise AlignmentError(f"projector prune keeps student-width channels ({s_info.channels}) of the teacher's "
+                             f"{conv.out_channels}; the student must be narrower")
+    return l1_channel_mask(conv.weight.detach(), keep=s_info.channels, criterion=pair.prune_criterion)
 
 
 def _unique_labels(pairs: list[PairSpec]) -> list[str]:
@@ -106,6 +145,11 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
     if spec.train.ce_weight > 0:
         terms.append(Term(label="ce", kind="ce", weight=spec.train.ce_weight))
     if spec.distill.logits is not None:
+        k_s, k_t = logit_count(student, input_shape), logit_count(teacher, input_shape)
+        if k_s is None or k_t is None or k_s != k_t:
+            raise SpecError(f"logit distillation needs (B, K) outputs of equal width; the student gives {k_s} and "
+                            f"the teacher {k_t} classes. Set num_classes in the models' kwargs, or remove "
+                            "distill.logits", key="distill.logits", line=spec.line_of("distill", "logits"))
         lg = spec.distill.logits
         terms.append(Term(label="logits", kind="logits", weight=lg.weight,
                           params={"loss": lg.loss, "temperature": lg.temperature}))
@@ -114,8 +158,10 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
         s_info = _layer(student_map, pair.student, f"distill.pairs[{i}].student", spec, base + ("student",))
         t_info = _layer(teacher_map, pair.teacher, f"distill.pairs[{i}].teacher", spec, base + ("teacher",))
         try:
+            prune = _prune_indices(pair, teacher, s_info) if _projector_name(pair.projector) == "prune" else None
             plan = plan_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
-                             projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize)
+                             projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize,
+                             prune_indices=prune)
         except AlignmentError as err:
             raise with_key(SpecError(f"{pair.student} {s_info.shape} cannot be matched to {pair.teacher} "
                                      f"{t_info.shape}: {err}"), f"distill.pairs[{i}]", spec.line_of(*base)) from None
@@ -132,7 +178,8 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
     if spec.teacher == "self":
         _add_heads(spec, student, student_map, terms, student_adapters)
     if not terms:
-        raise SpecError("nothing to train: train.ce_weight is 0 and there are no distill terms", key="train.ce_weight")
+        raise SpecError("nothing to train: train.ce_weight is 0 and there are no distill terms", key="train.ce_weight",
+                        line=spec.line_of("train", "ce_weight"))
     needs_teacher_logits = spec.distill.logits is not None
     student_taps = {p.student for p in spec.distill.pairs} | {t.student_tap for t in terms if t.student_tap}
     student_taps |= {t.teacher_tap for t in terms if t.kind == "head_feat"}

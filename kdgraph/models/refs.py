@@ -36,12 +36,12 @@ def _timm(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     except TypeError as err:
         raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}") from None
     except Exception as err:  # noqa: BLE001 - downloads fail in many ways; all mean "no weights here"
-        if pretrained:
-            raise ModelError(
-                f"timm:{name}: pretrained weights are neither cached locally nor downloadable ({type(err).__name__}). "
-                "Download them once with network access, or give `weights: path/to/file.safetensors`."
-            ) from None
-        raise
+        if not pretrained:
+            _construct_failed(f"timm:{name}", kwargs, err)
+        raise ModelError(
+            f"timm:{name}: pretrained weights are neither cached locally nor downloadable ({type(err).__name__}). "
+            "Download them once with network access, or give `weights: path/to/file.safetensors`."
+        ) from None
 
 
 def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
@@ -55,12 +55,12 @@ def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
     except TypeError as err:
         raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}") from None
     except Exception as err:  # noqa: BLE001
-        if pretrained:
-            raise ModelError(
-                f"torchvision:{name}: pretrained weights are neither in the torch hub cache nor downloadable "
-                f"({type(err).__name__}). Download them once with network access, or give a safetensors path."
-            ) from None
-        raise
+        if not pretrained:
+            _construct_failed(f"torchvision:{name}", kwargs, err)
+        raise ModelError(
+            f"torchvision:{name}: pretrained weights are neither in the torch hub cache nor downloadable "
+            f"({type(err).__name__}). Download them once with network access, or give a safetensors path."
+        ) from None
 
 
 def _python(target: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -71,14 +71,41 @@ def _python(target: str, kwargs: dict[str, Any]) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ModelError(f"python:{target}: cannot import {module_name!r} ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed while importing (SyntaxError, ...)
+        raise ModelError(f"python:{target}: importing {module_name!r} failed ({type(err).__name__}: {err})") from None
     factory = getattr(module, attr, None)
     if factory is None:
         public = [n for n in dir(module) if not n.startswith("_")]
         raise ModelError(f"python:{target}: module {module_name!r} has no {attr!r}{_nearest(attr, public)}")
-    model = factory(**kwargs)
+    model = _construct(f"python:{target}", factory, kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"python:{target} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _construct(ref: str, factory: Any, kwargs: dict[str, Any]) -> Any:
+    """Call a model constructor; whatever it raises for these kwargs is the user's to fix, so it is a ModelError."""
+    try:
+        return factory(**kwargs)
+    except TypeError as err:
+        if not kwargs:
+            raise ModelError(f"{ref} cannot be built without arguments ({err}); give them under `kwargs:`") from None
+        raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}") from None
+    except _BUILD_ERRORS as err:
+        _construct_failed(ref, kwargs, err)
+
+
+_BUILD_ERRORS = (ValueError, RuntimeError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                 AssertionError, NotImplementedError)
+
+
+def _construct_failed(ref: str, kwargs: dict[str, Any], err: BaseException) -> None:
+    """Raise a ModelError for a constructor that failed on (usually) its kwargs; re-raise anything else."""
+    if not isinstance(err, _BUILD_ERRORS):
+        raise err
+    what = f"with kwargs {kwargs}" if kwargs else "with its default arguments"
+    raise ModelError(f"{ref} failed to build {what}: {type(err).__name__}: {err}"
+                     + ("; check the kwargs" if kwargs else "")) from None
 
 
 def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
@@ -98,10 +125,7 @@ def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: boo
             raise ModelError(f"the kdgraph zoo has no model {name!r}; available: {', '.join(ZOO)}{_nearest(name, list(ZOO))}")
         if pretrained:
             raise ModelError(f"{ref}: zoo models use `weights: builtin`, not `pretrained`")
-        try:
-            return ZOO[name](**kwargs)
-        except TypeError as err:
-            raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}") from None
+        return _construct(ref, ZOO[name], kwargs)
     if scheme == "live":
         raise ModelError(f"{ref} stands for a module passed from Python: kdgraph.distill(spec, student=..., teacher=...)")
     raise ModelError(f"model reference {ref!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -19,22 +20,35 @@ BUILTIN_DIR = Path(__file__).parent / "weights"
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` (or ``.pt/.pth`` with ``weights_only=True``)."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights path {str(path)!r} is a folder, not a file (.safetensors, or .pt/.pth/.bin)")
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted as plain tensors
-            raise WeightsError(f"cannot read {str(path)!r} as plain tensors (weights_only=True): {err}") from None
+            raise WeightsError(
+                f"cannot read {str(path)!r} as plain tensors (weights_only=True): {_first_reason(err)}. kdgraph "
+                "never unpickles other objects; if you trust the file, load it yourself and save its state dict "
+                "with safetensors") from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise WeightsError(f"{str(path)!r} does not hold a state dict")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+            raise WeightsError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
         return state
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{str(path)!r} is not a readable safetensors file ({err}); is it truncated or corrupted?") from None
+
+
+def _first_reason(err: Exception) -> str:
+    """torch's weights_only errors are long (and suggest weights_only=False): keep the unpickler's reason."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(err).__name__])[0]
+    return reason.strip().rstrip(".")
 
 
 def load_weights(model: nn.Module, path: str | Path, model_name: str = "model") -> None:

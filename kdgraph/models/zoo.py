@@ -14,6 +14,17 @@ from torch import nn
 __all__ = ["ZOO", "FmnistResNet", "FmnistCNN", "BasicBlock"]
 
 
+def _check_sizes(model: str, **sizes: object) -> None:
+    """Constructor arguments come from specs: reject what would only fail later, deep inside a forward."""
+    for name, value in sizes.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError(f"{model}: {name} must not be empty")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            kind = "a list of positive integers" if isinstance(value, (list, tuple)) else "a positive integer"
+            raise ValueError(f"{model}: {name} must be {kind}, got {value!r}")
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut, as in ResNet-18."""
 
@@ -40,6 +51,9 @@ class FmnistResNet(nn.Module):
     def __init__(self, widths: Sequence[int] = (16, 32, 64), blocks: Sequence[int] = (2, 2, 2),
                  in_chans: int = 1, num_classes: int = 10):
         super().__init__()
+        _check_sizes("FmnistResNet", widths=widths, blocks=blocks, in_chans=in_chans, num_classes=num_classes)
+        if len(widths) != len(blocks):
+            raise ValueError(f"FmnistResNet: widths {list(widths)} and blocks {list(blocks)} need one entry per stage")
         self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
         cin = widths[0]
@@ -64,6 +78,7 @@ class FmnistCNN(nn.Module):
 
     def __init__(self, widths: Sequence[int] = (16, 32, 32), in_chans: int = 1, num_classes: int = 10):
         super().__init__()
+        _check_sizes("FmnistCNN", widths=widths, in_chans=in_chans, num_classes=num_classes)
         blocks, cin = [], in_chans
         for i, width in enumerate(widths):
             layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),

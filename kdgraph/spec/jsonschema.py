@@ -80,7 +80,7 @@ def _allow(prop: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def spec_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a spec file: pydantic's schema of ``Spec``, short forms added, with ``$schema`` and a title."""
+    """The JSON Schema of a spec file: pydantic's schema of ``Spec`` with the short forms, ``$schema`` and a title."""
     schema = copy.deepcopy(Spec.model_json_schema())
     defs = schema.get("$defs", {})
     for name, model in _models(Spec).items():

@@ -37,41 +37,104 @@ def format_key(path: Iterable[Any]) -> str:
     return out
 
 
-def _index_lines(node: yaml.Node, path: Path_, index: LineIndex) -> None:
-    index[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            index[path + (key,)] = key_node.start_mark.line + 1
-            _index_lines(value_node, path + (key,), index)
-            index[path + (key,)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), index)
+MAX_NODES = 20_000  # values in the spec once aliases are expanded: real specs have a few hundred
+MAX_DEPTH = 64
+
+
+def _index_lines(root: yaml.Node, source: str) -> LineIndex:
+    """Walk the composed YAML once, before anything is constructed: the line of every key path, and the problems
+    PyYAML lets through: duplicate keys (it keeps the last one silently), aliases that contain themselves, alias
+    "bombs" that expand to billions of values, and nesting deeper than any spec needs."""
+    index = LineIndex()
+    on_path: set[int] = set()
+    count = 0
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_NODES:
+            raise SpecError(f"{source}: YAML aliases (*name) expand to too many values (more than {MAX_NODES:,}); "
+                            "a spec is a small tree: repeat the values instead of nesting aliases",
+                            line=node.start_mark.line + 1)
+        if len(path) > MAX_DEPTH:
+            raise SpecError(f"nested more than {MAX_DEPTH} levels deep; a spec is a shallow tree",
+                            key=format_key(path[:MAX_DEPTH]), line=node.start_mark.line + 1)
+        if id(node) in on_path:
+            raise SpecError("an alias (*name) refers to a value that contains it (a recursive anchor); "
+                            "a spec must be a tree", key=format_key(path), line=node.start_mark.line + 1)
+        index.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            on_path.add(id(node))
+            seen: dict[tuple[str, Any], int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                    raise SpecError(f"a key is a {kind}; keys must be plain names", key=format_key(path) or source,
+                                    line=line)
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges a mapping, it is no key
+                    walk(value_node, path)
+                    continue
+                key = key_node.value
+                ident = (key_node.tag, key)
+                if ident in seen:
+                    raise SpecError(f"duplicate key {key!r}; it first appears at line {seen[ident]}. YAML would "
+                                    "silently keep only the last value: remove or rename one",
+                                    key=format_key(path + (key,)), line=line)
+                seen[ident] = line
+                walk(value_node, path + (key,))
+                index[path + (key,)] = line
+            on_path.discard(id(node))
+        elif isinstance(node, yaml.SequenceNode):
+            on_path.add(id(node))
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+            on_path.discard(id(node))
+
+    walk(root, ())
+    return index
+
+
+def _yaml_problem(err: yaml.YAMLError) -> tuple[str, int | None]:
+    """``at line L, column C: problem (context ...)`` from a PyYAML error, with a hint for tabs."""
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"at character {err.position + 1}: {str(err).splitlines()[0]}", None
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    text = f"at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        starts = cmark and (not mark or cmark.line != mark.line)
+        text += f" ({context}" + (f", which starts at line {cmark.line + 1}, column {cmark.column + 1})" if starts
+                                  else ")")
+    if "'\\t'" in problem or "\t" in problem:
+        text += "; YAML is indented with spaces, never tabs"
+    return text, mark.line + 1 if mark else None
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, LineIndex]:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters right here
         node = loader.get_single_node()
-        if node is None:
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
             raise SpecError(f"{source} is empty; a spec needs at least `student: {{model: ...}}`")
+        index = _index_lines(node, source)
         data = loader.construct_document(node)
     except yaml.constructor.ConstructorError as err:
-        line = err.problem_mark.line + 1 if err.problem_mark else None
-        raise SpecError(
-            f"{source}: {err.problem} — YAML tags that construct Python objects are never loaded (safe loading only)",
-            line=line,
-        ) from None
+        problem, line = _yaml_problem(err)
+        hint = ""
+        if "tag" in (err.problem or ""):
+            hint = " — YAML tags that construct Python objects are never loaded (safe loading only)"
+        raise SpecError(f"{source}: {problem}{hint}", line=line) from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{source} is not valid YAML{where}: {problem}", line=mark.line + 1 if mark else None) from None
+        problem, line = _yaml_problem(err)
+        raise SpecError(f"{source} is not valid YAML {problem}", line=line) from None
+    except RecursionError:
+        raise SpecError(f"{source}: the YAML is nested too deeply to read; a spec is a shallow tree") from None
     finally:
-        loader.dispose()
-    index = LineIndex()
-    _index_lines(node, (), index)
+        if loader is not None:
+            loader.dispose()
     return data, index
 
 
@@ -148,8 +211,25 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _explain(err: dict, index: LineIndex) -> tuple[str, Path_]:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "dict[str,any]"))))
+def _clean_loc(loc: tuple) -> tuple[Path_, bool]:
+    """A pydantic error location as a spec key path: union-branch tags (``ModelSpec``, ``literal['self']``,
+    ``function-after[...]``) dropped. The flag says whether a tag was dropped (the error is one union branch's)."""
+    kept = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in ("str", "dict[str,any]") or _is_model_name(part)):
+            continue
+        kept.append(part)
+    return tuple(kept), len(kept) != len(loc)
+
+
+def _is_model_name(part: str) -> bool:
+    from kdgraph.spec import schema
+
+    found = getattr(schema, part, None) if part[:1].isupper() else None
+    return isinstance(found, type) and issubclass(found, BaseModel)
+
+
+def _explain(err: dict, loc: Path_, index: LineIndex, also: list[dict] = ()) -> str:
     key = format_key(loc) or "(top level)"
     line = index.line(loc)
     where = f"{key}" + (f" (line {line})" if line else "")
@@ -157,20 +237,43 @@ def _explain(err: dict, index: LineIndex) -> tuple[str, Path_]:
     if kind == "extra_forbidden":
         owner = _model_at(loc)
         valid = list(owner.model_fields) if owner else []
-        near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        return f"{where}: unknown key{hint} Valid keys here: {', '.join(valid)}", loc
+        near = difflib.get_close_matches(str(loc[-1]), valid, n=1) if loc else []
+        hint = f"; did you mean {near[0]!r}?" if near else "."
+        return f"{where}: unknown key{hint} Valid keys here: {', '.join(valid)}"
     if kind == "missing":
-        return f"{where}: required key is missing", loc
+        return f"{where}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
+    for other in also:  # the other branches of a union, at the same key: "Input should be A or B"
+        msg += " or " + other["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
-    if kind == "literal_error" and isinstance(value, str):
-        choices = re.findall(r"'([^']*)'", err["msg"])
+    literals = [e["msg"] for e in (err, *also) if e["type"] == "literal_error"]
+    if literals and isinstance(value, str):
+        choices = re.findall(r"'([^']*)'", " ".join(literals))
         near = difflib.get_close_matches(value, choices, n=1)
         if near:
             msg += f"; did you mean {near[0]!r}?"
-    return f"{where}: {msg}{shown}", loc
+    return f"{where}: {msg}{shown}"
+
+
+def _explain_all(errors: list[dict], index: LineIndex) -> list[tuple[str, Path_]]:
+    """One line per problem. A union (``teacher: {model: ...} | self``) reports an error per branch: a branch's
+    error is dropped when a deeper error explains the same key, and branches at the same key are merged."""
+    cleaned = [(e, *_clean_loc(tuple(e["loc"]))) for e in errors]
+    kept = []
+    for e, loc, branch in cleaned:
+        if branch and any(other[:len(loc)] == loc and len(other) > len(loc) for _, other, _ in cleaned):
+            continue
+        kept.append((e, loc, branch))
+    out: list[tuple[str, Path_]] = []
+    done: set[int] = set()
+    for i, (e, loc, branch) in enumerate(kept):
+        if i in done:
+            continue
+        same = [j for j, (_, other, b) in enumerate(kept) if j > i and branch and b and other == loc]
+        done.update(same)
+        out.append((_explain(e, loc, index, [kept[j][0] for j in same]), loc))
+    return out
 
 
 def spec_from_dict(data: Any, index: LineIndex | None = None, source: str = "spec") -> Spec:
@@ -181,7 +284,7 @@ def spec_from_dict(data: Any, index: LineIndex | None = None, source: str = "spe
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
-        explained = [_explain(e, index) for e in err.errors(include_url=False)]
+        explained = _explain_all(err.errors(include_url=False), index)
         first = explained[0][1]
         lines = "\n  ".join(text for text, _ in explained)
         raise SpecError(

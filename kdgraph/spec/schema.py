@@ -116,6 +116,9 @@ class PairSpec(_Section):
     resize: Literal["bilinear", "nearest", "avgpool"] = Field(
         default="bilinear", description="How a student map is resized to the teacher's spatial size."
     )
+    prune_criterion: Literal["l1", "l2"] = Field(
+        default="l1", description="`projector: prune`: keep the teacher filters with the largest L1 (or L2) norm."
+    )
     loss: LossSpec = Field(default_factory=lambda: LossSpec(name="mse"), description="Feature loss.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of this term in the total loss.")
 

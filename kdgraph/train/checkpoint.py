@@ -23,9 +23,16 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "save_chec
            "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; final files get the usual permissions
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -53,6 +60,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _umask_mode())
     try:
         save_file(flat, tmp, metadata=metadata)
         with open(tmp, "rb") as handle:

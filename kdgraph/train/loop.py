@@ -312,14 +312,18 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
     reporter = reporter or Reporter(quiet=quiet)
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teacher, plan = resolved.data, resolved.student, resolved.teacher, resolved.graph_plan
-    rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
+    data, student, teacher, plan, rt = (resolved.data, resolved.student, resolved.teacher, resolved.graph_plan,
+                                        resolved.runtime)
     run_dir = RunDir(spec.run_dir) if write else None
     wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None
     if wants_tb:
         TensorBoardLogger.check_available()
     if run_dir is not None:
-        run_dir.prepare(spec.model_dump(mode="json"), overwrite=overwrite, resume=resume)
+        try:
+            run_dir.prepare(spec.model_dump(mode="json"), overwrite=overwrite, resume=resume)
+        except KdgraphError as err:
+            err.line = err.line or spec.line_of("output")
+            raise
     tb = TensorBoardLogger(run_dir.path / "tensorboard") if wants_tb else None
     reporter.info(f"[bold]{spec.name}[/bold]: {data.description}; device {rt.device}, {rt.precision}"
                   f"{', compiled' if rt.compile_mode else ''}")
@@ -343,7 +347,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
                 if run_dir is not None:
                     run_dir.write_metrics(rows)
                     loop.checkpoint(epoch + 1, val_top1=row["val_top1"])
-            if loop.stop_signal is not None and epoch + 1 < spec.train.epochs:
+            if loop.stop_signal is not None and (row is None or epoch + 1 < spec.train.epochs):
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
                                   f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")

@@ -94,6 +94,8 @@ def test_plot_rows_keep_stages_and_tapped_layers(spec_path):
     rows = [i.name for i in plot_rows(gp.teacher_map, ["layer3.1.conv2"])]
     # execution order: a tapped layer inside a stage comes before the stage's output
     assert rows[:5] == ["stem", "layer1", "layer2", "layer3.1.conv2", "layer3"] and rows[-1] == "fc"
+    rows = [i.name for i in plot_rows(gp.teacher_map, ["layer3:input", "layer2:output"])]
+    assert rows == ["stem", "layer1", "layer2", "layer3:input", "layer3", "pool", "fc"]
 
 
 def test_plot_errors_exit_2(spec_path, tmp_path, monkeypatch):

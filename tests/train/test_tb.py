@@ -31,6 +31,8 @@ def test_rows_become_scalars(tmp_path):
 
 def test_missing_tensorboard_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    with pytest.raises(TensorBoardMissingError):
+        TensorBoardLogger.check_available()  # checked before a run directory is created
     with pytest.raises(TensorBoardMissingError, match="pip install tensorboard") as info:
         TensorBoardLogger(tmp_path / "tb")
     assert isinstance(info.value, ImportError) and isinstance(info.value, KdgraphError)
