@@ -18,6 +18,9 @@ trial plus the median and the min/max over trials, then the median of all per-ro
     python3 benchmarks/step_overhead.py --channels-last off --threads 2
     python3 benchmarks/step_overhead.py --hand-fold-bn     # (B) also folds the teacher's BatchNorms
     python3 benchmarks/step_overhead.py --profile          # also: where kdgraph's extra time goes
+
+On a machine where other processes keep the cores busy, ``--threads 1`` gives far steadier numbers: with more
+torch threads than free cores every parallel op waits for a descheduled thread (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -130,11 +130,13 @@ def register(main: click.Group) -> None:
     @click.option("--onnx", "onnx_path", default=None, metavar="FILE", help="Also write an ONNX graph (needs onnx).")
     @click.option("--input-shape", default=None, metavar="C,H,W",
                   help="ONNX probe input (default: the spec's data shape).")
+    @click.option("--with-heads", is_flag=True, help="Self-distillation: also write the auxiliary heads "
+                  "(keys `heads.headN.*`) for early exit.")
     @handle_errors
-    def export(run_dir: str, out: str, onnx_path: Optional[str], input_shape: Optional[str]) -> None:
+    def export(run_dir: str, out: str, onnx_path: Optional[str], input_shape: Optional[str], with_heads: bool) -> None:
         """Rebuild RUN_DIR's student, load its trained weights strictly, and write them (and ONNX) out."""
         from kdgraph.train.export import export_student
 
         shape = parse_input_shape(input_shape, ()) if input_shape else None
-        path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape)
+        path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
         click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))

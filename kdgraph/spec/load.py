@@ -112,10 +112,18 @@ def _yaml_problem(err: yaml.YAMLError) -> tuple[str, int | None]:
     return text, mark.line + 1 if mark else None
 
 
+class SpecLoader(yaml.SafeLoader):
+    """Safe loading (no Python tags), plus YAML 1.2 floats: ``1e-3`` is a number, not the string '1e-3'."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, LineIndex]:
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # the reader rejects control characters right here
+        loader = SpecLoader(text)  # the reader rejects control characters right here
         node = loader.get_single_node()
         if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
             raise SpecError(f"{source} is empty; a spec needs at least `student: {{model: ...}}`")
@@ -154,7 +162,7 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[Any], Any]]:
         if not parts:
             raise SpecError(f"--set {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError:
             value = raw
         out.append((parts, value))

@@ -110,9 +110,23 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     return path
 
 
+def _heads(run: RunDir, spec) -> dict:
+    """The self-distillation heads saved beside the student (``adapters.safetensors``: ``student.headN.*``)."""
+    from safetensors.torch import load_file
+
+    if spec.teacher != "self" or not run.adapters.is_file():
+        raise RunDirError(f"--with-heads needs a self-distillation run (teacher: self) with adapters.safetensors; "
+                          f"{str(run.path)!r} has none")
+    adapters = load_file(str(run.adapters))
+    return {"heads." + k[len("student."):]: v for k, v in adapters.items() if k.startswith("student.head")}
+
+
 def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Path] = None,
-                   input_shape: Optional[tuple[int, ...]] = None) -> Path:
-    """Rebuild the run's student, load its trained weights strictly, write ``out`` (and ``onnx``); returns ``out``."""
+                   input_shape: Optional[tuple[int, ...]] = None, with_heads: bool = False) -> Path:
+    """Rebuild the run's student, load its trained weights strictly, write ``out`` (and ``onnx``); returns ``out``.
+
+    ``with_heads`` (self-distillation runs) adds the auxiliary heads from adapters.safetensors as ``heads.headN.*``.
+    """
     run = RunDir(run_dir)
     if not run.spec.is_file():
         raise RunDirError(f"{str(run.path)!r} is not a kdgraph run directory (no spec.yaml)")
@@ -122,7 +136,10 @@ def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Pa
     model = build_model(ref, kwargs)
     _load_strict(model, state, source, ref)
     out = Path(out)
-    save_tensors(out, model.state_dict(), metadata={"kdgraph.model": ref, "kdgraph.kwargs": json.dumps(kwargs),
+    tensors = dict(model.state_dict())
+    if with_heads:
+        tensors.update(_heads(run, spec))
+    save_tensors(out, tensors, metadata={"kdgraph.model": ref, "kdgraph.kwargs": json.dumps(kwargs),
                                                     "kdgraph.source": str(source)})
     if onnx is not None:
         export_onnx(model, onnx, input_shape or _input_shape(spec))

@@ -86,6 +86,14 @@ def _baseline_spec(spec: Spec) -> Spec:
     return Spec.model_validate(doc)
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients' global L2 norm (only to test finiteness; nothing is rescaled)."""
+    if hasattr(nn.utils, "get_total_norm"):
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else \
+        torch.zeros(())
+
+
 class NumericalError(KdgraphError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -109,6 +117,8 @@ class _Loop:
                                f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size")
         self.trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters})
         self.optimizer = build_optimizer(cfg.optimizer, self.trainable.parameters())
+        self.buffers = list(self.trainable.buffers())
+        self.params = [p for p in self.trainable.parameters() if p.requires_grad]
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
         self.compiled = None
         if rt.compile_mode:
@@ -142,14 +152,23 @@ class _Loop:
         return meta["epoch"], rows
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
-        """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step."""
+        """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step.
+
+        A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too."""
+        buffers = self.buffers
+        saved = [b.clone() for b in buffers]
         with self.rt.autocast():
             out = self._forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
-        clip = self.spec.train.grad_clip or float("inf")
-        grad_norm = nn.utils.clip_grad_norm_(self.trainable.parameters(), clip)
+        if self.spec.train.grad_clip:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
+        else:
+            grad_norm = _total_norm([p.grad for p in self.params if p.grad is not None])
         if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
             self._bad_step(out.terms, grad_norm)
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()

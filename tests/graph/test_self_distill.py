@@ -97,3 +97,17 @@ def test_training_logs_every_head_and_the_ensemble():
     # the exported student is the plain architecture
     plain = create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 16]})
     plain.load_state_dict(result.student.state_dict(), strict=True)
+
+
+def test_export_with_heads(tmp_path):
+    from safetensors.torch import load_file
+
+    from kdgraph.train.export import export_student
+
+    doc = dict(DOC, output=str(tmp_path / "run"))
+    train(spec_from_dict(doc), quiet=True)
+    plain = load_file(str(export_student(tmp_path / "run", tmp_path / "plain.safetensors")))
+    assert not any(k.startswith("heads.") for k in plain)
+    full = load_file(str(export_student(tmp_path / "run", tmp_path / "heads.safetensors", with_heads=True)))
+    assert any(k.startswith("heads.head0.") for k in full) and any(k.startswith("heads.head1.") for k in full)
+    create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 16]}).load_state_dict(plain, strict=True)

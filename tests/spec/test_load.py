@@ -119,3 +119,11 @@ def test_override_validation_error_names_key(tmp_path):
 def test_spec_from_dict_requires_mapping():
     with pytest.raises(SpecError, match="must be a mapping"):
         spec_from_dict([1, 2])
+
+
+def test_exponent_floats_are_numbers(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD.replace("epochs: 2", "epochs: 2\n  optimizer: {lr: 1e-3, weight_decay: 5e-4}")),
+                     ["train.schedule.min_lr=1e-6"])
+    assert spec.train.optimizer.lr == pytest.approx(1e-3)
+    assert spec.train.optimizer.weight_decay == pytest.approx(5e-4)
+    assert spec.train.schedule.min_lr == pytest.approx(1e-6)
