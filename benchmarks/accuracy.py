@@ -26,6 +26,11 @@ RECIPES = {
         ("student alone", "specs/methods/self_distillation.yaml", ["teacher=null", "self_distill=null"]),
         ("self-distillation", "specs/methods/self_distillation.yaml", []),
     ],
+    "indistill": [
+        ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
+        ("plain KD (logits, T=4)", "specs/quickstart.yaml", ["distill.pairs=[]"]),
+        ("InDistill (pruned taps, curriculum, PKT)", "specs/methods/indistill.yaml", []),
+    ],
     "quickstart": [
         ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
         ("KD (logits + layer3 pair)", "specs/quickstart.yaml", []),

@@ -149,6 +149,7 @@ def plan_pair(
     pool: str | None = None,
     resize: str = "bilinear",
     prune_indices: torch.Tensor | None = None,
+    relational: bool = False,
 ) -> PairPlan:
     """Choose the adapters for one student/teacher feature pair.
 
@@ -285,6 +286,8 @@ def plan_pair(
             f"select {idx.numel()} of {t.channels} channels (pruned filters)",
             FeatureShape(tuple(new), layout),
         )
+    elif relational and proj_name in ("auto", "none") and s.layout == t.layout == "vector":
+        pass  # relational losses (PKT) compare sample-to-sample similarities: the widths may differ, no projector
     else:
         try:
             mod, step = build_projector(projector, layout, s.channels, t.channels)
@@ -301,7 +304,8 @@ def plan_pair(
         if mod is not None:
             side.add("norm", mod, step, side.shape)
 
-    if st.shape != te.shape:  # every branch above should have prevented this
+    widths_may_differ = relational and st.shape.layout == te.shape.layout == "vector"
+    if st.shape != te.shape and not widths_may_differ:  # every branch above should have prevented this
         raise fail(f"planned outputs still differ: student {st.shape}, teacher {te.shape}")
     return PairPlan(
         student_steps=st.steps,

@@ -32,6 +32,17 @@ class PairReport:
     plan: PairPlan
 
 
+RELATIONAL_LOSSES = ("pkt", "pkt_combined")  # compare similarities within the batch: widths may differ
+
+
+def prune_masks(reports: list["PairReport"]) -> dict[str, list[int]]:
+    """The kept teacher channels of every pruned pair (InDistill), by pair label."""
+    from kdgraph.align import ChannelSelect
+
+    return {r.label: m.indices.tolist() for r in reports for m in r.plan.teacher.modules()
+            if isinstance(m, ChannelSelect)}
+
+
 @dataclass
 class GraphPlan:
     graph: DistillGraph
@@ -161,7 +172,7 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
             prune = _prune_indices(pair, teacher, s_info) if _projector_name(pair.projector) == "prune" else None
             plan = plan_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
                              projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize,
-                             prune_indices=prune)
+                             prune_indices=prune, relational=pair.loss.name in RELATIONAL_LOSSES)
         except AlignmentError as err:
             raise with_key(SpecError(f"{pair.student} {s_info.shape} cannot be matched to {pair.teacher} "
                                      f"{t_info.shape}: {err}"), f"distill.pairs[{i}]", spec.line_of(*base)) from None

@@ -52,6 +52,7 @@ class DistillGraph(nn.Module):
         self.student_adapters = student_adapters
         self.teacher_adapters = teacher_adapters
         self.terms = terms
+        self.active: Optional[frozenset[str]] = None  # labels of the active terms (curriculum); None: all
         # Kept out of the module tree so the teacher never appears in the trainable state or an optimizer.
         self._teacher = [teacher] if teacher is not None else []
         if teacher is not None:
@@ -88,6 +89,8 @@ class DistillGraph(nn.Module):
         heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         total = logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
+            if self.active is not None and term.kind != "ce" and term.label not in self.active:
+                continue
             if term.kind.startswith("head_"):
                 if term.index not in heads:
                     heads[term.index] = self.student_adapters[f"head{term.index}"](feats_s[term.student_tap])

@@ -13,7 +13,7 @@ from pydantic import PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
-    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec",
+    "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
 ]
 
 
@@ -108,6 +108,7 @@ class PairSpec(_Section):
 
     teacher: str = Field(description="Teacher layer name, as `kdgraph inspect` prints it.")
     student: str = Field(description="Student layer name, as `kdgraph inspect` prints it.")
+    name: Optional[str] = Field(default=None, description="Name for stages and metrics (default pair:STUDENT->TEACHER).")
     projector: Union[str, dict[str, Any]] = Field(
         default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, or `{name: mlp, hidden: [...]}`."
     )
@@ -129,7 +130,7 @@ class PairSpec(_Section):
 
     @property
     def label(self) -> str:
-        return f"pair:{self.student}->{self.teacher}"
+        return f"pair:{self.name}" if self.name else f"pair:{self.student}->{self.teacher}"
 
 
 class LogitsSpec(_Section):
@@ -180,11 +181,26 @@ class ScheduleSpec(_Section):
     min_lr: NonNegativeFloat = Field(default=0.0, description="`cosine`: final learning rate.")
 
 
+class StageSpec(_Section):
+    """One stage of a curriculum: which terms are active for how many epochs."""
+
+    name: Optional[str] = Field(default=None, description="Stage name (metrics); default stageN.")
+    epochs: PositiveInt = Field(description="Length of the stage in epochs.")
+    pairs: list[str] = Field(default_factory=list, description="Pair names active in this stage.")
+    logits: bool = Field(default=False, description="Whether the logit term is active.")
+    reset_optimizer: bool = Field(
+        default=False, description="Re-create the optimizer (and a schedule spanning this stage) at its start."
+    )
+
+
 class TrainSpec(_Section):
     epochs: PositiveInt = Field(default=3, description="Training epochs.")
     ce_weight: NonNegativeFloat = Field(default=1.0, description="Weight of cross-entropy on the labels.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    stages: list[StageSpec] = Field(
+        default_factory=list, description="Curriculum: ordered stages; their epochs must add up to train.epochs."
+    )
     grad_clip: Optional[PositiveFloat] = Field(default=None, description="Clip the gradient norm to this value.")
     max_steps_per_epoch: Optional[PositiveInt] = Field(default=None, description="Cap on steps per epoch (smoke tests).")
     max_bad_steps: PositiveInt = Field(
@@ -259,7 +275,30 @@ class Spec(_Section):
                 raise ValueError("`teacher: self` takes its terms from `self_distill`; remove `distill`")
         elif self.self_distill is not None:
             raise ValueError("`self_distill` is used with `teacher: self` only")
+        self._check_stages()
         return self
+
+    def _check_stages(self) -> None:
+        stages = self.train.stages
+        if not stages:
+            return
+        total = sum(stage.epochs for stage in stages)
+        if total != self.train.epochs:
+            raise ValueError(f"train.stages last {total} epochs in all but train.epochs is {self.train.epochs}; "
+                             f"set train.epochs: {total}")
+        labels = [pair.label for pair in self.distill.pairs]
+        names = [label.removeprefix("pair:") for label in labels]
+        for i, stage in enumerate(stages):
+            for name in stage.pairs:
+                if name not in names and name not in labels:
+                    import difflib
+
+                    near = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
+                    hint = f"; did you mean {near[0]!r}?" if near else ""
+                    raise ValueError(f"train.stages[{i}].pairs names {name!r}, which is no pair{hint} "
+                                     f"(pairs: {', '.join(names) or 'none'}; give pairs a `name:`)")
+            if stage.logits and self.distill.logits is None:
+                raise ValueError(f"train.stages[{i}] activates logits but distill.logits is not set")
 
     @property
     def external_teacher(self) -> Optional[ModelSpec]:

@@ -136,6 +136,17 @@ def save_checkpoint(directory: str | Path, name: str, modules: dict[str, torch.n
     return directory / f"{name}.json"
 
 
+def read_meta(meta_path: str | Path) -> dict[str, Any]:
+    """A checkpoint's JSON metadata; an unreadable file is a user-facing error naming it."""
+    try:
+        meta = json.loads(Path(meta_path).read_text())
+        meta["epoch"], meta["step_in_epoch"]  # noqa: B018 - the keys every checkpoint has
+        return meta
+    except Exception as err:  # noqa: BLE001 - truncated, garbage or foreign: all mean "cannot resume from it"
+        raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({type(err).__name__}: {err}); delete it "
+                           "to resume from an earlier one, or start over with --overwrite", key="output") from None
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     found = sorted(Path(directory).glob("ckpt-*.json"))
     return found[-1] if found else None

@@ -16,9 +16,10 @@ from torch import nn
 from kdgraph.data import DataBundle, DataError, build_datasets, make_loader, random_crop_flip, take
 from kdgraph.errors import KdgraphError, with_key
 from kdgraph.graph import GraphPlan
+from kdgraph.graph.build import prune_masks
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
-from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
 from kdgraph.train.evaluate import head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.progress import Reporter
@@ -116,9 +117,9 @@ class _Loop:
             raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
                                f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size")
         self.trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters})
-        self.optimizer = build_optimizer(cfg.optimizer, self.trainable.parameters())
         self.buffers = list(self.trainable.buffers())
         self.params = [p for p in self.trainable.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optimizer, self.params)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
         self.compiled = None
         if rt.compile_mode:
@@ -137,10 +138,58 @@ class _Loop:
         return {"student": self.student, "adapters": nn.ModuleDict(
             {"student": self.graph.student_adapters, "teacher": self.graph.teacher_adapters})}
 
+    # -- curriculum -------------------------------------------------------------------------------------------
+    def _stage_starts(self) -> list[int]:
+        starts, epoch = [], 0
+        for stage in self.spec.train.stages:
+            starts.append(epoch)
+            epoch += stage.epochs
+        return starts
+
+    def stage_at(self, epoch: int) -> Optional[int]:
+        """Index of the stage that contains ``epoch`` (0-based), None without a curriculum."""
+        starts = self._stage_starts()
+        return max((i for i, start in enumerate(starts) if start <= epoch), default=None)
+
+    def _new_optimizer(self, stage: Optional[int]) -> None:
+        """A fresh optimizer, with a schedule spanning the stage (or the whole run when ``stage`` is None)."""
+        cfg = self.spec.train
+        epochs = cfg.epochs if stage is None else cfg.stages[stage].epochs
+        self.optimizer = build_optimizer(cfg.optimizer, self.params)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, epochs)
+
+    def enter_epoch(self, epoch: int, step_in_epoch: int = 0) -> Optional[str]:
+        """Activate the terms of ``epoch``'s stage and reset the optimizer at the start of a stage that asks."""
+        index = self.stage_at(epoch)
+        if index is None:
+            return None
+        stage = self.spec.train.stages[index]
+        labels = {t.label for t in self.graph.terms if t.kind == "pair" and
+                  (t.label in stage.pairs or t.label.removeprefix("pair:") in stage.pairs)}
+        if stage.logits:
+            labels.add("logits")
+        self.graph.active = frozenset(labels)
+        if stage.reset_optimizer and epoch == self._stage_starts()[index] and step_in_epoch == 0:
+            self._new_optimizer(index)
+        return stage.name or f"stage{index + 1}"
+
+    def _optimizer_owner(self, epoch: int, step_in_epoch: int) -> Optional[int]:
+        """The stage whose optimizer was in use at this position (the last resetting stage already begun)."""
+        owner = None
+        for index, start in enumerate(self._stage_starts()):
+            begun = start < epoch or (start == epoch and step_in_epoch > 0)
+            if begun and self.spec.train.stages[index].reset_optimizer:
+                owner = index
+        return owner
+
     def resume(self) -> tuple[int, list[dict[str, Any]]]:
         last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
         if last is None:
             return 0, []
+        position = read_meta(last)
+        owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
+        if owner is not None:
+            self._new_optimizer(owner)
         meta = load_checkpoint(last, self._modules(), self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
@@ -209,6 +258,7 @@ class _Loop:
 
     def epoch(self, epoch: int) -> Optional[dict[str, Any]]:
         """Train one epoch (from ``start_step`` when resuming); None when a stop signal arrived mid-epoch."""
+        stage = self.enter_epoch(epoch, self.start_step)
         self.graph.train()
         self.loader.set_epoch(epoch)
         self.loader.skip(self.start_step)
@@ -241,6 +291,8 @@ class _Loop:
                     self.checkpoint(epoch, done)
         elapsed = time.perf_counter() - start
         row: dict[str, Any] = {"epoch": epoch + 1}
+        if stage is not None:
+            row["stage"] = stage
         seen = max(1, self.seen)
         for key, value in self.sums.items():
             if key != "correct":
@@ -317,7 +369,8 @@ def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
 
 def _format_row(row: dict[str, Any]) -> str:
     losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
-    return (f"epoch {row['epoch']}: {losses}  train {row['train_top1']:.2%}  val {row['val_top1']:.2%}  "
+    stage = f" [{row['stage']}]" if "stage" in row else ""
+    return (f"epoch {row['epoch']}{stage}: {losses}  train {row['train_top1']:.2%}  val {row['val_top1']:.2%}  "
             f"{row['images_per_s']:.0f} img/s")
 
 
@@ -344,6 +397,9 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
             err.line = err.line or spec.line_of("output")
             raise
     tb = TensorBoardLogger(run_dir.path / "tensorboard") if wants_tb else None
+    masks = prune_masks(plan.pairs)
+    if masks and run_dir is not None:
+        run_dir.write_json(run_dir.path / "prune_masks.json", masks)
     reporter.info(f"[bold]{spec.name}[/bold]: {data.description}; device {rt.device}, {rt.precision}"
                   f"{', compiled' if rt.compile_mode else ''}")
     for report in plan.pairs:
