@@ -97,13 +97,15 @@ def register(main: click.Group) -> None:
 
     @main.command()
     @click.option("--out", "out", default=None, metavar="FILE", help="Write to FILE instead of printing.")
+    @click.option("--markdown", is_flag=True, help="The spec reference as markdown tables (docs/spec_reference.md).")
     @handle_errors
-    def schema(out: Optional[str]) -> None:
+    def schema(out: Optional[str], markdown: bool) -> None:
         """Print the JSON Schema of a spec file (for editors: yaml-language-server, VS Code)."""
         from kdgraph.spec.jsonschema import spec_json_schema
+        from kdgraph.spec.reference import spec_reference
         from kdgraph.train.checkpoint import atomic_write_text
 
-        text = json.dumps(spec_json_schema(), indent=2) + "\n"
+        text = spec_reference() if markdown else json.dumps(spec_json_schema(), indent=2) + "\n"
         if out:
             atomic_write_text(out, text)
             click.echo(f"wrote {out}")

@@ -63,3 +63,14 @@ def test_short_forms_and_typos(validator):
     assert not validator.is_valid({"teacher": {"model": "timm:resnet34"}})
     assert not validator.is_valid(dict(ok, train={"optimizer": {"name": "lamb"}}))
     assert not validator.is_valid(dict(ok, train={"epochs": 0}))
+
+
+def test_spec_reference_doc_is_generated_and_current():
+    from pathlib import Path
+
+    from kdgraph.spec.reference import spec_reference
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "spec_reference.md"
+    assert doc.read_text() == spec_reference(), "regenerate with: kdgraph schema --markdown --out docs/spec_reference.md"
+    for key in ("`student.model`", "`train.stages[].reset_optimizer`", "`self_distill.alpha`", "`output.keep`"):
+        assert key in doc.read_text(), key

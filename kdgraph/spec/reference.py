@@ -1,0 +1,70 @@
+"""The spec reference (docs/spec_reference.md), generated from the pydantic models: one table per section."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from kdgraph.spec.schema import Spec
+
+__all__ = ["spec_reference"]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" if a is not None else "null" for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " \\| ".join(_type_name(a) for a in typing.get_args(annotation) if a is not type(None)) + " \\| null" \
+            if type(None) in typing.get_args(annotation) else " \\| ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple, dict):
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation) if a is not Ellipsis)
+        return f"{origin.__name__}[{args}]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"section `{annotation.__name__}`"
+    return getattr(annotation, "__name__", str(annotation)).replace("Annotated", "")
+
+
+def _default(field: Any) -> str:
+    if field.default is not PydanticUndefined:
+        value = field.default
+    elif field.default_factory is not None:
+        try:
+            value = field.default_factory()
+        except TypeError:
+            return "(computed)"
+    else:
+        return "**required**"
+    if isinstance(value, BaseModel):
+        return "(section defaults)"
+    return f"`{json.dumps(value)}`"
+
+
+def _inner(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _inner(a)]
+
+
+def spec_reference() -> str:
+    """Markdown tables of every key of the spec, section by section, with type, default and description."""
+    lines = ["# Spec reference", "", "Generated from `kdgraph/spec/schema.py` by `kdgraph schema --markdown`; "
+             "do not edit by hand. The user guide is [spec.md](spec.md).", ""]
+    queue: list[tuple[str, type[BaseModel]]] = [("", Spec)]
+    while queue:
+        prefix, model = queue.pop(0)
+        title = prefix or "(top level)"
+        lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "", "",
+                  "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            key = f"{prefix}.{name}" if prefix else name
+            desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+            for sub in _inner(field.annotation):
+                queue.append((key + ("[]" if typing.get_origin(field.annotation) is list else ""), sub))
+        lines.append("")
+    return "\n".join(lines)
