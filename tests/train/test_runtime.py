@@ -80,3 +80,12 @@ def test_compiled_step_matches_eager_losses_and_gradients():
         torch.testing.assert_close(compiled.terms[key], value, rtol=1e-4, atol=1e-5)
     for name, p in graph.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-5)
+
+
+def test_tensorboard_sink_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    doc = dict(TINY, runtime={"log": ["jsonl", "tensorboard"]}, output=str(tmp_path / "run"))
+    train(spec_from_dict(doc), quiet=True)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
