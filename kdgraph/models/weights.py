@@ -51,24 +51,25 @@ def _first_reason(err: Exception) -> str:
     return reason.strip().rstrip(".")
 
 
-def load_weights(model: nn.Module, path: str | Path, model_name: str = "model") -> None:
-    """Load weights strictly; a file for another architecture is reported with example missing/unexpected keys."""
-    state = read_state_dict(path)
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How ``state`` fails to fit ``model`` strictly (missing / unexpected / reshaped keys, with examples), or None."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
                  if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if bad_shape:
-            parts.append(f"{len(bad_shape)} with other shapes (e.g. {'; '.join(bad_shape[:2])})")
-        raise WeightsError(
-            f"{str(path)!r} does not fit {model_name}: {', '.join(parts)} keys. Are these weights for another "
-            "architecture or other model kwargs?"
-        )
+    parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+             f"{len(bad_shape)} with other shapes (e.g. {'; '.join(bad_shape[:2])})" if bad_shape else ""]
+    parts = [p for p in parts if p]
+    return f"{', '.join(parts)} keys" if parts else None
+
+
+def load_weights(model: nn.Module, path: str | Path, model_name: str = "model") -> None:
+    """Load weights strictly; a file for another architecture is reported with example missing/unexpected keys."""
+    state = read_state_dict(path)
+    problem = state_mismatch(model, state)
+    if problem:
+        raise WeightsError(f"{str(path)!r} does not fit {model_name}: {problem}. Are these weights for another "
+                           "architecture or other model kwargs?")
     model.load_state_dict(state, strict=True)

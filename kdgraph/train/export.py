@@ -20,6 +20,7 @@ from torch import nn
 
 from kdgraph.errors import KdgraphError, RunDirError, WeightsError
 from kdgraph.models import build_model, read_state_dict
+from kdgraph.models.weights import state_mismatch
 from kdgraph.spec import load_spec
 from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import latest_checkpoint, save_tensors
@@ -55,17 +56,10 @@ def student_weights(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, ref: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                 if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
-                 f"{len(bad_shape)} with other shapes (e.g. {'; '.join(bad_shape[:2])})" if bad_shape else ""]
-        raise WeightsError(f"{str(source)!r} does not fit {ref} as the run's spec.yaml builds it: "
-                           f"{', '.join(p for p in parts if p)} keys. Was spec.yaml edited after training?")
+    problem = state_mismatch(model, state)
+    if problem:
+        raise WeightsError(f"{str(source)!r} does not fit {ref} as the run's spec.yaml builds it: {problem}. "
+                           "Was spec.yaml edited after training?")
     model.load_state_dict(state, strict=True)
 
 
