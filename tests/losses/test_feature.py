@@ -190,3 +190,18 @@ def test_logsum_property(sv: list[float], tv: list[float], alpha: float) -> None
     total = sum(abs(a - b) ** alpha for a, b in zip(sv, tv))
     want = math.log(max(total, LOGSUM_FLOOR))
     assert logsum(s, t, alpha=alpha).item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_feature_distance_is_the_batch_euclidean_norm():
+    import math
+
+    from kdgraph.losses import feature_distance
+
+    s = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    expected = math.sqrt(1.0 ** 2 + 0.0 ** 2 + 2.0 ** 2 + 3.0 ** 2)
+    value = feature_distance(s, t)
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+    value.backward()
+    manual = [[(1.0 - 0.0) / expected, 0.0], [(3.0 - 1.0) / expected, (4.0 - 1.0) / expected]]
+    assert torch.allclose(s.grad, torch.tensor(manual, dtype=torch.float64))
