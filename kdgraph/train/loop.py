@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +18,7 @@ from kdgraph.graph.build import prune_masks
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
+from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
 from kdgraph.train.evaluate import head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.progress import Reporter
@@ -28,7 +27,7 @@ from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.runtime import Runtime, resolve_runtime, seed_everything
 
-__all__ = ["TrainResult", "train", "build_data", "build_models"]
+__all__ = ["TrainResult", "train", "build_data", "build_models", "NumericalError", "Interrupted"]
 
 
 @dataclass
@@ -85,18 +84,6 @@ def _baseline_spec(spec: Spec) -> Spec:
     doc["train"].update(baseline=False, ce_weight=spec.train.ce_weight or 1.0)
     doc["output"] = str(Path(spec.run_dir) / "baseline")
     return Spec.model_validate(doc)
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The gradients' global L2 norm (only to test finiteness; nothing is rescaled)."""
-    if hasattr(nn.utils, "get_total_norm"):
-        return nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else \
-        torch.zeros(())
-
-
-class NumericalError(KdgraphError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 class _Loop:
@@ -213,7 +200,7 @@ class _Loop:
         if self.spec.train.grad_clip:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
         else:
-            grad_norm = _total_norm([p.grad for p in self.params if p.grad is not None])
+            grad_norm = total_norm([p.grad for p in self.params if p.grad is not None])
         if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved):
@@ -324,31 +311,6 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-@contextmanager
-def _stop_on_signals(loop: _Loop):
-    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (a second signal interrupts at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if loop.stop_signal is not None:
-            raise KeyboardInterrupt
-        loop.stop_signal = signum
-        loop.reporter.warn(f"{signal.Signals(signum).name} received: finishing this step and writing a checkpoint")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class Interrupted(KdgraphError):
-    """The run was stopped by a signal after writing a checkpoint."""
-
-
 def _has_conv(*models: Optional[nn.Module]) -> bool:
     return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
 
@@ -411,7 +373,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
         summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt)
         reporter.info(f"  teacher top-1 {summary['teacher_top1']:.2%}")
     start_epoch, rows = loop.resume() if resume else (0, [])
-    with _stop_on_signals(loop):
+    with stop_on_signals(loop):
         for epoch in range(start_epoch, spec.train.epochs):
             row = loop.epoch(epoch)
             if row is not None:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from kdgraph.graph import build_graph
@@ -5,18 +6,20 @@ from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 
 
-def test_pruned_pair_keeps_top_l1_filters_of_the_teacher_tap():
+@pytest.mark.parametrize("criterion,order", [("l1", 1), ("l2", 2)])
+def test_pruned_pair_keeps_top_filters_of_the_teacher_tap(criterion, order):
     spec = spec_from_dict({
         "teacher": {"model": "kdgraph:fmnist_resnet"},
         "student": {"model": "kdgraph:fmnist_cnn"},
-        "distill": {"pairs": [{"teacher": "layer3", "student": "block3", "projector": "prune"}]},
+        "distill": {"pairs": [{"teacher": "layer3", "student": "block3", "projector": "prune",
+                               "prune_criterion": criterion}]},
     })
     torch.manual_seed(0)
     teacher, student = create_model("kdgraph:fmnist_resnet").eval(), create_model("kdgraph:fmnist_cnn")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     plan = build_graph(spec, student, teacher, (1, 28, 28))
     # layer3's producing conv is layer3.1.conv2 (the block's last conv; the shortcut is skipped)
-    norms = teacher.layer3[1].conv2.weight.abs().sum(dim=(1, 2, 3))
+    norms = teacher.layer3[1].conv2.weight.abs().pow(order).sum(dim=(1, 2, 3))
     expected = sorted(torch.topk(norms, 32).indices.tolist())
     report = plan.pairs[0]
     kept = next(m.indices for m in report.plan.teacher.modules() if hasattr(m, "indices")).tolist()

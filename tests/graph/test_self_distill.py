@@ -111,3 +111,21 @@ def test_export_with_heads(tmp_path):
     full = load_file(str(export_student(tmp_path / "run", tmp_path / "heads.safetensors", with_heads=True)))
     assert any(k.startswith("heads.head0.") for k in full) and any(k.startswith("heads.head1.") for k in full)
     create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 16]}).load_state_dict(plain, strict=True)
+
+
+def test_t_squared_linear_heads_and_deep_layer_overrides():
+    base = {"heads": ["block1"], "temperature": 2.0, "feature_weight": 0.5}
+    _, student, plain = make(self_distill=dict(base))
+    _, _, scaled = make(self_distill=dict(base, t_squared=True))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    a, b = plain.graph(x, y).terms, scaled.graph(x, y).terms
+    assert b["head:block1/soft"].item() == pytest.approx(4.0 * a["head:block1/soft"].item(), rel=1e-5)
+    _, _, linear = make(self_distill=dict(base, head="linear", attention=False))
+    head = linear.graph.student_adapters["head0"]
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in head.modules())
+    _, _, custom = make(self_distill=dict(base, deep_map="block2", deep_feature="pool"))
+    term = next(t for t in custom.graph.terms if t.kind == "head_feat")
+    assert term.teacher_tap == "pool"
+    strides = [m.stride[0] for m in custom.graph.student_adapters["head0"].bottleneck.modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert strides.count(2) == 1  # block1 14x14 -> block2 7x7
