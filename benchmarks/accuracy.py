@@ -31,6 +31,24 @@ RECIPES = {
         ("plain KD (logits, T=4)", "specs/quickstart.yaml", ["distill.pairs=[]"]),
         ("InDistill (pruned taps, curriculum, PKT)", "specs/methods/indistill.yaml", []),
     ],
+    "projector": [
+        ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
+        ("plain KD (logits, T=4)", "specs/quickstart.yaml", ["distill.pairs=[]"]),
+        ("projector recipe (linear + BN + logsum, KL T=1)", "specs/methods/projector.yaml", []),
+    ],
+    "simreg": [
+        ("student alone (CE)", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]",
+                                                          "eval=[top1,knn,linear_probe]"]),
+        ("SimReg, 2 teachers, no labels", "specs/methods/simreg_two_teachers.yaml", []),
+        ("SimReg, 2 teachers, + CE", "specs/methods/simreg_two_teachers.yaml",
+         ["train.ce_weight=1", "eval=[top1,knn,linear_probe]"]),
+    ],
+    "function_matching": [
+        ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
+        ("plain KD (logits, T=4)", "specs/quickstart.yaml", ["distill.pairs=[]"]),
+        ("function matching (shared views, mixup, KL only, AdamW)", "specs/methods/function_matching.yaml", []),
+        ("function matching, independent views", "specs/methods/function_matching.yaml", ["data.views=independent"]),
+    ],
     "quickstart": [
         ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
         ("KD (logits + layer3 pair)", "specs/quickstart.yaml", []),
@@ -38,17 +56,19 @@ RECIPES = {
 }
 
 
-def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: int) -> tuple[list[dict], str]:
+def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: int,
+        extra: list[str] = ()) -> tuple[list[dict], str]:
     rows, description = [], ""
     for seed in seeds:
         spec = load_spec(ROOT / path, [*overrides, f"runtime.seed={seed}", f"train.epochs={epochs}",
-                                        "train.baseline=false"])
+                                        "train.baseline=false", *extra])
         start = time.perf_counter()
         result = train(spec, write=False, quiet=True)
         row = dict(result.metrics[-1], seconds=time.perf_counter() - start)
         rows.append(row)
         description = result.plan.student_map.model
-        print(f"{label} seed {seed}: top-1 {row['val_top1']:.4f} ({row['seconds']:.0f} s)", flush=True)
+        scores = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+        print(f"{label} seed {seed}: {scores} ({row['seconds']:.0f} s)", flush=True)
     return rows, description
 
 
@@ -64,13 +84,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", type=int, nargs="+", default=None,
+                        help="run only these variants of the recipe (0-based positions in its list)")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="extra KEY=VALUE override for every run (e.g. runtime.threads=1)")
     args = parser.parse_args()
-    table = ["| variant | metric | top-1 (%) mean ± std |", "| --- | --- | --- |"]
+    table = ["| variant | metric | accuracy (%) mean ± std |", "| --- | --- | --- |"]
     data_note = ""
-    for label, path, overrides in RECIPES[args.recipe]:
-        rows, _ = run(label, path, overrides, args.seeds, args.epochs)
-        for key in sorted(k for k in rows[0] if k.startswith("val_top1")):
-            name = "top-1" if key == "val_top1" else key.split("/", 1)[1]
+    variants = RECIPES[args.recipe]
+    for label, path, overrides in [variants[i] for i in args.only] if args.only is not None else variants:
+        rows, _ = run(label, path, overrides, args.seeds, args.epochs, args.extra)
+        names = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1"}
+        for key in sorted(k for k in rows[0] if k.startswith("val_")):
+            name = names.get(key) or key.split("/", 1)[1]
             table.append(f"| {label} | {name} | {fmt([r[key] for r in rows])} |")
         data_note = f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs"
     from kdgraph.data import load_fashion_mnist
@@ -78,7 +104,8 @@ def main() -> None:
     source = load_fashion_mnist(None, "train")[2].description
     text = "\n".join([f"Data: {source}; {data_note}.", "", *table, ""])
     command = " ".join(["python3 benchmarks/accuracy.py", args.recipe, "--seeds", *map(str, args.seeds),
-                        "--epochs", str(args.epochs)])
+                        "--epochs", str(args.epochs), *(f"--set {e}" for e in args.extra),
+                        *(["--only", *map(str, args.only)] if args.only is not None else [])])
     text += f"\nCommand: `{command}`\n"
     print(text)
     if args.out:

@@ -21,19 +21,23 @@ from kdgraph.train import TrainResult, train
 __all__ = ["distill"]
 
 
-def distill(spec: Union[Spec, dict[str, Any]], *, teacher: Optional[nn.Module] = None,
+def distill(spec: Union[Spec, dict[str, Any]], *, teacher: Union[nn.Module, dict[str, nn.Module], None] = None,
             student: Optional[nn.Module] = None, write: bool = False, overwrite: bool = False,
             quiet: bool = True) -> TrainResult:
     """Train ``student`` (distilled from ``teacher`` when given) as ``spec`` says; returns student, metrics, summary.
 
     A dict spec may leave out ``teacher``/``student`` when live modules are passed: they are recorded as
-    ``live:teacher`` / ``live:student``. Nothing is written to disk unless ``write=True``.
+    ``live:teacher`` / ``live:student``; several teachers are passed as a dict ``{name: module}`` and recorded as
+    ``teachers: [{name, model: live:NAME}]``. Nothing is written to disk unless ``write=True``.
     """
     if isinstance(spec, dict):
         doc = dict(spec)
         if student is not None:
             doc.setdefault("student", {"model": "live:student"})
-        if teacher is not None:
+        if isinstance(teacher, dict):
+            if "teacher" not in doc:
+                doc.setdefault("teachers", [{"name": name, "model": f"live:{name}"} for name in teacher])
+        elif teacher is not None:
             doc.setdefault("teacher", {"model": "live:teacher"})
         spec = spec_from_dict(doc, source="spec")
     elif not isinstance(spec, Spec):

@@ -140,9 +140,12 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     if _is_spec(target):
         plan = resolve_plan(load_spec(target, overrides))
         if as_json:
-            click.echo(json.dumps({"student": plan.graph_plan.student_map.to_json(),
-                                   "teacher": plan.graph_plan.teacher_map.to_json() if plan.graph_plan.teacher_map
-                                   else None, "pairs": plan.pairs_json()}, indent=1))
+            gp = plan.graph_plan
+            maps = {name: m.to_json() for name, m in gp.teacher_maps.items()}
+            click.echo(json.dumps({"student": gp.student_map.to_json(),
+                                   "teacher": gp.teacher_map.to_json() if gp.teacher_map else None,
+                                   **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json()},
+                                  indent=1))
         else:
             print_plan(plan)
         if plot:

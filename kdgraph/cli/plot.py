@@ -165,12 +165,17 @@ def pair_label(student_steps: Sequence[str], teacher_steps: Sequence[str], loss:
 
 
 def plot_plan(plan, path: str | Path) -> Path:
-    """The layer-map picture of a resolved spec (``kdgraph.train.resolve.ResolvedPlan``)."""
+    """The layer-map picture of a resolved spec (``kdgraph.train.resolve.ResolvedPlan``).
+
+    With several teachers the picture shows the first one and its pairs (the title names it)."""
     gp = plan.graph_plan
+    first = next(iter(gp.teacher_maps), None)
     pairs = [PlotPair(r.teacher.name, r.student.name,
                       pair_label(r.plan.student_steps, r.plan.teacher_steps, r.spec.loss.name, r.spec.weight))
-             for r in gp.pairs]
-    return plot_layer_maps(path, gp.student_map, gp.teacher_map, pairs, title=f"kdgraph inspect: {plan.spec.name}")
+             for r in gp.pairs if r.teacher_name == first]
+    which = f" (teacher {first!r} of {len(gp.teacher_maps)})" if len(gp.teacher_maps) > 1 else ""
+    return plot_layer_maps(path, gp.student_map, gp.teacher_map, pairs,
+                           title=f"kdgraph inspect: {plan.spec.name}{which}")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -210,7 +215,9 @@ def plot_metrics(rows: Sequence[dict[str, Any]], path: str | Path, title: str = 
     axes[0].set_title("loss terms")
     series(axes[1], "train_top1", "train")
     series(axes[1], "val_top1", "val")
-    axes[1].set_title("top-1")
+    series(axes[1], "val_knn", "val k-NN")
+    series(axes[1], "val_linear_probe", "val linear probe")
+    axes[1].set_title("accuracy")
     series(axes[2], "lr", "lr")
     axes[2].set_title("learning rate (start of epoch)")
     for ax in axes:

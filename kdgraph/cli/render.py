@@ -41,9 +41,8 @@ def print_plan(plan, maps: bool = True) -> None:
     gp = plan.graph_plan
     if maps:
         s_marks = {r.student.name: f"← {r.label}" for r in gp.pairs}
-        t_marks = {r.teacher.name: f"← {r.label}" for r in gp.pairs}
-        if gp.teacher_map is not None:
-            print_layer_map(gp.teacher_map, t_marks)
+        for name, teacher_map in gp.teacher_maps.items():
+            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in gp.pairs if r.teacher_name == name})
         print_layer_map(gp.student_map, s_marks)
     console.print(f"data: {plan.data.description}")
     table = Table(title=f"{plan.spec.name}: loss terms", title_justify="left")
@@ -63,8 +62,10 @@ def print_plan(plan, maps: bool = True) -> None:
                           " params)", "", detail, f"{term.weight:g}")
         else:
             table.add_row(term.label, "output", "-", "", "", "labels", f"{term.weight:g}")
+    several = len(gp.teacher_maps) > 1
     for r in gp.pairs:
-        table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", f"{r.teacher.name} {_shape(r.teacher.shape)}",
+        teacher = f"{r.teacher_name}: " * several + f"{r.teacher.name} {_shape(r.teacher.shape)}"
+        table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", teacher,
                       " → ".join(r.plan.student_steps) or "identity", " → ".join(r.plan.teacher_steps) or "identity",
                       r.spec.loss.name, f"{r.spec.weight:g}")
     console.print(table)
@@ -75,14 +76,18 @@ def print_summary(result) -> None:
     table = Table(title=f"{s['name']}: summary", title_justify="left")
     table.add_column("model")
     table.add_column("top-1", justify="right")
-    if "teacher_top1" in s:
-        table.add_row("teacher", f"{s['teacher_top1']:.2%}")
+    for key in [k for k in s if k.startswith("teacher_top1")]:
+        table.add_row("teacher" + key[len("teacher_top1"):].replace("/", " "), f"{s[key]:.2%}")
     if s.get("student_top1") is not None:
-        table.add_row("student (distilled)" if "teacher_top1" in s or "baseline_top1" in s else "student",
+        table.add_row("student (distilled)" if any(k.startswith(("teacher_top1", "baseline_")) for k in s) else "student",
                       f"{s['student_top1']:.2%}")
     if "baseline_top1" in s:
         table.add_row("student alone (same budget)", f"{s['baseline_top1']:.2%}")
     console.print(table)
+    for metric, label in (("knn", "k-NN top-1"), ("linear_probe", "linear probe")):
+        if s.get(f"student_{metric}") is not None:
+            alone = f" (alone: {s[f'baseline_{metric}']:.2%})" if s.get(f"baseline_{metric}") is not None else ""
+            console.print(f"student {label}: {s[f'student_{metric}']:.2%}{alone}")
     if "baseline_top1" in s and s.get("student_top1") is not None:
         gain = s["student_top1"] - s["baseline_top1"]
         console.print(f"distillation gain: {gain * 100:+.2f} points")

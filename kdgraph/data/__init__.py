@@ -40,12 +40,14 @@ from .augment import (  # noqa: E402
     cutmix_box,
     mixup,
     random_crop_flip,
+    random_resized_crop_flip,
     sample_mix_ratio,
 )
 from .loader import (  # noqa: E402
     EpochSampler,
     SeededDataLoader,
     TensorBatchLoader,
+    WithIndex,
     epoch_indices,
     make_loader,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "cutmix_box",
     "mixup",
     "random_crop_flip",
+    "random_resized_crop_flip",
+    "WithIndex",
     "sample_mix_ratio",
     "EpochSampler",
     "SeededDataLoader",

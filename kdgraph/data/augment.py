@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import DataError
 
-__all__ = ["random_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
+__all__ = ["random_crop_flip", "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -66,6 +66,41 @@ def random_crop_flip(
         do_flip = (torch.rand((b,), generator=generator, device=gdev) < 0.5).to(x.device)
         out = torch.where(do_flip[:, None, None, None], out.flip(3), out)
     return out
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    *,
+    flip: bool = True,
+) -> torch.Tensor:
+    """Per-sample random resized crop (the "inception crop") plus random horizontal flip, at the input size.
+
+    Each sample draws an area fraction ``s ~ U(scale)`` and an aspect ratio ``r`` log-uniform in ``ratio``; the crop
+    is ``sqrt(s r)`` of the width by ``sqrt(s / r)`` of the height (each at most 1), centred uniformly where it fits,
+    and resampled bilinearly back to ``(H, W)`` with one ``grid_sample`` for the whole batch (on the device).
+    """
+    _check_batch(x, "random_resized_crop_flip")
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
+    b = x.shape[0]
+    gdev = _gen_device(generator)
+    u = torch.rand((b, 5), generator=generator, device=gdev, dtype=torch.float64).to(x.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    sx = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    sy = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx = (1 - sx) * (2 * u[:, 2] - 1)  # the centre, in [-1, 1] grid units, keeping the crop inside the image
+    cy = (1 - sy) * (2 * u[:, 3] - 1)
+    mirror = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0).to(u.dtype)
+    theta = torch.zeros((b, 2, 3), dtype=u.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx * mirror, cx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, cy
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def sample_mix_ratio(alpha: float, generator: torch.Generator | None = None) -> float:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from . import DataError
 
-__all__ = ["epoch_indices", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "make_loader"]
+__all__ = ["epoch_indices", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "WithIndex", "make_loader"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -116,6 +116,25 @@ def supports_batching(dataset: Any) -> bool:
     if isinstance(dataset, TensorDataset):
         return True
     return bool(getattr(dataset, "supports_batching", False)) and hasattr(dataset, "get_batch")
+
+
+class WithIndex(Dataset):
+    """A data set whose samples also carry their index: ``(x, y, i)``; batches keep the fast path when they can."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.supports_batching = supports_batching(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        return (*self.dataset[i], i)
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ds = self.dataset
+        batch = tuple(t.index_select(0, idx) for t in ds.tensors) if isinstance(ds, TensorDataset) else ds.get_batch(idx)
+        return (*batch, idx)
 
 
 class TensorBatchLoader(_EpochState):

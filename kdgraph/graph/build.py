@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ class PairReport:
     index: int
     label: str
     spec: PairSpec
+    teacher_name: str
     student: LayerInfo
     teacher: LayerInfo
     plan: PairPlan
@@ -48,25 +49,46 @@ class GraphPlan:
     graph: DistillGraph
     pairs: list[PairReport]
     student_map: LayerMap
-    teacher_map: Optional[LayerMap]
+    teacher_maps: dict[str, LayerMap] = field(default_factory=dict)
+
+    @property
+    def teacher_map(self) -> Optional[LayerMap]:
+        """The first (usually only) teacher's layer map."""
+        return next(iter(self.teacher_maps.values()), None)
 
 
-def trace_pair_models(spec: Spec, student: nn.Module, teacher: Optional[nn.Module],
-                      input_shape: tuple[int, ...]) -> tuple[LayerMap, Optional[LayerMap]]:
-    """Layer maps of both models, probed at the data's input shape."""
-    student_map = _trace(student, input_shape, spec.student.model, "student", spec)
-    name = spec.external_teacher.model if spec.external_teacher else "teacher"
-    teacher_map = _trace(teacher, input_shape, name, "teacher", spec) if teacher is not None else None
-    return student_map, teacher_map
+Teachers = Union[nn.Module, dict[str, nn.Module], None]
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, key: str, spec: Spec) -> LayerMap:
+def named_teachers(spec: Spec, teacher: Teachers) -> dict[str, nn.Module]:
+    """Teachers by the spec's names; a lone module takes the single teacher's name."""
+    if teacher is None:
+        return {}
+    if isinstance(teacher, nn.Module):
+        names = list(spec.teacher_specs) or ["teacher"]
+        return {names[0]: teacher}
+    return dict(teacher)
+
+
+def trace_pair_models(spec: Spec, student: nn.Module, teacher: Teachers,
+                      input_shape: tuple[int, ...]) -> tuple[LayerMap, dict[str, LayerMap]]:
+    """Layer maps of the student and every teacher, probed at the data's input shape."""
+    student_map = _trace(student, input_shape, spec.student.model, ("student", ("student",)), spec)
+    maps = {}
+    for name, model in named_teachers(spec, teacher).items():
+        tspec = spec.teacher_specs.get(name)
+        where = spec.teacher_key(name) if tspec else ("teacher", ("teacher",))
+        maps[name] = _trace(model, input_shape, tspec.model if tspec else name, where, spec)
+    return student_map, maps
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, where: tuple[str, tuple], spec: Spec) -> LayerMap:
     try:
         return trace_model(model, input_shape, name)
     except ValueError as err:  # the probe forward failed: almost always the data's shape vs the model's
-        path = ("data", "image_size") if spec.data.image_size else (key,)
+        key, path = ("data.image_size", ("data", "image_size")) if spec.data.image_size else where
         raise SpecError(f"{err}. The data gives inputs of shape {input_shape}; pick a model (or model kwargs such "
-                        "as in_chans) or an image size that fit", key=".".join(path), line=spec.line_of(*path)) from None
+                        "as in_chans) or an image size that fit", key=key, line=spec.line_of(*path)) from None
 
 
 def logit_count(model: nn.Module, input_shape: tuple[int, ...]) -> Optional[int]:
@@ -145,31 +167,40 @@ def _add_heads(spec: Spec, student: nn.Module, student_map: LayerMap, terms: lis
             terms.append(Term(label=f"head:{name}/feature", kind="head_feat", weight=sd.feature_weight, **common))
 
 
-def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], input_shape: tuple[int, ...],
-                student_map: Optional[LayerMap] = None, teacher_map: Optional[LayerMap] = None) -> GraphPlan:
+def _pair_teacher(spec: Spec, pair_ref: Optional[str]) -> str:
+    return pair_ref or next(iter(spec.teacher_specs), "teacher")
+
+
+def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: tuple[int, ...],
+                student_map: Optional[LayerMap] = None, teacher_maps: Optional[dict[str, LayerMap]] = None) -> GraphPlan:
     """Check every pair against the layer maps and assemble the graph; errors name the spec key and YAML line."""
-    if student_map is None or (teacher is not None and teacher_map is None):
-        student_map, teacher_map = trace_pair_models(spec, student, teacher, input_shape)
+    teachers = named_teachers(spec, teacher)
+    if student_map is None or teacher_maps is None:
+        student_map, teacher_maps = trace_pair_models(spec, student, teachers, input_shape)
     reports: list[PairReport] = []
     terms: list[Term] = []
     student_adapters, teacher_adapters = nn.ModuleDict(), nn.ModuleDict()
     if spec.train.ce_weight > 0:
         terms.append(Term(label="ce", kind="ce", weight=spec.train.ce_weight))
+    logits_from = None
     if spec.distill.logits is not None:
-        k_s, k_t = logit_count(student, input_shape), logit_count(teacher, input_shape)
+        lg = spec.distill.logits
+        logits_from = _pair_teacher(spec, lg.teacher_model)
+        k_s, k_t = logit_count(student, input_shape), logit_count(teachers[logits_from], input_shape)
         if k_s is None or k_t is None or k_s != k_t:
             raise SpecError(f"logit distillation needs (B, K) outputs of equal width; the student gives {k_s} and "
                             f"the teacher {k_t} classes. Set num_classes in the models' kwargs, or remove "
                             "distill.logits", key="distill.logits", line=spec.line_of("distill", "logits"))
-        lg = spec.distill.logits
-        terms.append(Term(label="logits", kind="logits", weight=lg.weight,
+        terms.append(Term(label="logits", kind="logits", weight=lg.weight, teacher_name=logits_from,
                           params={"loss": lg.loss, "temperature": lg.temperature}))
     for i, (pair, label) in enumerate(zip(spec.distill.pairs, _unique_labels(spec.distill.pairs))):
         base = ("distill", "pairs", i)
+        t_name = _pair_teacher(spec, pair.teacher_model)
         s_info = _layer(student_map, pair.student, f"distill.pairs[{i}].student", spec, base + ("student",))
-        t_info = _layer(teacher_map, pair.teacher, f"distill.pairs[{i}].teacher", spec, base + ("teacher",))
+        t_info = _layer(teacher_maps[t_name], pair.teacher, f"distill.pairs[{i}].teacher", spec, base + ("teacher",))
         try:
-            prune = _prune_indices(pair, teacher, s_info) if _projector_name(pair.projector) == "prune" else None
+            prune = (_prune_indices(pair, teachers[t_name], s_info) if _projector_name(pair.projector) == "prune"
+                     else None)
             plan = plan_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
                              projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize,
                              prune_indices=prune, relational=pair.loss.name in RELATIONAL_LOSSES)
@@ -184,20 +215,39 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Optional[nn.Module], in
         student_adapters[str(i)] = plan.student
         teacher_adapters[str(i)] = plan.teacher
         terms.append(Term(label=label, kind="pair", weight=pair.weight, fn=fn, params=pair.loss.params,
-                          student_tap=pair.student, teacher_tap=pair.teacher, index=i))
-        reports.append(PairReport(i, label, pair, s_info, t_info, plan))
+                          student_tap=pair.student, teacher_tap=pair.teacher, index=i, teacher_name=t_name))
+        reports.append(PairReport(i, label, pair, t_name, s_info, t_info, plan))
     if spec.teacher == "self":
         _add_heads(spec, student, student_map, terms, student_adapters)
     if not terms:
         raise SpecError("nothing to train: train.ce_weight is 0 and there are no distill terms", key="train.ce_weight",
                         line=spec.line_of("train", "ce_weight"))
-    needs_teacher_logits = spec.distill.logits is not None
     student_taps = {p.student for p in spec.distill.pairs} | {t.student_tap for t in terms if t.student_tap}
     student_taps |= {t.teacher_tap for t in terms if t.kind == "head_feat"}
+    embedding = embedding_layer(spec, student, student_map)
+    if embedding != "output" and any(m != "top1" for m in spec.eval.metrics):
+        student_taps.add(embedding)
     student_ex = FeatureExtractor(student, sorted(student_taps), student_map, keep_output=True)
-    teacher_ex = None
-    taps = sorted({p.teacher for p in spec.distill.pairs})
-    if teacher is not None and teacher_map is not None and (taps or needs_teacher_logits):
-        teacher_ex = FrozenTeacher(FeatureExtractor(teacher, taps, teacher_map, keep_output=needs_teacher_logits))
-    graph = DistillGraph(student_ex, teacher_ex, student_adapters, teacher_adapters, terms)
-    return GraphPlan(graph, reports, student_map, teacher_map)
+    extractors = {}
+    for name, model in teachers.items():
+        taps = sorted({t.teacher_tap for t in terms if t.kind == "pair" and t.teacher_name == name})
+        if taps or logits_from == name:
+            extractors[name] = FrozenTeacher(FeatureExtractor(model, taps, teacher_maps[name],
+                                                              keep_output=logits_from == name))
+    graph = DistillGraph(student_ex, extractors, student_adapters, teacher_adapters, terms,
+                         embedding=embedding)
+    return GraphPlan(graph, reports, student_map, teacher_maps)
+
+
+def embedding_layer(spec: Spec, student: nn.Module, student_map: LayerMap) -> str:
+    """The student layer k-NN / linear-probe evaluation reads: ``eval.embedding``, else its last Linear's input."""
+    if spec.eval.embedding:
+        return _layer(student_map, spec.eval.embedding, "eval.embedding", spec, ("eval", "embedding")).name
+    linears = [name for name, m in student.named_modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return f"{linears[-1]}:input"
+    if any(m != "top1" for m in spec.eval.metrics):
+        raise SpecError("the student has no Linear layer whose input could serve as the embedding for "
+                        f"{', '.join(spec.eval.metrics)}; set eval.embedding to a layer `kdgraph inspect` lists",
+                        key="eval.embedding", line=spec.line_of("eval"))
+    return "output"

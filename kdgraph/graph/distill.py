@@ -29,6 +29,7 @@ class Term:
     student_tap: Optional[str] = None
     teacher_tap: Optional[str] = None
     index: int = -1
+    teacher_name: Optional[str] = None
 
 
 @dataclass
@@ -39,50 +40,62 @@ class StepOutput:
 
 
 class DistillGraph(nn.Module):
-    """Teacher (frozen, always in eval mode, never receives gradients), student and adapters in one module.
+    """Teachers (frozen, always in eval mode, never receive gradients), student and adapters in one module.
 
-    ``student`` and ``teacher`` are extractors returning ``{tap: tensor, "output": logits}``; ``student_adapters`` and
-    ``teacher_adapters`` hold one module per pair, keyed by the pair's index.
+    ``student`` and every teacher are extractors returning ``{tap: tensor, "output": logits}``; ``student_adapters``
+    and ``teacher_adapters`` hold one module per pair, keyed by the pair's index. ``embedding`` names the student
+    tap that k-NN / linear-probe evaluation reads.
     """
 
-    def __init__(self, student: nn.Module, teacher: Optional[nn.Module], student_adapters: nn.ModuleDict,
-                 teacher_adapters: nn.ModuleDict, terms: list[Term]):
+    def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], student_adapters: nn.ModuleDict,
+                 teacher_adapters: nn.ModuleDict, terms: list[Term], embedding: str = "output"):
         super().__init__()
         self.student = student
         self.student_adapters = student_adapters
         self.teacher_adapters = teacher_adapters
         self.terms = terms
+        self.embedding = embedding
         self.active: Optional[frozenset[str]] = None  # labels of the active terms (curriculum); None: all
-        # Kept out of the module tree so the teacher never appears in the trainable state or an optimizer.
-        self._teacher = [teacher] if teacher is not None else []
-        if teacher is not None:
+        # Kept out of the module tree so teachers never appear in the trainable state or an optimizer.
+        self._teachers = [dict(teachers)]
+        for teacher in teachers.values():
             teacher.eval()
             teacher.requires_grad_(False)
 
     @property
+    def teachers(self) -> dict[str, nn.Module]:
+        return self._teachers[0]
+
+    @property
     def teacher(self) -> Optional[nn.Module]:
-        return self._teacher[0] if self._teacher else None
+        """The first (usually only) teacher."""
+        return next(iter(self.teachers.values()), None)
 
     def train(self, mode: bool = True) -> "DistillGraph":
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
+        for teacher in self.teachers.values():
+            teacher.eval()
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> "DistillGraph":
         super().to(*args, **kwargs)
-        if self.teacher is not None:
-            self.teacher.to(*args, **kwargs)
+        for teacher in self.teachers.values():
+            teacher.to(*args, **kwargs)
         return self
 
-    def teacher_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.teacher is None:
-            return {}
+    def teacher_features(self, x: torch.Tensor,
+                         cached: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Every teacher's taps by teacher name; ``cached`` outputs (``teacher.cache``) replace a forward."""
+        cached = cached or {}
         with torch.no_grad():
-            return self.teacher(x)
+            return {name: cached[name] if name in cached else teacher(x) for name, teacher in self.teachers.items()}
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        feats_t = self.teacher_features(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_teacher: Optional[torch.Tensor] = None,
+                cached: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> StepOutput:
+        """Every loss term for a batch; teachers see ``x_teacher`` when given (independent views), else ``x``.
+
+        ``y`` is class indices ``(B,)`` or soft targets ``(B, K)`` (mixup/cutmix)."""
+        feats_t = self.teacher_features(x if x_teacher is None else x_teacher, cached)
         feats_s = self.student(x)
         logits = feats_s["output"]
         terms: dict[str, torch.Tensor] = {}
@@ -99,15 +112,20 @@ class DistillGraph(nn.Module):
                 value = cross_entropy(logits, y)
             elif term.kind == "logits":
                 fn = kl_div if term.params.get("loss", "kl") == "kl" else soft_cross_entropy
-                value = fn(logits, feats_t["output"].detach(), temperature=term.params["temperature"])
+                value = fn(logits, feats_t[term.teacher_name]["output"].detach(),
+                           temperature=term.params["temperature"])
             else:
                 key = str(term.index)
                 s = self.student_adapters[key](feats_s[term.student_tap])
-                t = self.teacher_adapters[key](feats_t[term.teacher_tap].detach())
+                t = self.teacher_adapters[key](feats_t[term.teacher_name][term.teacher_tap].detach())
                 value = term.fn(s.float(), t.float(), **term.params)
             terms[term.label] = value.detach()
             total = total + term.weight * value
         return StepOutput(total=total, terms=terms, logits=logits.detach())
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's embedding of ``x``, flattened to ``(B, D)`` (for k-NN and linear probes)."""
+        return self.student(x)[self.embedding].flatten(1)
 
     def _head_term(self, term: Term, head: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor,
                    feats: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The built-in zoo: small Fashion-MNIST models that train in minutes on a laptop CPU.
 
-``fmnist_resnet`` (teacher) has stages ``layer1..layer3``; ``fmnist_cnn`` (student) has ``block1..block3``.
+``fmnist_resnet`` (teacher) has stages ``layer1..layer3``; ``fmnist_cnn`` (student) has ``block1..block3``;
+``fmnist_cnn_wide`` (a second teacher) is ``fmnist_cnn`` with widths 48/96/96.
 Both take (1, 28, 28) images by default and return logits.
 """
 
@@ -11,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "FmnistResNet", "FmnistCNN", "BasicBlock"]
+__all__ = ["ZOO", "FmnistResNet", "FmnistCNN", "BasicBlock", "fmnist_cnn_wide"]
 
 
 def _check_sizes(model: str, **sizes: object) -> None:
@@ -99,7 +100,13 @@ class FmnistCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+def fmnist_cnn_wide(widths: Sequence[int] = (48, 96, 96), in_chans: int = 1, num_classes: int = 10) -> FmnistCNN:
+    """A wider FmnistCNN: the second teacher of the multi-teacher recipe (a different family from the ResNet)."""
+    return FmnistCNN(widths, in_chans, num_classes)
+
+
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "fmnist_resnet": FmnistResNet,
     "fmnist_cnn": FmnistCNN,
+    "fmnist_cnn_wide": fmnist_cnn_wide,
 }

@@ -14,6 +14,7 @@ from pydantic import PrivateAttr, field_validator, model_validator
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
     "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
+    "TeacherSpec", "MixSpec", "EvalSpec",
 ]
 
 
@@ -44,6 +45,19 @@ class ModelSpec(_Section):
         return v
 
 
+class TeacherSpec(ModelSpec):
+    """A frozen teacher: a model reference plus a name (to tell several apart) and an output cache policy."""
+
+    name: Optional[str] = Field(
+        default=None, description="Name a pair's `teacher_model` refers to; required in `teachers:` (default: teacher)."
+    )
+    cache: Literal["none", "outputs"] = Field(
+        default="none",
+        description="`outputs`: compute the teacher's outputs once per un-augmented training image and reuse them "
+        "(the 'fixed teacher' ablation; the teacher no longer sees the student's view).",
+    )
+
+
 class SyntheticSpec(_Section):
     """Shape and size of the synthetic data set (for smoke tests and benchmarks); the side is data.image_size."""
 
@@ -66,11 +80,41 @@ class DataSpec(_Section):
     batch_size: PositiveInt = Field(default=128, description="Training batch size (the last partial batch is dropped).")
     eval_batch_size: Optional[PositiveInt] = Field(default=None, description="Evaluation batch size (default: 2x batch_size).")
     image_size: Optional[PositiveInt] = Field(default=None, description="Image side for imagefolder / resized data sets.")
-    augment: Literal["none", "crop-flip"] = Field(default="none", description="Batch augmentation applied to training batches.")
+    augment: Literal["none", "crop-flip", "resized-crop-flip"] = Field(
+        default="none", description="Batch augmentation of training batches, on the device: `crop-flip` (pad + random "
+        "crop + flip) or `resized-crop-flip` (random resized crop of area `crop_scale` + flip)."
+    )
+    crop_scale: tuple[float, float] = Field(
+        default=(0.35, 1.0), description="`resized-crop-flip`: range of the crop's area as a fraction of the image."
+    )
+    views: Literal["shared", "independent"] = Field(
+        default="shared", description="`shared`: teachers and student see the identical augmented (and mixed) batch; "
+        "`independent`: the teachers get their own augmentation draw (ablation)."
+    )
+    mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Batch mixup/cutmix applied before every forward.")
     train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")
     test_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N test images.")
     num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Used when dataset is `synthetic`.")
+
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _mix_named(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale {list(v)} must be [low, high] with 0 < low <= high <= 1")
+        return v
+
+
+class MixSpec(_Section):
+    """Batch mixing (Beyer et al.): a ~ Beta(p, p), a <- max(a, 1 - a), x~ = a x + (1 - a) roll(x, 1)."""
+
+    name: Literal["none", "mixup", "cutmix"] = Field(default="none", description="Mixing kind (`mix: mixup` also works).")
+    alpha: PositiveFloat = Field(default=1.0, description="p of Beta(p, p) for the mixing ratio.")
 
 
 class LossSpec(_Section):
@@ -109,6 +153,9 @@ class PairSpec(_Section):
     teacher: str = Field(description="Teacher layer name, as `kdgraph inspect` prints it.")
     student: str = Field(description="Student layer name, as `kdgraph inspect` prints it.")
     name: Optional[str] = Field(default=None, description="Name for stages and metrics (default pair:STUDENT->TEACHER).")
+    teacher_model: Optional[str] = Field(
+        default=None, description="Which of `teachers:` this pair reads (needed when there are several)."
+    )
     projector: Union[str, dict[str, Any]] = Field(
         default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, or `{name: mlp, hidden: [...]}`."
     )
@@ -130,7 +177,10 @@ class PairSpec(_Section):
 
     @property
     def label(self) -> str:
-        return f"pair:{self.name}" if self.name else f"pair:{self.student}->{self.teacher}"
+        if self.name:
+            return f"pair:{self.name}"
+        where = f"{self.teacher_model}." if self.teacher_model else ""
+        return f"pair:{self.student}->{where}{self.teacher}"
 
 
 class LogitsSpec(_Section):
@@ -139,6 +189,9 @@ class LogitsSpec(_Section):
     loss: Literal["kl", "ce_soft"] = Field(default="kl", description="KL(p_t || p_s) at temperature T, scaled by T^2.")
     temperature: PositiveFloat = Field(default=4.0, description="Softmax temperature T.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of the logit term.")
+    teacher_model: Optional[str] = Field(
+        default=None, description="Which of `teachers:` gives the logits (needed when there are several)."
+    )
 
 
 class DistillSpec(_Section):
@@ -211,6 +264,29 @@ class TrainSpec(_Section):
     )
 
 
+class EvalSpec(_Section):
+    """What is measured on the test split after training epochs (`eval: [top1, knn]` is short for `metrics:`)."""
+
+    metrics: list[Literal["top1", "knn", "linear_probe"]] = Field(
+        default_factory=lambda: ["top1"], min_length=1,
+        description="`top1` of the student's classifier; `knn`: k-NN top-1 on the student's embedding (cosine, train "
+        "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings. The first "
+        "metric picks `best.safetensors`.",
+    )
+    embedding: Optional[str] = Field(
+        default=None, description="Student layer used as the embedding (default: the input of its last Linear)."
+    )
+    knn_k: PositiveInt = Field(default=20, description="Neighbours of the k-NN classifier.")
+    every: PositiveInt = Field(default=1, description="Evaluate every N epochs (and always after the last).")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"eval metrics {v} name one metric twice")
+        return v
+
+
 class OutputSpec(_Section):
     """Where the run is written and how checkpoints are kept."""
 
@@ -218,6 +294,9 @@ class OutputSpec(_Section):
     keep: PositiveInt = Field(default=2, description="Keep the last N checkpoints (plus `best`).")
     checkpoint_every: Optional[PositiveInt] = Field(
         default=None, description="Also checkpoint every N optimizer steps inside an epoch (long epochs)."
+    )
+    checkpoint_epochs: PositiveInt = Field(
+        default=1, description="Checkpoint every N epochs (and always after the last): long schedules on small data."
     )
 
 
@@ -248,14 +327,18 @@ class Spec(_Section):
     model_config = ConfigDict(extra="forbid", title="kdgraph spec", validate_assignment=True)
 
     name: str = Field(default="run", description="Run name.")
-    teacher: Union[ModelSpec, Literal["self"], None] = Field(
+    teacher: Union[TeacherSpec, Literal["self"], None] = Field(
         default=None, description="The teacher; `self` for self-distillation; omit for plain supervised training."
+    )
+    teachers: list[TeacherSpec] = Field(
+        default_factory=list, description="Several named teachers (instead of `teacher`); pairs pick one with `teacher_model`."
     )
     student: ModelSpec = Field(description="The student that is trained and exported.")
     data: DataSpec = Field(default_factory=DataSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     self_distill: Optional[SelfDistillSpec] = Field(default=None, description="Heads for `teacher: self`.")
     train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: "EvalSpec" = Field(default_factory=lambda: EvalSpec(), description="Evaluation metrics (`[top1, knn, linear_probe]`).")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
     _lines: Any = PrivateAttr(default=None)
@@ -264,9 +347,15 @@ class Spec(_Section):
         """The YAML line of a key path, when the spec came from a file."""
         return self._lines.line(path) if self._lines is not None else None
 
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _eval_list(cls, v: Any) -> Any:
+        return {"metrics": v} if isinstance(v, (list, str)) else v
+
     @model_validator(mode="after")
     def _teacher_needed(self) -> "Spec":
-        if self.teacher is None and (self.distill.pairs or self.distill.logits):
+        self._check_teachers()
+        if not self.teacher_specs and (self.distill.pairs or self.distill.logits):
             raise ValueError("distill terms need a teacher: add `teacher: {model: ...}` or remove `distill`")
         if self.teacher == "self":
             if self.self_distill is None or not self.self_distill.heads:
@@ -277,6 +366,29 @@ class Spec(_Section):
             raise ValueError("`self_distill` is used with `teacher: self` only")
         self._check_stages()
         return self
+
+    def _check_teachers(self) -> None:
+        if self.teachers and self.teacher is not None:
+            raise ValueError("give either `teacher` or `teachers`, not both")
+        names = [t.name for t in self.teachers]
+        for i, name in enumerate(names):
+            if not name:
+                raise ValueError(f"teachers[{i}] needs a `name:` (pairs refer to it with `teacher_model`)")
+            if names.count(name) > 1:
+                raise ValueError(f"teachers[{i}]: the name {name!r} is used twice")
+        known = list(self.teacher_specs)
+        refs = [(f"distill.pairs[{i}]", p.teacher_model) for i, p in enumerate(self.distill.pairs)]
+        if self.distill.logits is not None:
+            refs.append(("distill.logits", self.distill.logits.teacher_model))
+        for key, ref in refs:
+            if ref is None and len(known) > 1:
+                raise ValueError(f"{key} needs `teacher_model:` naming one of the teachers ({', '.join(known)})")
+            if ref is not None and ref not in known:
+                import difflib
+
+                near = difflib.get_close_matches(ref, known, n=1, cutoff=0.4)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"{key}.teacher_model {ref!r} is no teacher{hint} (teachers: {', '.join(known) or 'none'})")
 
     def _check_stages(self) -> None:
         stages = self.train.stages
@@ -301,9 +413,23 @@ class Spec(_Section):
                 raise ValueError(f"train.stages[{i}] activates logits but distill.logits is not set")
 
     @property
-    def external_teacher(self) -> Optional[ModelSpec]:
-        """The teacher model spec, or None for plain training and self-distillation."""
-        return self.teacher if isinstance(self.teacher, ModelSpec) else None
+    def external_teacher(self) -> Optional[TeacherSpec]:
+        """The first external teacher's spec, or None for plain training and self-distillation."""
+        return next(iter(self.teacher_specs.values()), None)
+
+    @property
+    def teacher_specs(self) -> dict[str, TeacherSpec]:
+        """Every external teacher by name (a single `teacher:` is named by its `name`, default `teacher`)."""
+        if isinstance(self.teacher, TeacherSpec):
+            return {self.teacher.name or "teacher": self.teacher}
+        return {t.name: t for t in self.teachers}
+
+    def teacher_key(self, name: str) -> tuple[str, tuple]:
+        """Dotted key and YAML path of the teacher called ``name`` (for errors)."""
+        if self.teachers:
+            i = [t.name for t in self.teachers].index(name)
+            return f"teachers[{i}]", ("teachers", i)
+        return "teacher", ("teacher",)
 
     @field_validator("output", mode="before")
     @classmethod

@@ -1,10 +1,12 @@
-"""Evaluation: top-1 of a classifier, and of every self-distillation head, on a dataset."""
+"""Evaluation: top-1 of a classifier and of every self-distillation head; k-NN and linear-probe top-1 on the
+student's embedding, for students trained without labels (``train.ce_weight: 0``)."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -12,7 +14,7 @@ from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.train.runtime import Runtime
 
-__all__ = ["top1", "head_top1"]
+__all__ = ["top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
@@ -57,3 +59,69 @@ def head_top1(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime) -> di
     """Top-1 of the deepest classifier, every auxiliary head and their ensemble (mean of logits)."""
     accuracies = _accuracies(_eval_logits(graph, graph.head_logits, dataset, spec, rt), ensemble=True)
     return {("val_top1/deepest" if k == "output" else f"val_top1/{k}"): v for k, v in accuracies.items()}
+
+
+def embeddings(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E, y)``: the student's embedding (``graph.embed``) of every image in order, in float32 on the device."""
+    parts, labels = [], []
+    for out, y in _eval_logits(graph, lambda x: {"e": graph.embed(x)}, dataset, spec, rt):
+        parts.append(out["e"].float())
+        labels.append(y)
+    return torch.cat(parts), torch.cat(labels)
+
+
+def knn_top1(bank: torch.Tensor, bank_y: torch.Tensor, queries: torch.Tensor, y: torch.Tensor, k: int = 20,
+             chunk: int = 1024) -> float:
+    """k-NN top-1: each query takes the majority label of its ``k`` most cosine-similar bank rows.
+
+    Ties between labels go to the label whose neighbours have the larger summed similarity."""
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(k, len(bank))
+    classes = int(max(bank_y.max(), y.max())) + 1
+    correct = 0
+    for start in range(0, len(queries), chunk):
+        q = F.normalize(queries[start:start + chunk].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        onehot = F.one_hot(bank_y[idx], classes).float()  # (Q, k, C)
+        votes = onehot.sum(1) + 1e-3 * (onehot * sim.clamp(-1, 1)[..., None]).sum(1) / k
+        correct += int((votes.argmax(1) == y[start:start + chunk]).sum())
+    return correct / max(1, len(queries))
+
+
+def linear_probe_top1(train_e: torch.Tensor, train_y: torch.Tensor, test_e: torch.Tensor, test_y: torch.Tensor,
+                      steps: int = 100, weight_decay: float = 1e-4) -> float:
+    """Top-1 of a logistic regression fitted on frozen train embeddings (standardised; full-batch L-BFGS from zeros).
+
+    Deterministic: no random initialisation, no data order."""
+    mean, std = train_e.mean(0), train_e.std(0).clamp_min(1e-6)
+    xs, xt = (train_e - mean) / std, (test_e - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    with torch.enable_grad():
+        w = torch.zeros(xs.shape[1], classes, device=xs.device, requires_grad=True)
+        b = torch.zeros(classes, device=xs.device, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(xs @ w + b, train_y) + weight_decay * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        return float(((xt @ w + b).argmax(1) == test_y).float().mean())
+
+
+def embedding_metrics(graph: nn.Module, train: Dataset, test: Dataset, spec: Spec, rt: Runtime) -> dict[str, float]:
+    """``val_knn`` and/or ``val_linear_probe`` as ``spec.eval.metrics`` asks, with the train split as the bank."""
+    wanted = [m for m in spec.eval.metrics if m in ("knn", "linear_probe")]
+    if not wanted:
+        return {}
+    bank, bank_y = embeddings(graph, train, spec, rt)
+    queries, y = embeddings(graph, test, spec, rt)
+    out = {}
+    if "knn" in wanted:
+        out["val_knn"] = knn_top1(bank, bank_y, queries, y, k=spec.eval.knn_k)
+    if "linear_probe" in wanted:
+        out["val_linear_probe"] = linear_probe_top1(bank, bank_y, queries, y)
+    return out

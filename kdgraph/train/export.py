@@ -65,7 +65,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 def _input_shape(spec: Spec) -> tuple[int, ...]:
     from kdgraph.data import DataError
-    from kdgraph.train.loop import build_data
+    from kdgraph.train.resolve import build_data
 
     try:
         return tuple(build_data(spec.data, spec.runtime.seed).input_shape)

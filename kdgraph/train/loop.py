@@ -11,23 +11,24 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdgraph.data import DataBundle, DataError, build_datasets, make_loader, random_crop_flip, take
-from kdgraph.errors import KdgraphError, with_key
+from kdgraph.data import DataBundle, WithIndex, make_loader
+from kdgraph.errors import KdgraphError
 from kdgraph.graph import GraphPlan
-from kdgraph.graph.build import prune_masks
-from kdgraph.models import build_model
-from kdgraph.spec.schema import DataSpec, Spec
+from kdgraph.graph.build import Teachers, prune_masks
+from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
 from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
-from kdgraph.train.evaluate import head_top1, top1
+from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
+from kdgraph.train.teacher_cache import TeacherCache
+from kdgraph.train.views import make_views
 from kdgraph.train.runtime import Runtime, resolve_runtime, seed_everything
 
-__all__ = ["TrainResult", "train", "build_data", "build_models", "NumericalError", "Interrupted"]
+__all__ = ["TrainResult", "train", "NumericalError", "Interrupted"]
 
 
 @dataclass
@@ -41,46 +42,9 @@ class TrainResult:
     plan: GraphPlan = field(repr=False)
 
 
-def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
-    """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given."""
-    synthetic = cfg.dataset == "synthetic"
-    try:
-        bundle = build_datasets(
-            cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
-            num_classes=cfg.synthetic.classes if synthetic else None,
-            synthetic_size=cfg.synthetic.train_size if synthetic else None,
-            channels=cfg.synthetic.channels if synthetic else None,
-        )
-    except DataError as err:
-        raise with_key(err, "data", line) from None
-    if cfg.train_subset:
-        bundle.train = take(bundle.train, cfg.train_subset)
-    if cfg.test_subset:
-        bundle.test = take(bundle.test, cfg.test_subset)
-    return bundle
-
-
-def build_models(spec: Spec, student: Optional[nn.Module] = None,
-                 teacher: Optional[nn.Module] = None) -> tuple[nn.Module, Optional[nn.Module]]:
-    """Live modules win over the spec's references (Python API); errors carry the spec key."""
-    if student is None:
-        try:
-            student = build_model(spec.student.model, spec.student.kwargs, spec.student.weights)
-        except KdgraphError as err:
-            err.key, err.line = err.key or "student", err.line or spec.line_of("student")
-            raise
-    if teacher is None and spec.external_teacher is not None:
-        try:
-            teacher = build_model(spec.teacher.model, spec.teacher.kwargs, spec.teacher.weights)
-        except KdgraphError as err:
-            err.key, err.line = err.key or "teacher", err.line or spec.line_of("teacher")
-            raise
-    return student, teacher
-
-
 def _baseline_spec(spec: Spec) -> Spec:
     doc = spec.model_dump(mode="json")
-    doc.update(teacher=None, distill={}, self_distill=None, name=f"{spec.name}-baseline")
+    doc.update(teacher=None, teachers=[], distill={}, self_distill=None, name=f"{spec.name}-baseline")
     doc["train"].update(baseline=False, ce_weight=spec.train.ce_weight or 1.0)
     doc["output"] = str(Path(spec.run_dir) / "baseline")
     return Spec.model_validate(doc)
@@ -97,7 +61,9 @@ class _Loop:
         if rt.channels_last:
             self.graph.to(memory_format=torch.channels_last)
         cfg = spec.train
-        self.loader = make_loader(data.train, spec.data.batch_size, train=True, seed=spec.runtime.seed, drop_last=True,
+        cached = {n: t for n, t in plan.graph.teachers.items() if spec.teacher_specs[n].cache == "outputs"}
+        self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last) if cached else None
+        self.loader = make_loader(WithIndex(data.train) if cached else data.train, spec.data.batch_size, train=True, seed=spec.runtime.seed, drop_last=True,
                                   num_workers=spec.data.num_workers, pin_memory=rt.device.type == "cuda")
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
         if self.steps == 0:
@@ -187,14 +153,17 @@ class _Loop:
         rows = [r for r in self.run_dir.read_metrics() if r["epoch"] <= meta["epoch"]]
         return meta["epoch"], rows
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, x_teacher: Optional[torch.Tensor] = None,
+             cached: Optional[dict[str, dict[str, torch.Tensor]]] = None,
+             labels: Optional[torch.Tensor] = None) -> Optional[dict[str, torch.Tensor]]:
         """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step.
 
+        ``y`` is what the CE term sees (indices or mixed soft targets), ``labels`` the hard labels for train top-1.
         A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too."""
         buffers = self.buffers
         saved = [b.clone() for b in buffers]
         with self.rt.autocast():
-            out = self._forward(x, y)
+            out = self._forward(x, y, x_teacher, cached)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         if self.spec.train.grad_clip:
@@ -212,22 +181,22 @@ class _Loop:
         self.bad_steps = 0
         self.optimizer.step()
         self.scheduler.step()
-        correct = (out.logits.argmax(1) == y).sum()
+        correct = (out.logits.argmax(1) == (y if labels is None else labels)).sum()
         return dict(out.terms, total=out.total.detach(), correct=correct)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+    def _forward(self, *args: Any):
         """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
         if self.compiled is None:
-            return self.graph(x, y)
+            return self.graph(*args)
         if self.compile_checked:
-            return self.compiled(x, y)
+            return self.compiled(*args)
         try:
-            out = self.compiled(x, y)
+            out = self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compile/capture failure means "run eagerly"
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             self.reporter.warn(f"torch.compile failed ({reason[:300]}); running eagerly instead")
             self.compiled = None
-            return self.graph(x, y)
+            return self.graph(*args)
         self.compile_checked = True
         return out
 
@@ -254,16 +223,16 @@ class _Loop:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y) in enumerate(self.loader, start=self.start_step):
+            for i, (x, y, *index) in enumerate(self.loader, start=self.start_step):
                 if i >= self.steps:
                     break
                 x = x.to(self.rt.device, non_blocking=True)
                 y = y.to(self.rt.device, non_blocking=True)
-                if self.spec.data.augment == "crop-flip":
-                    x = random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=self.aug_gen)
-                if self.rt.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                values = self.step(x, y)
+                views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
+                                   two_views=bool(self.graph.teachers))
+                x, x_t = self._layout(views.student), self._layout(views.teacher)
+                cached = self.cache.lookup(index[0], self.rt.device) if self.cache is not None else None
+                values = self.step(x, views.target, x_t, cached, views.labels)
                 if values is not None:
                     for key, value in values.items():
                         weight = 1 if key == "correct" else len(x)
@@ -284,14 +253,27 @@ class _Loop:
         for key, value in self.sums.items():
             if key != "correct":
                 row["loss/" + key] = float(value) / seen
-        row["train_top1"] = float(self.sums.get("correct", 0)) / seen
-        row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
-        if any(t.kind == "head_ce" for t in self.graph.terms):
-            row.update(head_top1(self.graph, self.data.test, self.spec, self.rt))
+        if "top1" in self.spec.eval.metrics:  # a classifier trained without labels or logits has no meaningful top-1
+            row["train_top1"] = float(self.sums.get("correct", 0)) / seen
+        if (epoch + 1) % self.spec.eval.every == 0 or epoch + 1 == self.spec.train.epochs:
+            row.update(self.evaluate())
         row["lr"] = lr
         row["images_per_s"] = (self.seen - seen_before) / elapsed
         row["time_s"] = elapsed
         self.start_step, self.sums, self.seen = 0, {}, 0
+        return row
+
+    def _layout(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return x.contiguous(memory_format=torch.channels_last) if x is not None and self.rt.channels_last else x
+
+    def evaluate(self) -> dict[str, float]:
+        """The metrics ``eval.metrics`` asks for (``val_top1``, ``val_knn``, ``val_linear_probe``) on the test split."""
+        row = {}
+        if "top1" in self.spec.eval.metrics:
+            row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
+            if any(t.kind == "head_ce" for t in self.graph.terms):
+                row.update(head_top1(self.graph, self.data.test, self.spec, self.rt))
+        row.update(embedding_metrics(self.graph, self.data.train, self.data.test, self.spec, self.rt))
         return row
 
     def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
@@ -332,22 +314,25 @@ def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
 def _format_row(row: dict[str, Any]) -> str:
     losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
     stage = f" [{row['stage']}]" if "stage" in row else ""
-    return (f"epoch {row['epoch']}{stage}: {losses}  train {row['train_top1']:.2%}  val {row['val_top1']:.2%}  "
-            f"{row['images_per_s']:.0f} img/s")
+    evals = "".join(f"  {k[4:].replace('_', ' ')} {row[k]:.2%}" for k in ("val_top1", "val_knn", "val_linear_probe")
+                    if k in row)
+    train = f"  train {row['train_top1']:.2%}" if "train_top1" in row else ""
+    return f"epoch {row['epoch']}{stage}: {losses}{train}{evals}  {row['images_per_s']:.0f} img/s"
 
 
-def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
+def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers = None,
           overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
           reporter: Optional[Reporter] = None) -> TrainResult:
-    """Run the whole pipeline for ``spec``; live ``student``/``teacher`` modules replace the spec's references.
+    """Run the whole pipeline for ``spec``; live ``student``/``teacher`` modules replace the spec's references
+    (``teacher`` may be a dict by teacher name).
 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
     """
     reporter = reporter or Reporter(quiet=quiet)
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teacher, plan, rt = (resolved.data, resolved.student, resolved.teacher, resolved.graph_plan,
-                                        resolved.runtime)
+    data, student, teachers, plan, rt = (resolved.data, resolved.student, resolved.teachers, resolved.graph_plan,
+                                         resolved.runtime)
     run_dir = RunDir(spec.run_dir) if write else None
     wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None
     if wants_tb:
@@ -369,9 +354,15 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student)
     summary: dict[str, Any] = {"name": spec.name}
-    if teacher is not None and _is_classifier(teacher, data):
-        summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt)
-        reporter.info(f"  teacher top-1 {summary['teacher_top1']:.2%}")
+    for name, teacher in teachers.items():
+        if _is_classifier(teacher, data):
+            key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
+            summary[key] = top1(teacher.to(rt.device), data.test, spec, rt)
+            reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
+    if loop.cache is not None and (spec.data.augment != "none" or spec.data.mix.name != "none"):
+        reporter.warn("teacher.cache: outputs: cached teachers saw un-augmented images, so they no longer share the "
+                      "student's view (the fixed-teacher ablation)")
+    best_key = "val_" + spec.eval.metrics[0]
     start_epoch, rows = loop.resume() if resume else (0, [])
     with stop_on_signals(loop):
         for epoch in range(start_epoch, spec.train.epochs):
@@ -383,22 +374,25 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
                     tb.log(row, step=row["epoch"])
                 if run_dir is not None:
                     run_dir.write_metrics(rows)
-                    loop.checkpoint(epoch + 1, val_top1=row["val_top1"])
+                    if (epoch + 1) % spec.output.checkpoint_epochs == 0 or epoch + 1 == spec.train.epochs \
+                            or loop.stop_signal is not None:
+                        loop.checkpoint(epoch + 1, val_top1=row.get(best_key))
             if loop.stop_signal is not None and (row is None or epoch + 1 < spec.train.epochs):
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
                                   f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
     if tb is not None:
         tb.close()
-    summary["student_top1"] = rows[-1]["val_top1"] if rows else None
+    for metric in spec.eval.metrics:
+        summary[f"student_{metric}"] = rows[-1].get(f"val_{metric}") if rows else None
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:
         save_tensors(run_dir.student, student.state_dict())
         save_tensors(run_dir.adapters, loop._modules()["adapters"].state_dict())
-    if spec.train.baseline and spec.teacher is not None:
+    if spec.train.baseline and (spec.teacher is not None or spec.teachers):
         reporter.info("baseline: the same student trained without distillation, same budget")
         base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
-        summary["baseline_top1"] = base.summary["student_top1"]
+        summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
     if run_dir is not None:
         run_dir.write_json(run_dir.summary, summary)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,

@@ -7,14 +7,15 @@ from typing import Any, Optional
 
 from torch import nn
 
-from kdgraph.data import DataBundle
-from kdgraph.errors import KdgraphError
+from kdgraph.data import DataBundle, DataError, build_datasets, take
+from kdgraph.errors import KdgraphError, with_key
 from kdgraph.graph import GraphPlan, build_graph
-from kdgraph.graph.build import logit_count
-from kdgraph.spec.schema import Spec
+from kdgraph.graph.build import Teachers, logit_count, named_teachers
+from kdgraph.models import build_model
+from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.runtime import Runtime, resolve_runtime
 
-__all__ = ["ResolvedPlan", "resolve_plan"]
+__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models"]
 
 
 @dataclass
@@ -22,21 +23,64 @@ class ResolvedPlan:
     spec: Spec
     data: DataBundle
     student: nn.Module
-    teacher: Optional[nn.Module]
+    teachers: dict[str, nn.Module]
     graph_plan: GraphPlan
     runtime: Runtime
 
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        """The first (usually only) teacher."""
+        return next(iter(self.teachers.values()), None)
+
     def pairs_json(self) -> list[dict[str, Any]]:
-        return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name,
+        return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name, "teacher_model": r.teacher_name,
                  "student_shape": list(r.student.shape), "teacher_shape": list(r.teacher.shape),
                  "student_steps": r.plan.student_steps, "teacher_steps": r.plan.teacher_steps,
                  "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.graph_plan.pairs]
 
 
-def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None) -> ResolvedPlan:
-    """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
-    from kdgraph.train.loop import build_data, build_models
+def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
+    """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given."""
+    synthetic = cfg.dataset == "synthetic"
+    try:
+        bundle = build_datasets(
+            cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
+            num_classes=cfg.synthetic.classes if synthetic else None,
+            synthetic_size=cfg.synthetic.train_size if synthetic else None,
+            channels=cfg.synthetic.channels if synthetic else None,
+        )
+    except DataError as err:
+        raise with_key(err, "data", line) from None
+    if cfg.train_subset:
+        bundle.train = take(bundle.train, cfg.train_subset)
+    if cfg.test_subset:
+        bundle.test = take(bundle.test, cfg.test_subset)
+    return bundle
 
+
+def build_models(spec: Spec, student: Optional[nn.Module] = None,
+                 teacher: Teachers = None) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The student and every teacher by name; live modules win over the spec's references (Python API)."""
+    if student is None:
+        try:
+            student = build_model(spec.student.model, spec.student.kwargs, spec.student.weights)
+        except KdgraphError as err:
+            err.key, err.line = err.key or "student", err.line or spec.line_of("student")
+            raise
+    teachers = named_teachers(spec, teacher)
+    for name, tspec in spec.teacher_specs.items():
+        if name not in teachers:
+            key, path = spec.teacher_key(name)
+            try:
+                teachers[name] = build_model(tspec.model, tspec.kwargs, tspec.weights)
+            except KdgraphError as err:
+                err.key, err.line = err.key or key, err.line or spec.line_of(*path)
+                raise
+    return student, teachers
+
+
+def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> ResolvedPlan:
+    """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
     from kdgraph.train.loop import _has_conv
 
     try:
@@ -49,12 +93,12 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Optio
         raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
                            f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size",
                            line=spec.line_of("data", "batch_size"))
-    student, teacher = build_models(spec, student, teacher)
-    graph_plan = build_graph(spec, student, teacher, data.input_shape)
+    student, teachers = build_models(spec, student, teacher)
+    graph_plan = build_graph(spec, student, teachers, data.input_shape)
     classes = logit_count(student, data.input_shape)
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
-    runtime = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
-    return ResolvedPlan(spec, data, student, teacher, graph_plan, runtime)
+    runtime = resolve_runtime(spec.runtime, conv_net=_has_conv(student, *teachers.values()))
+    return ResolvedPlan(spec, data, student, teachers, graph_plan, runtime)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdgraph.data import DataError, cutmix, cutmix_box, mixup, random_crop_flip, sample_mix_ratio
+from kdgraph.data import DataError, cutmix, cutmix_box, mixup, random_crop_flip, random_resized_crop_flip, sample_mix_ratio
 
 
 def _gen(seed=0):
@@ -114,3 +114,43 @@ def test_random_crop_flip_options_and_determinism():
         random_crop_flip(x[0], 2)
     with pytest.raises(DataError):
         mixup(x[0], None, 1.0)
+
+
+def _ramp(b=4, h=16, w=16, axis=3):
+    grid = torch.arange(w if axis == 3 else h, dtype=torch.float32)
+    shape = (1, 1, 1, w) if axis == 3 else (1, 1, h, 1)
+    return grid.reshape(shape).expand(b, 2, h, w).contiguous()
+
+
+def test_resized_crop_identity_at_full_scale():
+    x = torch.randn(3, 2, 9, 7, generator=_gen(2))
+    out = random_resized_crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=_gen(0), flip=False)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_resized_crop_stretches_a_quarter_area_crop_by_two():
+    # on a horizontal ramp f(i, j) = j, a crop of half the width resampled to the full width is a ramp of slope 1/2
+    # (bilinear interpolation of a linear function is exact), mirrored (slope -1/2) when the sample was flipped
+    x = _ramp(b=16, axis=3)
+    out = random_resized_crop_flip(x, scale=(0.25, 0.25), ratio=(1.0, 1.0), generator=_gen(5))
+    slopes = (out[..., 1:] - out[..., :-1])[:, :, :, 1:-1]
+    per_sample = slopes.flatten(1)
+    signs = set()
+    for s in per_sample:
+        assert torch.allclose(s, s[0].expand_as(s), atol=1e-4), "one slope per sample"
+        assert abs(abs(float(s[0])) - 0.5) < 1e-4
+        signs.add(float(s[0]) > 0)
+    assert signs == {True, False}  # both flipped and unflipped samples in 16 draws
+    assert out.min() >= 0 and out.max() <= 15
+    y = _ramp(b=8, axis=2)  # vertical: never flipped, slope 1/2 down the rows
+    out = random_resized_crop_flip(y, scale=(0.25, 0.25), ratio=(1.0, 1.0), generator=_gen(5))
+    torch.testing.assert_close((out[:, :, 2:-1] - out[:, :, 1:-2]), torch.full_like(out[:, :, 2:-1], 0.5))
+
+
+def test_resized_crop_is_deterministic_and_rejects_bad_ranges():
+    x = torch.randn(4, 1, 8, 8, generator=_gen(1))
+    a = random_resized_crop_flip(x, generator=_gen(9))
+    assert torch.equal(a, random_resized_crop_flip(x, generator=_gen(9)))
+    assert not torch.equal(a, random_resized_crop_flip(x, generator=_gen(10)))
+    with pytest.raises(DataError, match="bad scale"):
+        random_resized_crop_flip(x, scale=(0.9, 0.2))

@@ -7,10 +7,10 @@ from kdgraph.train.checkpoint import save_tensors
 
 
 def test_zoo_models_forward():
-    for name, shape in [("fmnist_resnet", 10), ("fmnist_cnn", 10)]:
+    for name, shape in [("fmnist_resnet", 10), ("fmnist_cnn", 10), ("fmnist_cnn_wide", 10)]:
         out = create_model(f"kdgraph:{name}")(torch.zeros(2, 1, 28, 28))
         assert out.shape == (2, shape)
-    assert set(ZOO) == {"fmnist_resnet", "fmnist_cnn"}
+    assert set(ZOO) == {"fmnist_resnet", "fmnist_cnn", "fmnist_cnn_wide"}
 
 
 def test_timm_and_torchvision_refs_build_without_download():

@@ -1,0 +1,61 @@
+"""``teacher.cache: outputs``: every tapped teacher output computed once per un-augmented training image.
+
+The "fixed teacher" ablation of function matching (Beyer et al., CVPR 2022): the teacher's targets no longer follow
+the student's augmented view, which is exactly what the ablation measures. Cached outputs live on the training
+device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdgraph.data import make_loader
+from kdgraph.errors import SpecError
+from kdgraph.spec.schema import Spec
+
+__all__ = ["TeacherCache", "HOST_LIMIT"]
+
+HOST_LIMIT = 8 * 2**30  # bytes: beyond this the cache is refused (it would not fit a laptop's memory)
+DEVICE_BUDGET = 2 * 2**30
+
+
+class TeacherCache:
+    """Per teacher name, per tap: a ``(N, ...)`` tensor over the training set in data set order."""
+
+    def __init__(self, spec: Spec, teachers: dict[str, nn.Module], dataset: Any, device: torch.device,
+                 channels_last: bool = False):
+        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
+        loader = make_loader(dataset, spec.data.eval_batch_size or 2 * spec.data.batch_size, train=False, seed=0,
+                             drop_last=False, num_workers=spec.data.num_workers)
+        for name, teacher in teachers.items():
+            chunks: dict[str, list[torch.Tensor]] = {}
+            with torch.no_grad():
+                for x, *_ in loader:
+                    x = x.to(device)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    for tap, value in teacher(x).items():
+                        chunks.setdefault(tap, []).append(value.float().cpu())
+                    self._check_size(spec, name, chunks, len(dataset))
+            self.outputs[name] = {tap: torch.cat(parts) for tap, parts in chunks.items()}
+        size = sum(t.numel() * t.element_size() for taps in self.outputs.values() for t in taps.values())
+        self.device = device if size <= DEVICE_BUDGET else torch.device("cpu")
+        self.outputs = {n: {k: v.to(self.device) for k, v in taps.items()} for n, taps in self.outputs.items()}
+
+    @staticmethod
+    def _check_size(spec: Spec, name: str, chunks: dict[str, list[torch.Tensor]], n: int) -> None:
+        per_image = sum(parts[0][0].numel() * 4 for parts in chunks.values())
+        if per_image * n > HOST_LIMIT:
+            key, path = spec.teacher_key(name)
+            raise SpecError(f"caching teacher {name!r} would take {per_image * n / 2**30:.1f} GiB for {n} images "
+                            f"(limit {HOST_LIMIT / 2**30:.0f} GiB); tap smaller layers or set cache: none",
+                            key=f"{key}.cache", line=spec.line_of(*path))
+
+    def lookup(self, index: torch.Tensor, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+        """The cached outputs of the images ``index`` (data set positions), on ``device``."""
+        index = index.to(self.device)
+        return {name: {tap: value.index_select(0, index).to(device, non_blocking=True) for tap, value in taps.items()}
+                for name, taps in self.outputs.items()}

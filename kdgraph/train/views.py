@@ -1,0 +1,59 @@
+"""What each model sees in a training step: augmentation, shared or independent views, mixup/cutmix, targets.
+
+Function matching (Beyer et al., CVPR 2022) needs teacher and student to see the *same* augmented and mixed
+batch (``data.views: shared``); ``independent`` gives the teachers their own augmentation and mixing draw (the
+ablation). With mixing, the labels become soft targets ``a·onehot(y) + (1 − a)·onehot(roll(y, 1))`` for the CE term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from kdgraph.data import cutmix, mixup, random_crop_flip, random_resized_crop_flip
+from kdgraph.spec.schema import DataSpec
+
+__all__ = ["Views", "make_views"]
+
+
+@dataclass
+class Views:
+    """One step's inputs: the student's batch, the teachers' (None: the same tensor), CE targets, hard labels."""
+
+    student: torch.Tensor
+    teacher: Optional[torch.Tensor]
+    target: torch.Tensor
+    labels: torch.Tensor
+
+
+def _augment(x: torch.Tensor, data: DataSpec, generator: torch.Generator) -> torch.Tensor:
+    if data.augment == "crop-flip":
+        return random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=generator)
+    if data.augment == "resized-crop-flip":
+        return random_resized_crop_flip(x, scale=data.crop_scale, generator=generator)
+    return x
+
+
+def _mix(x: torch.Tensor, onehot: Optional[torch.Tensor], data: DataSpec,
+         generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if data.mix.name == "mixup":
+        return mixup(x, onehot, alpha=data.mix.alpha, generator=generator)
+    if data.mix.name == "cutmix":
+        return cutmix(x, onehot, alpha=data.mix.alpha, generator=generator)
+    return x, onehot
+
+
+def make_views(x: torch.Tensor, y: torch.Tensor, data: DataSpec, num_classes: int,
+               generator: torch.Generator, two_views: bool) -> Views:
+    """Augment (and mix) ``x`` for the student and, with ``two_views`` and ``data.views: independent``, separately
+    for the teachers. Without mixing the CE target is ``y`` itself (class indices)."""
+    mixing = data.mix.name != "none"
+    onehot = F.one_hot(y, num_classes).float() if mixing else None
+    student, target = _mix(_augment(x, data, generator), onehot, data, generator)
+    teacher = None
+    if two_views and data.views == "independent":
+        teacher, _ = _mix(_augment(x, data, generator), None, data, generator)
+    return Views(student=student, teacher=teacher, target=y if target is None else target, labels=y)
