@@ -40,30 +40,37 @@ def random_crop_flip(
     *,
     flip: bool = True,
     fill: float = 0.0,
+    draw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per-sample pad-and-random-crop (same output size) plus random horizontal flip.
 
     ``x`` is padded by ``padding`` pixels with the constant ``fill`` on every side, then each
     sample gets its own crop offset in ``[0, 2*padding]`` and, if ``flip``, a horizontal flip
-    with probability 1/2.
+    with probability 1/2. ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of
+    ``total`` (a data-parallel shard); the random numbers of the whole batch are drawn and this
+    shard's are used, so the shards of all processes together equal one unsharded call.
     """
     _check_batch(x, "random_crop_flip")
     b, _, h, w = x.shape
     gdev = _gen_device(generator)
     if padding < 0:
         raise DataError(f"random_crop_flip: padding must be >= 0, got {padding}.")
+    offset, total = draw if draw is not None else (0, b)
+    if offset < 0 or offset + b > total:
+        raise DataError(f"random_crop_flip: draw={draw!r} does not hold a batch of {b} at that offset.")
+    rows_of = slice(offset, offset + b)
     out = x
     if padding > 0 and b > 0:
         xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=fill)
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
+        oy = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
         rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
         cols = ox[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
         bidx = torch.arange(b, device=x.device)[:, None, None]
         # advanced indices separated by a slice -> result is (B, H, W, C)
         out = xp[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
     if flip and b > 0:
-        do_flip = (torch.rand((b,), generator=generator, device=gdev) < 0.5).to(x.device)
+        do_flip = (torch.rand((total,), generator=generator, device=gdev)[rows_of] < 0.5).to(x.device)
         out = torch.where(do_flip[:, None, None, None], out.flip(3), out)
     return out
 

@@ -233,6 +233,14 @@ class RuntimeSpec(_Section):
     log: list[Literal["jsonl", "tensorboard"]] = Field(
         default_factory=lambda: ["jsonl"], description="Metric sinks; jsonl is always written, tensorboard needs the package."
     )
+    distributed: Literal["auto", "off", "ddp", "fsdp"] = Field(
+        default="auto", description="Data parallelism under torchrun (docs/distributed.md). auto: ddp when launched with "
+        "WORLD_SIZE > 1, else off; ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard. Student and adapters only."
+    )
+    sync_bn: bool = Field(
+        default=False, description="Convert the student's BatchNorm to SyncBatchNorm (statistics over the global batch) "
+        "when distributed; needs CUDA (NCCL)."
+    )
 
     @field_validator("device")
     @classmethod

@@ -17,7 +17,8 @@ from kdgraph.graph import GraphPlan
 from kdgraph.graph.build import prune_masks
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
-from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
+from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kdgraph.train.distributed import LOCAL, DistContext, start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
 from kdgraph.train.evaluate import head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
@@ -90,15 +91,17 @@ class _Loop:
     """One run's state. Kept small: the step, an epoch, and the bookkeeping around them (checkpoints, signals)."""
 
     def __init__(self, spec: Spec, plan: GraphPlan, data: DataBundle, rt: Runtime, reporter: Reporter,
-                 run_dir: Optional[RunDir], student: nn.Module):
+                 run_dir: Optional[RunDir], student: nn.Module, dist: DistContext = LOCAL):
         self.spec, self.plan, self.data, self.rt, self.reporter, self.run_dir = spec, plan, data, rt, reporter, run_dir
-        self.student = student
+        self.student, self.dist = student, dist
         self.graph = plan.graph.to(rt.device)
         if rt.channels_last:
             self.graph.to(memory_format=torch.channels_last)
+        self.model = dist.wrap(self.graph, find_unused=bool(spec.train.stages))  # the graph itself in one process
         cfg = spec.train
         self.loader = make_loader(data.train, spec.data.batch_size, train=True, seed=spec.runtime.seed, drop_last=True,
-                                  num_workers=spec.data.num_workers, pin_memory=rt.device.type == "cuda")
+                                  num_workers=spec.data.num_workers, pin_memory=rt.device.type == "cuda",
+                                  shard=dist.shard)
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
         if self.steps == 0:
             raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
@@ -110,7 +113,7 @@ class _Loop:
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
         self.compiled = None
         if rt.compile_mode:
-            self.compiled = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+            self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self.compile_checked = False
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
         self.bad_steps = 0
@@ -177,11 +180,13 @@ class _Loop:
         owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
         if owner is not None:
             self._new_optimizer(owner)
-        meta = load_checkpoint(last, self._modules(), self.optimizer)
+        meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer))
         self.scheduler.load_state_dict(meta["scheduler"])
         self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
         self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
         self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["sums"].items()}
+        if not self.dist.is_main:  # the sums in a checkpoint are over all ranks: counted once, by rank 0
+            self.sums, self.seen = {}, 0
         where = f"epoch {meta['epoch'] + 1}, step {self.start_step}" if self.start_step else f"epoch {meta['epoch']} done"
         self.reporter.info(f"resumed from {last.name} ({where})")
         rows = [r for r in self.run_dir.read_metrics() if r["epoch"] <= meta["epoch"]]
@@ -201,7 +206,7 @@ class _Loop:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
         else:
             grad_norm = total_norm([p.grad for p in self.params if p.grad is not None])
-        if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
+        if not self.dist.all_finite(out.total, grad_norm):
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved):
                     buffer.copy_(value)
@@ -218,7 +223,7 @@ class _Loop:
     def _forward(self, x: torch.Tensor, y: torch.Tensor):
         """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
         if self.compiled is None:
-            return self.graph(x, y)
+            return self.model(x, y)
         if self.compile_checked:
             return self.compiled(x, y)
         try:
@@ -227,7 +232,7 @@ class _Loop:
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             self.reporter.warn(f"torch.compile failed ({reason[:300]}); running eagerly instead")
             self.compiled = None
-            return self.graph(x, y)
+            return self.model(x, y)
         self.compile_checked = True
         return out
 
@@ -260,7 +265,8 @@ class _Loop:
                 x = x.to(self.rt.device, non_blocking=True)
                 y = y.to(self.rt.device, non_blocking=True)
                 if self.spec.data.augment == "crop-flip":
-                    x = random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=self.aug_gen)
+                    x = random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=self.aug_gen,
+                                         draw=self.dist.draw(len(x)))
                 if self.rt.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 values = self.step(x, y)
@@ -271,12 +277,13 @@ class _Loop:
                     self.seen += len(x)
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
-                if self.stop_signal is not None and done < self.steps:
+                if self.dist.stop_agreed(self) and done < self.steps:
                     self.checkpoint(epoch, done)
                     return None
                 if every and done % every == 0 and done < self.steps:
                     self.checkpoint(epoch, done)
         elapsed = time.perf_counter() - start
+        self.sums, self.seen = self.dist.reduce_sums(self.sums, self.seen)
         row: dict[str, Any] = {"epoch": epoch + 1}
         if stage is not None:
             row["stage"] = stage
@@ -285,14 +292,15 @@ class _Loop:
             if key != "correct":
                 row["loss/" + key] = float(value) / seen
         row["train_top1"] = float(self.sums.get("correct", 0)) / seen
-        row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
+        row["val_top1"] = top1(self.dist.eval_module(self.student, self.graph), self.data.test, self.spec, self.rt,
+                               self.dist)
         if any(t.kind == "head_ce" for t in self.graph.terms):
-            row.update(head_top1(self.graph, self.data.test, self.spec, self.rt))
+            row.update(head_top1(self.graph, self.data.test, self.spec, self.rt, self.dist))
         row["lr"] = lr
         row["images_per_s"] = (self.seen - seen_before) / elapsed
         row["time_s"] = elapsed
         self.start_step, self.sums, self.seen = 0, {}, 0
-        return row
+        return self.dist.broadcast(row)
 
     def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
         """``epoch`` = completed epochs; ``step_in_epoch`` > 0 for a checkpoint inside the next epoch."""
@@ -300,12 +308,15 @@ class _Loop:
             return
         if val_top1 is not None and val_top1 > self.best:
             self.best = val_top1
-            save_tensors(self.run_dir.best, self.student.state_dict(), {"epoch": str(epoch), "val_top1": str(val_top1)})
-        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": self.seen, "best": self.best,
-                "sums": {k: float(v) for k, v in self.sums.items()}, "scheduler": self.scheduler.state_dict(),
+            self.dist.save_module(self.run_dir.best, self.student, {"epoch": str(epoch), "val_top1": str(val_top1)})
+        sums, seen = self.dist.reduce_sums(self.sums, self.seen)  # distributed: over all ranks; collective
+        modules, optimizer = self.dist.full_state(self._modules(), self.optimizer)
+        if not self.dist.is_main:
+            return
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": seen, "best": self.best,
+                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict(),
                 "aug_rng": self.aug_gen.get_state().tolist()}
-        save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", self._modules(),
-                        self.optimizer, meta)
+        save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", modules, optimizer, meta)
         for old in sorted(self.run_dir.checkpoints.glob("ckpt-*.json"))[:-self.spec.output.keep]:
             old.unlink()
             old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -343,13 +354,14 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
     """
-    reporter = reporter or Reporter(quiet=quiet)
+    dist = start_distributed(spec)  # LOCAL in one process; under torchrun: rank 0 prints and writes
+    reporter = dist.reporter(reporter or Reporter(quiet=quiet))
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teacher, plan, rt = (resolved.data, resolved.student, resolved.teacher, resolved.graph_plan,
-                                        resolved.runtime)
-    run_dir = RunDir(spec.run_dir) if write else None
-    wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None
+    data, student, teacher, plan = resolved.data, resolved.student, resolved.teacher, resolved.graph_plan
+    rt = dist.runtime(resolved.runtime, reporter)
+    run_dir = dist.run_dir(spec.run_dir) if write else None
+    wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None and dist.is_main
     if wants_tb:
         TensorBoardLogger.check_available()
     if run_dir is not None:
@@ -367,10 +379,10 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
     for report in plan.pairs:
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
-    loop = _Loop(spec, plan, data, rt, reporter, run_dir, student)
+    loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name}
     if teacher is not None and _is_classifier(teacher, data):
-        summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt)
+        summary["teacher_top1"] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
         reporter.info(f"  teacher top-1 {summary['teacher_top1']:.2%}")
     start_epoch, rows = loop.resume() if resume else (0, [])
     with stop_on_signals(loop):
@@ -384,7 +396,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
                 if run_dir is not None:
                     run_dir.write_metrics(rows)
                     loop.checkpoint(epoch + 1, val_top1=row["val_top1"])
-            if loop.stop_signal is not None and (row is None or epoch + 1 < spec.train.epochs):
+            if dist.stop_agreed(loop) and (row is None or epoch + 1 < spec.train.epochs):
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
                                   f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
@@ -393,13 +405,14 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Optional[
     summary["student_top1"] = rows[-1]["val_top1"] if rows else None
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:
-        save_tensors(run_dir.student, student.state_dict())
-        save_tensors(run_dir.adapters, loop._modules()["adapters"].state_dict())
+        dist.save_module(run_dir.student, student)
+        dist.save_module(run_dir.adapters, loop._modules()["adapters"])
     if spec.train.baseline and spec.teacher is not None:
         reporter.info("baseline: the same student trained without distillation, same budget")
         base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
         summary["baseline_top1"] = base.summary["student_top1"]
     if run_dir is not None:
         run_dir.write_json(run_dir.summary, summary)
+    dist.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
                        plan=plan)
