@@ -249,6 +249,11 @@ class RuntimeSpec(_Section):
             return v
         raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
 
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _distributed_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
 
 class Spec(_Section):
     """A whole run: models, data, what to distill, how to train, where to write."""

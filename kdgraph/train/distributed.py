@@ -228,10 +228,12 @@ class DistContext:
         with torch.no_grad():  # fully_shard keeps each rank's slice of its own values: start from rank 0's
             for tensor in [*graph.parameters(), *graph.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)
-        adapters = [*graph.student_adapters.values(), *graph.teacher_adapters.values()]
-        for adapter in adapters:  # own units, so evaluation can call them outside the root's forward
-            if any(p.requires_grad for p in adapter.parameters()):
-                fully_shard(adapter)
+        # Every adapter module holding parameters is its own unit (innermost first): adapters are small, and parts
+        # of them are called outside their parent's forward (a self-distillation head's `adapt`, evaluation).
+        for adapters in (graph.student_adapters, graph.teacher_adapters):
+            for module in reversed(list(adapters.modules())):
+                if module is not adapters and any(True for _ in module.parameters(recurse=False)):
+                    fully_shard(module)
         fully_shard(graph.student)
         fully_shard(graph)
         return graph
@@ -283,7 +285,14 @@ class DistContext:
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     def eval_module(self, student: nn.Module, graph: nn.Module) -> nn.Module:
-        """The module to evaluate the student with: itself, or (FSDP: its parameters are shards) its extractor."""
+        """The module to evaluate the student with: itself, or (FSDP: its parameters are shards) its extractor.
+
+        Rank 0's buffers (BatchNorm running statistics, which each rank updates from its own shard) are copied to
+        every rank first, so all ranks evaluate the model that rank 0 checkpoints."""
+        if self._several:
+            with torch.no_grad():
+                for buffer in graph.buffers():
+                    torch.distributed.broadcast(buffer, src=0)
         return _Logits(graph.student) if self.mode == "fsdp" else student
 
     def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
