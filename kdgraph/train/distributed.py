@@ -212,8 +212,9 @@ class DistContext:
         """The module the training step calls: ``graph`` itself, DDP over it, or it with FSDP2 ``fully_shard``.
 
         The teacher is outside the graph's module tree, so only the student and the adapters are wrapped; the
-        teacher stays a plain replica on every rank. ``find_unused``: some adapters may get no gradient in a step
-        (a curriculum), which DDP must be told."""
+        teacher stays a plain replica on every rank. DDP must be told when a step may leave parameters without a
+        gradient: ``find_unused`` (a curriculum switches terms off), or no term uses the student's logits (its
+        classifier is then unused)."""
         if not self.enabled:
             return graph
         if self.sync_bn:
@@ -222,6 +223,7 @@ class DistContext:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.local_rank] if self.backend == "nccl" else None
+            find_unused = find_unused or not any(term.kind in ("ce", "logits") for term in graph.terms)
             return DistributedDataParallel(graph, device_ids=ids, find_unused_parameters=find_unused)
         from torch.distributed.fsdp import fully_shard
 
@@ -433,7 +435,7 @@ def start_distributed(spec: Spec) -> DistContext:
         raise fail(f"device {cfg.device!r} would put all {world} processes on one GPU; use runtime.device: cuda or "
                    "auto (each process takes cuda:LOCAL_RANK)", "runtime", "device")
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    local_rank = env["LOCAL_RANK"] if env else 0
+    local_rank = env["LOCAL_RANK"] if env else (torch.cuda.current_device() if cuda else 0)  # a group of yours
     if cuda and local_rank >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise fail(f"process with LOCAL_RANK {local_rank} but this node has {count} GPU(s); start at most {count} "
