@@ -97,8 +97,9 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         if torchrun_env() is not None:
             raise click.UsageError("--nproc starts torchrun itself; leave it out when running under torchrun")
         if spec.runtime.distributed == "off":
-            raise KdgraphError(f"--nproc {nproc} needs data parallelism, but runtime.distributed is off; set it to auto, "
-                               "ddp or fsdp", key="runtime.distributed", line=spec.line_of("runtime", "distributed"))
+            raise KdgraphError(f"--nproc {nproc} needs data parallelism, but runtime.distributed is off; set it to "
+                               "auto, ddp or fsdp", key="runtime.distributed",
+                               line=spec.line_of("runtime", "distributed"))
         check_batch(spec, nproc)  # fail here once rather than in every process
         args = [*(["--debug"] if click.get_current_context().obj.get("debug") else []), "train", spec_path,
                 *(arg for override in overrides for arg in ("--set", override)),

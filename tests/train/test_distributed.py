@@ -232,7 +232,7 @@ def assert_same_run(work: Path, out: str, resumed: bool = False) -> None:
     """Same student and adapters (float tolerance: the all-reduce adds gradients in another order), same metrics
     (a resumed epoch's ``lr`` is the learning rate where it resumed)."""
     for name in ("student", "adapters"):
-        ref, got = load_file(str(work / "ref" / f"{name}.safetensors")), load_file(str(work / out / f"{name}.safetensors"))
+        ref, got = (load_file(str(work / run / f"{name}.safetensors")) for run in ("ref", out))
         assert ref.keys() == got.keys()
         for key in ref:
             torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
