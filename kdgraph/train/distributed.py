@@ -225,8 +225,10 @@ class DistContext:
             ids = [self.local_rank] if self.backend == "nccl" else None
             find_unused = find_unused or not any(term.kind in ("ce", "logits") for term in graph.terms)
             return DistributedDataParallel(graph, device_ids=ids, find_unused_parameters=find_unused)
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        mesh = init_device_mesh(self._device.type, (self.world,))  # explicit: gloo on a machine with GPUs is CPU
         with torch.no_grad():  # fully_shard keeps each rank's slice of its own values: start from rank 0's
             for tensor in [*graph.parameters(), *graph.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)
@@ -235,9 +237,9 @@ class DistContext:
         for adapters in (graph.student_adapters, graph.teacher_adapters):
             for module in reversed(list(adapters.modules())):
                 if module is not adapters and any(True for _ in module.parameters(recurse=False)):
-                    fully_shard(module)
-        fully_shard(graph.student)
-        fully_shard(graph)
+                    fully_shard(module, mesh=mesh)
+        fully_shard(graph.student, mesh=mesh)
+        fully_shard(graph, mesh=mesh)
         return graph
 
     # -- collectives -----------------------------------------------------------------------------------------------
