@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -73,13 +74,17 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option("--dry-run", is_flag=True, help="Resolve models, data and pairs, print the plan, train nothing.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train with N processes on this node: starts torchrun (see docs/distributed.md).")
 @handle_errors
 def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool,
-          dry_run: bool) -> None:
+          dry_run: bool, nproc: int | None) -> None:
     """Train the student of SPEC (a YAML file)."""
     from kdgraph.cli.render import print_plan, print_summary
+    from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
+    from kdgraph.train.distributed import check_batch, is_main_process, torchrun_argv, torchrun_env
     from kdgraph.train.resolve import resolve_plan
 
     if overwrite and resume:
@@ -88,8 +93,24 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     if dry_run:
         print_plan(resolve_plan(spec))
         return
+    if nproc is not None and nproc > 1:
+        if torchrun_env() is not None:
+            raise click.UsageError("--nproc starts torchrun itself; leave it out when running under torchrun")
+        if spec.runtime.distributed == "off":
+            raise KdgraphError(f"--nproc {nproc} needs data parallelism, but runtime.distributed is off; set it to "
+                               "auto, ddp or fsdp", key="runtime.distributed",
+                               line=spec.line_of("runtime", "distributed"))
+        check_batch(spec, nproc)  # fail here once rather than in every process
+        args = [*(["--debug"] if click.get_current_context().obj.get("debug") else []), "train", spec_path,
+                *(arg for override in overrides for arg in ("--set", override)),
+                *(flag for flag, on in (("--overwrite", overwrite), ("--resume", resume), ("--quiet", quiet)) if on)]
+        argv = torchrun_argv(nproc, args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)
     result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
-    print_summary(result)
+    if is_main_process():
+        print_summary(result)
 
 
 @main.command()

@@ -40,30 +40,37 @@ def random_crop_flip(
     *,
     flip: bool = True,
     fill: float = 0.0,
+    draw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per-sample pad-and-random-crop (same output size) plus random horizontal flip.
 
     ``x`` is padded by ``padding`` pixels with the constant ``fill`` on every side, then each
     sample gets its own crop offset in ``[0, 2*padding]`` and, if ``flip``, a horizontal flip
-    with probability 1/2.
+    with probability 1/2. ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of
+    ``total`` (a data-parallel shard); the random numbers of the whole batch are drawn and this
+    shard's are used, so the shards of all processes together equal one unsharded call.
     """
     _check_batch(x, "random_crop_flip")
     b, _, h, w = x.shape
     gdev = _gen_device(generator)
     if padding < 0:
         raise DataError(f"random_crop_flip: padding must be >= 0, got {padding}.")
+    offset, total = draw if draw is not None else (0, b)
+    if offset < 0 or offset + b > total:
+        raise DataError(f"random_crop_flip: draw={draw!r} does not hold a batch of {b} at that offset.")
+    rows_of = slice(offset, offset + b)
     out = x
     if padding > 0 and b > 0:
         xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=fill)
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
+        oy = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
         rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
         cols = ox[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
         bidx = torch.arange(b, device=x.device)[:, None, None]
         # advanced indices separated by a slice -> result is (B, H, W, C)
         out = xp[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
     if flip and b > 0:
-        do_flip = (torch.rand((b,), generator=generator, device=gdev) < 0.5).to(x.device)
+        do_flip = (torch.rand((total,), generator=generator, device=gdev)[rows_of] < 0.5).to(x.device)
         out = torch.where(do_flip[:, None, None, None], out.flip(3), out)
     return out
 
@@ -75,19 +82,25 @@ def random_resized_crop_flip(
     generator: torch.Generator | None = None,
     *,
     flip: bool = True,
+    draw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per-sample random resized crop (the "inception crop") plus random horizontal flip, at the input size.
 
     Each sample draws an area fraction ``s ~ U(scale)`` and an aspect ratio ``r`` log-uniform in ``ratio``; the crop
     is ``sqrt(s r)`` of the width by ``sqrt(s / r)`` of the height (each at most 1), centred uniformly where it fits,
     and resampled bilinearly back to ``(H, W)`` with one ``grid_sample`` for the whole batch (on the device).
+    ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of ``total`` (a data-parallel shard); the
+    numbers of the whole batch are drawn and this shard's rows used, so every process crops as one process would.
     """
     _check_batch(x, "random_resized_crop_flip")
     if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
         raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
     b = x.shape[0]
+    offset, total = draw if draw is not None else (0, b)
+    if not 0 <= offset <= total - b:
+        raise DataError(f"random_resized_crop_flip: draw={draw!r} does not hold a batch of {b} at that offset.")
     gdev = _gen_device(generator)
-    u = torch.rand((b, 5), generator=generator, device=gdev, dtype=torch.float64).to(x.device)
+    u = torch.rand((total, 5), generator=generator, device=gdev, dtype=torch.float64)[offset:offset + b].to(x.device)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     sx = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)

@@ -10,6 +10,8 @@ batch ``k`` of epoch ``e``.
   semantics, for any map-style dataset (e.g. ImageFolder).
 
 Both use :func:`epoch_indices`, so for a tensor-backed dataset they produce identical batches.
+With ``shard=(rank, world)`` (data-parallel training) ``batch_size`` is the global batch: every
+process takes its ``rank``-th slice of each global batch of the same permutation (:func:`shard_order`).
 Each ``iter(loader)`` uses the current epoch and then advances it by one; call
 ``set_epoch(e)`` to choose the epoch explicitly. ``skip(n)`` applies to the next iteration
 only.
@@ -25,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from . import DataError
 
-__all__ = ["epoch_indices", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "WithIndex", "make_loader"]
+__all__ = ["epoch_indices", "shard_order", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "WithIndex",
+           "make_loader"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -43,6 +46,23 @@ def epoch_indices(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tens
     g = torch.Generator()
     g.manual_seed(_epoch_seed(seed, epoch))
     return torch.randperm(n, generator=g)
+
+
+def shard_order(order: torch.Tensor, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """Process ``rank``'s share of ``order``: slice ``rank`` of ``world`` equal slices of every full batch of
+    ``batch_size`` (a trailing partial batch is dropped). The shares of all ranks are disjoint."""
+    per, full = batch_size // world, len(order) // batch_size
+    return order[:full * batch_size].view(full, world, per)[:, rank].reshape(-1)
+
+
+def _check_shard(shard: tuple[int, int], batch_size: int, drop_last: bool) -> tuple[int, int]:
+    rank, world = int(shard[0]), int(shard[1])
+    if world < 1 or not 0 <= rank < world:
+        raise DataError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}.")
+    if world > 1 and (batch_size % world or not drop_last):
+        raise DataError(f"a sharded loader needs drop_last=True and a batch size divisible by the {world} "
+                        f"processes, got batch_size={batch_size}, drop_last={drop_last}.")
+    return rank, world
 
 
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -78,24 +98,30 @@ class _EpochState:
 class EpochSampler(_EpochState, Sampler[int]):
     """Index sampler whose order for epoch e depends only on (seed, e).
 
-    ``skip_samples`` (set through ``skip_batches``) drops a prefix of the next epoch.
+    ``skip(k)`` drops the first ``k`` batches of the next epoch. With ``shard=(rank, world)``,
+    ``batch_size`` is the global batch and only this rank's slices of it are yielded.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int = 1) -> None:
+    def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int = 1,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.n = int(n)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
-        self.batch_size = int(batch_size)
+        self.rank, self.world = _check_shard(shard, int(batch_size), True)
+        self.global_batch = int(batch_size)
+        self.batch_size = int(batch_size) // self.world
         self.epoch = 0
         self._skip = 0
 
     def __iter__(self) -> Iterator[int]:
         epoch, skip = self._begin_epoch()
         idx = epoch_indices(self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        if self.world > 1:
+            idx = shard_order(idx, self.global_batch, self.rank, self.world)
         return iter(idx[skip * self.batch_size:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.world == 1 else self.n // self.global_batch * self.batch_size
 
 
 def _check_common(dataset: Any, batch_size: int) -> int:
@@ -141,7 +167,7 @@ class TensorBatchLoader(_EpochState):
     """Iterable over index-sliced batches of a tensor-backed dataset.
 
     Works with :class:`kdgraph.data.TensorImageDataset` (anything with ``get_batch(idx)`` and
-    ``supports_batching``) and ``torch.utils.data.TensorDataset``.
+    ``supports_batching``) and ``torch.utils.data.TensorDataset``. ``shard=(rank, world)``: see the module doc.
     """
 
     def __init__(
@@ -153,14 +179,17 @@ class TensorBatchLoader(_EpochState):
         seed: int,
         drop_last: bool,
         pin_memory: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         n = _check_common(dataset, batch_size)
+        self.rank, self.world = _check_shard(shard, int(batch_size), drop_last)
         if not supports_batching(dataset):
             raise DataError(f"TensorBatchLoader needs a tensor-backed dataset without per-sample "
                             f"transforms; got {type(dataset).__name__}. Use make_loader() instead.")
         self.dataset = dataset
         self.n = n
-        self.batch_size = int(batch_size)
+        self.global_batch = int(batch_size)
+        self.batch_size = int(batch_size) // self.world
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
@@ -169,7 +198,7 @@ class TensorBatchLoader(_EpochState):
         self._skip = 0
 
     def __len__(self) -> int:
-        return _num_batches(self.n, self.batch_size, self.drop_last)
+        return _num_batches(self.n, self.global_batch, self.drop_last)
 
     def _get(self, idx: torch.Tensor):
         ds = self.dataset
@@ -180,6 +209,8 @@ class TensorBatchLoader(_EpochState):
     def __iter__(self) -> Iterator[Any]:
         epoch, skip = self._begin_epoch()
         order = epoch_indices(self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        if self.world > 1:
+            order = shard_order(order, self.global_batch, self.rank, self.world)
         for b in range(skip, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             batch = self._get(idx)
@@ -204,15 +235,17 @@ class SeededDataLoader(DataLoader):
         drop_last: bool,
         num_workers: int = 0,
         pin_memory: bool = False,
+        shard: tuple[int, int] = (0, 1),
         **kwargs: Any,
     ) -> None:
         n = _check_common(dataset, batch_size)
-        sampler = EpochSampler(n, seed=seed, shuffle=shuffle, batch_size=int(batch_size))
+        _check_shard(shard, int(batch_size), drop_last)
+        sampler = EpochSampler(n, seed=seed, shuffle=shuffle, batch_size=int(batch_size), shard=shard)
         generator = torch.Generator()
         generator.manual_seed(_epoch_seed(seed, 0) ^ 0x5EED)
         super().__init__(
             dataset,
-            batch_size=int(batch_size),
+            batch_size=sampler.batch_size,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=num_workers,
@@ -250,16 +283,18 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     fast: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> TensorBatchLoader | SeededDataLoader:
     """Build a reproducible loader: shuffled when ``train``, sequential otherwise.
 
     Tensor-backed datasets (and ``fast=True``) get a :class:`TensorBatchLoader`; everything
     else a :class:`SeededDataLoader`. Both have ``set_epoch(e)``, ``skip(n)``, ``__len__`` and the
-    same order for the same ``(seed, epoch)``.
+    same order for the same ``(seed, epoch)``. ``shard=(rank, world)``: ``batch_size`` is the global
+    batch, this process gets its slice of each one; ``len`` and ``skip`` count global batches.
     """
     if fast and supports_batching(dataset):
         return TensorBatchLoader(
-            dataset, batch_size, shuffle=train, seed=seed, drop_last=drop_last, pin_memory=pin_memory
+            dataset, batch_size, shuffle=train, seed=seed, drop_last=drop_last, pin_memory=pin_memory, shard=shard
         )
     return SeededDataLoader(
         dataset,
@@ -269,4 +304,5 @@ def make_loader(
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        shard=shard,
     )

@@ -312,6 +312,14 @@ class RuntimeSpec(_Section):
     log: list[Literal["jsonl", "tensorboard"]] = Field(
         default_factory=lambda: ["jsonl"], description="Metric sinks; jsonl is always written, tensorboard needs the package."
     )
+    distributed: Literal["auto", "off", "ddp", "fsdp"] = Field(
+        default="auto", description="Data parallelism under torchrun (docs/distributed.md). auto: ddp when launched with "
+        "WORLD_SIZE > 1, else off; ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard. Student and adapters only."
+    )
+    sync_bn: bool = Field(
+        default=False, description="Convert the student's BatchNorm to SyncBatchNorm (statistics over the global batch) "
+        "when distributed; needs CUDA (NCCL)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -319,6 +327,11 @@ class RuntimeSpec(_Section):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
+
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _distributed_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
 
 class Spec(_Section):

@@ -1,9 +1,12 @@
 """Evaluation: top-1 of a classifier and of every self-distillation head; k-NN and linear-probe top-1 on the
-student's embedding, for students trained without labels (``train.ce_weight: 0``)."""
+student's embedding, for students trained without labels (``train.ce_weight: 0``).
+
+With a distributed context each rank evaluates a disjoint share of the data set and the counts are summed, so
+every sample is counted exactly once (k-NN and the linear probe run whole on every rank: they are deterministic)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,15 +17,20 @@ from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.train.runtime import Runtime
 
+if TYPE_CHECKING:
+    from kdgraph.train.distributed import DistContext
+
 __all__ = ["top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
-                 spec: Spec, rt: Runtime) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(named logits, labels) per evaluation batch, under no_grad in eval mode; ``module``'s mode is restored."""
+                 spec: Spec, rt: Runtime, world: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(named logits, labels) per evaluation batch, under no_grad in eval mode; ``module``'s mode is restored.
+
+    The evaluation batch is global like the training batch: each of ``world`` processes takes its share."""
     was_training = module.training
     module.eval()
-    batch = spec.data.eval_batch_size or 2 * spec.data.batch_size
+    batch = max(1, (spec.data.eval_batch_size or 2 * spec.data.batch_size) // world)
     loader = make_loader(dataset, batch, train=False, seed=0, drop_last=False, num_workers=spec.data.num_workers)
     try:
         with torch.no_grad():
@@ -37,27 +45,35 @@ def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, 
         module.train(was_training)
 
 
-def _accuracies(batches: Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]], ensemble: bool) -> dict[str, float]:
+def _accuracies(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
+                spec: Spec, rt: Runtime, ensemble: bool, dist: Optional["DistContext"]) -> dict[str, float]:
+    """Top-1 per named logits; with ``dist``, over this rank's share (its first ``valid`` samples) summed over ranks."""
+    valid = None
+    if dist is not None:
+        dataset, valid = dist.eval_shard(dataset)
     correct: dict[str, int] = {}
     total = 0
-    for logits, y in batches:
+    for logits, y in _eval_logits(module, forward, dataset, spec, rt, dist.world if dist is not None else 1):
+        keep = len(y) if valid is None else max(0, min(len(y), valid - total))
         if ensemble:
             logits["ensemble"] = torch.stack([v.float() for v in logits.values()]).mean(0)
         for name, value in logits.items():
-            correct[name] = correct.get(name, 0) + int((value.argmax(1) == y).sum())
-        total += len(y)
+            correct[name] = correct.get(name, 0) + int((value[:keep].argmax(1) == y[:keep]).sum())
+        total += keep
+    if dist is not None:
+        correct, total = dist.sum_counts(correct, total)
     return {name: count / max(1, total) for name, count in correct.items()}
 
 
-def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime) -> float:
+def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Optional["DistContext"] = None) -> float:
     """Fraction of ``dataset`` whose arg-max logit is the label; the model's train/eval mode is restored."""
-    batches = _eval_logits(model, lambda x: {"output": model(x)}, dataset, spec, rt)
-    return _accuracies(batches, ensemble=False).get("output", 0.0)
+    return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
 
 
-def head_top1(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime) -> dict[str, float]:
+def head_top1(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,
+              dist: Optional["DistContext"] = None) -> dict[str, float]:
     """Top-1 of the deepest classifier, every auxiliary head and their ensemble (mean of logits)."""
-    accuracies = _accuracies(_eval_logits(graph, graph.head_logits, dataset, spec, rt), ensemble=True)
+    accuracies = _accuracies(graph, graph.head_logits, dataset, spec, rt, True, dist)
     return {("val_top1/deepest" if k == "output" else f"val_top1/{k}"): v for k, v in accuracies.items()}
 
 

@@ -16,7 +16,8 @@ from kdgraph.errors import KdgraphError
 from kdgraph.graph import GraphPlan
 from kdgraph.graph.build import Teachers, prune_masks
 from kdgraph.spec.schema import Spec
-from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
+from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kdgraph.train.distributed import LOCAL, DistContext, start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
@@ -54,17 +55,19 @@ class _Loop:
     """One run's state. Kept small: the step, an epoch, and the bookkeeping around them (checkpoints, signals)."""
 
     def __init__(self, spec: Spec, plan: GraphPlan, data: DataBundle, rt: Runtime, reporter: Reporter,
-                 run_dir: Optional[RunDir], student: nn.Module):
+                 run_dir: Optional[RunDir], student: nn.Module, dist: DistContext = LOCAL):
         self.spec, self.plan, self.data, self.rt, self.reporter, self.run_dir = spec, plan, data, rt, reporter, run_dir
-        self.student = student
+        self.student, self.dist = student, dist
         self.graph = plan.graph.to(rt.device)
         if rt.channels_last:
             self.graph.to(memory_format=torch.channels_last)
+        self.model = dist.wrap(self.graph, find_unused=bool(spec.train.stages))  # the graph itself in one process
         cfg = spec.train
         cached = {n: t for n, t in plan.graph.teachers.items() if spec.teacher_specs[n].cache == "outputs"}
         self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last) if cached else None
-        self.loader = make_loader(WithIndex(data.train) if cached else data.train, spec.data.batch_size, train=True, seed=spec.runtime.seed, drop_last=True,
-                                  num_workers=spec.data.num_workers, pin_memory=rt.device.type == "cuda")
+        self.loader = make_loader(WithIndex(data.train) if cached else data.train, spec.data.batch_size, train=True,
+                                  seed=spec.runtime.seed, drop_last=True, num_workers=spec.data.num_workers,
+                                  pin_memory=rt.device.type == "cuda", shard=dist.shard)
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
         if self.steps == 0:
             raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
@@ -76,7 +79,7 @@ class _Loop:
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps, cfg.epochs)
         self.compiled = None
         if rt.compile_mode:
-            self.compiled = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+            self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self.compile_checked = False
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
         self.bad_steps = 0
@@ -143,11 +146,13 @@ class _Loop:
         owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
         if owner is not None:
             self._new_optimizer(owner)
-        meta = load_checkpoint(last, self._modules(), self.optimizer)
+        meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer))
         self.scheduler.load_state_dict(meta["scheduler"])
         self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
         self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
         self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["sums"].items()}
+        if not self.dist.is_main:  # the sums in a checkpoint are over all ranks: counted once, by rank 0
+            self.sums, self.seen = {}, 0
         where = f"epoch {meta['epoch'] + 1}, step {self.start_step}" if self.start_step else f"epoch {meta['epoch']} done"
         self.reporter.info(f"resumed from {last.name} ({where})")
         rows = [r for r in self.run_dir.read_metrics() if r["epoch"] <= meta["epoch"]]
@@ -170,7 +175,7 @@ class _Loop:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
         else:
             grad_norm = total_norm([p.grad for p in self.params if p.grad is not None])
-        if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
+        if not self.dist.all_finite(out.total, grad_norm):
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved):
                     buffer.copy_(value)
@@ -187,7 +192,7 @@ class _Loop:
     def _forward(self, *args: Any):
         """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
         if self.compiled is None:
-            return self.graph(*args)
+            return self.model(*args)
         if self.compile_checked:
             return self.compiled(*args)
         try:
@@ -196,7 +201,7 @@ class _Loop:
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             self.reporter.warn(f"torch.compile failed ({reason[:300]}); running eagerly instead")
             self.compiled = None
-            return self.graph(*args)
+            return self.model(*args)
         self.compile_checked = True
         return out
 
@@ -229,7 +234,7 @@ class _Loop:
                 x = x.to(self.rt.device, non_blocking=True)
                 y = y.to(self.rt.device, non_blocking=True)
                 views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
-                                   two_views=bool(self.graph.teachers))
+                                   two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)))
                 x, x_t = self._layout(views.student), self._layout(views.teacher)
                 cached = self.cache.lookup(index[0], self.rt.device) if self.cache is not None else None
                 values = self.step(x, views.target, x_t, cached, views.labels)
@@ -240,12 +245,13 @@ class _Loop:
                     self.seen += len(x)
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
-                if self.stop_signal is not None and done < self.steps:
+                if self.dist.stop_agreed(self) and done < self.steps:
                     self.checkpoint(epoch, done)
                     return None
                 if every and done % every == 0 and done < self.steps:
                     self.checkpoint(epoch, done)
         elapsed = time.perf_counter() - start
+        self.sums, self.seen = self.dist.reduce_sums(self.sums, self.seen)
         row: dict[str, Any] = {"epoch": epoch + 1}
         if stage is not None:
             row["stage"] = stage
@@ -261,7 +267,7 @@ class _Loop:
         row["images_per_s"] = (self.seen - seen_before) / elapsed
         row["time_s"] = elapsed
         self.start_step, self.sums, self.seen = 0, {}, 0
-        return row
+        return self.dist.broadcast(row)
 
     def _layout(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return x.contiguous(memory_format=torch.channels_last) if x is not None and self.rt.channels_last else x
@@ -270,9 +276,10 @@ class _Loop:
         """The metrics ``eval.metrics`` asks for (``val_top1``, ``val_knn``, ``val_linear_probe``) on the test split."""
         row = {}
         if "top1" in self.spec.eval.metrics:
-            row["val_top1"] = top1(self.student, self.data.test, self.spec, self.rt)
+            row["val_top1"] = top1(self.dist.eval_module(self.student, self.graph), self.data.test, self.spec,
+                                   self.rt, self.dist)
             if any(t.kind == "head_ce" for t in self.graph.terms):
-                row.update(head_top1(self.graph, self.data.test, self.spec, self.rt))
+                row.update(head_top1(self.graph, self.data.test, self.spec, self.rt, self.dist))
         row.update(embedding_metrics(self.graph, self.data.train, self.data.test, self.spec, self.rt))
         return row
 
@@ -282,12 +289,15 @@ class _Loop:
             return
         if val_top1 is not None and val_top1 > self.best:
             self.best = val_top1
-            save_tensors(self.run_dir.best, self.student.state_dict(), {"epoch": str(epoch), "val_top1": str(val_top1)})
-        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": self.seen, "best": self.best,
-                "sums": {k: float(v) for k, v in self.sums.items()}, "scheduler": self.scheduler.state_dict(),
+            self.dist.save_module(self.run_dir.best, self.student, {"epoch": str(epoch), "val_top1": str(val_top1)})
+        sums, seen = self.dist.reduce_sums(self.sums, self.seen)  # distributed: over all ranks; collective
+        modules, optimizer = self.dist.full_state(self._modules(), self.optimizer)
+        if not self.dist.is_main:
+            return
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": seen, "best": self.best,
+                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict(),
                 "aug_rng": self.aug_gen.get_state().tolist()}
-        save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", self._modules(),
-                        self.optimizer, meta)
+        save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", modules, optimizer, meta)
         for old in sorted(self.run_dir.checkpoints.glob("ckpt-*.json"))[:-self.spec.output.keep]:
             old.unlink()
             old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -328,13 +338,14 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
     """
-    reporter = reporter or Reporter(quiet=quiet)
+    dist = start_distributed(spec)  # LOCAL in one process; under torchrun: rank 0 prints and writes
+    reporter = dist.reporter(reporter or Reporter(quiet=quiet))
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teachers, plan, rt = (resolved.data, resolved.student, resolved.teachers, resolved.graph_plan,
-                                         resolved.runtime)
-    run_dir = RunDir(spec.run_dir) if write else None
-    wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None
+    data, student, teachers, plan = resolved.data, resolved.student, resolved.teachers, resolved.graph_plan
+    rt = dist.runtime(resolved.runtime, reporter)
+    run_dir = dist.run_dir(spec.run_dir) if write else None
+    wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None and dist.is_main
     if wants_tb:
         TensorBoardLogger.check_available()
     if run_dir is not None:
@@ -352,12 +363,12 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     for report in plan.pairs:
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
-    loop = _Loop(spec, plan, data, rt, reporter, run_dir, student)
+    loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name}
     for name, teacher in teachers.items():
         if _is_classifier(teacher, data):
             key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
-            summary[key] = top1(teacher.to(rt.device), data.test, spec, rt)
+            summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
             reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
     if loop.cache is not None and (spec.data.augment != "none" or spec.data.mix.name != "none"):
         reporter.warn("teacher.cache: outputs: cached teachers saw un-augmented images, so they no longer share the "
@@ -367,6 +378,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     with stop_on_signals(loop):
         for epoch in range(start_epoch, spec.train.epochs):
             row = loop.epoch(epoch)
+            stop = dist.stop_agreed(loop)  # collective under torchrun: every rank asks once per epoch
             if row is not None:
                 rows.append(row)
                 reporter.info(_format_row(row))
@@ -374,10 +386,9 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
                     tb.log(row, step=row["epoch"])
                 if run_dir is not None:
                     run_dir.write_metrics(rows)
-                    if (epoch + 1) % spec.output.checkpoint_epochs == 0 or epoch + 1 == spec.train.epochs \
-                            or loop.stop_signal is not None:
+                    if (epoch + 1) % spec.output.checkpoint_epochs == 0 or epoch + 1 == spec.train.epochs or stop:
                         loop.checkpoint(epoch + 1, val_top1=row.get(best_key))
-            if loop.stop_signal is not None and (row is None or epoch + 1 < spec.train.epochs):
+            if stop and (row is None or epoch + 1 < spec.train.epochs):
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
                                   f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
@@ -387,13 +398,14 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         summary[f"student_{metric}"] = rows[-1].get(f"val_{metric}") if rows else None
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:
-        save_tensors(run_dir.student, student.state_dict())
-        save_tensors(run_dir.adapters, loop._modules()["adapters"].state_dict())
+        dist.save_module(run_dir.student, student)
+        dist.save_module(run_dir.adapters, loop._modules()["adapters"])
     if spec.train.baseline and (spec.teacher is not None or spec.teachers):
         reporter.info("baseline: the same student trained without distillation, same budget")
         base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
         summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
     if run_dir is not None:
         run_dir.write_json(run_dir.summary, summary)
+    dist.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
                        plan=plan)

@@ -29,11 +29,12 @@ class Views:
     labels: torch.Tensor
 
 
-def _augment(x: torch.Tensor, data: DataSpec, generator: torch.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, data: DataSpec, generator: torch.Generator,
+             draw: Optional[tuple[int, int]]) -> torch.Tensor:
     if data.augment == "crop-flip":
-        return random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=generator)
+        return random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=generator, draw=draw)
     if data.augment == "resized-crop-flip":
-        return random_resized_crop_flip(x, scale=data.crop_scale, generator=generator)
+        return random_resized_crop_flip(x, scale=data.crop_scale, generator=generator, draw=draw)
     return x
 
 
@@ -47,13 +48,16 @@ def _mix(x: torch.Tensor, onehot: Optional[torch.Tensor], data: DataSpec,
 
 
 def make_views(x: torch.Tensor, y: torch.Tensor, data: DataSpec, num_classes: int,
-               generator: torch.Generator, two_views: bool) -> Views:
+               generator: torch.Generator, two_views: bool, draw: Optional[tuple[int, int]] = None) -> Views:
     """Augment (and mix) ``x`` for the student and, with ``two_views`` and ``data.views: independent``, separately
-    for the teachers. Without mixing the CE target is ``y`` itself (class indices)."""
+    for the teachers. Without mixing the CE target is ``y`` itself (class indices).
+
+    ``draw=(offset, total)``: ``x`` is one data-parallel shard of a global batch; crops are drawn for the whole batch
+    (the same as in one process). Mixing pairs each image with its neighbour inside the shard."""
     mixing = data.mix.name != "none"
     onehot = F.one_hot(y, num_classes).float() if mixing else None
-    student, target = _mix(_augment(x, data, generator), onehot, data, generator)
+    student, target = _mix(_augment(x, data, generator, draw), onehot, data, generator)
     teacher = None
     if two_views and data.views == "independent":
-        teacher, _ = _mix(_augment(x, data, generator), None, data, generator)
+        teacher, _ = _mix(_augment(x, data, generator, draw), None, data, generator)
     return Views(student=student, teacher=teacher, target=y if target is None else target, labels=y)

@@ -1,0 +1,458 @@
+"""Data-parallel training on torch.distributed (DDP or FSDP2) under torchrun; docs/distributed.md.
+
+torchrun starts one process per device. Each builds the same data, models and graph from the spec; then
+``start_distributed`` joins the process group (NCCL on GPUs, gloo on CPU) and :class:`DistContext` does what
+differs from one process: the student and the adapters are wrapped (the frozen teacher stays a plain replica),
+each rank trains on its slice of every global batch, metrics are summed over ranks, and only rank 0 prints and
+writes. Every helper is the identity in a single process (``LOCAL``), so the loop has one code path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from kdgraph.errors import KdgraphError
+from kdgraph.spec.schema import Spec
+from kdgraph.train.checkpoint import save_tensors
+from kdgraph.train.progress import Reporter
+from kdgraph.train.rundir import RunDir
+from kdgraph.train.runtime import Runtime
+
+__all__ = ["DistContext", "LOCAL", "LAUNCH_HINT", "start_distributed", "check_batch", "torchrun_env",
+           "torchrun_argv", "is_main_process"]
+
+LAUNCH_HINT = "torchrun --nproc-per-node N -m kdgraph train SPEC (or: kdgraph train SPEC --nproc N)"
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def torchrun_env() -> Optional[dict[str, int]]:
+    """RANK, LOCAL_RANK and WORLD_SIZE as torchrun sets them; None outside torchrun."""
+    if any(name not in os.environ for name in _TORCHRUN_VARS):
+        return None
+    try:
+        return {name: int(os.environ[name]) for name in _TORCHRUN_VARS}
+    except ValueError:
+        raise KdgraphError(f"torchrun variables are not integers: "
+                           f"{', '.join(f'{n}={os.environ[n]!r}' for n in _TORCHRUN_VARS)}",
+                           key="runtime.distributed") from None
+
+
+def is_main_process() -> bool:
+    """False only in a torchrun worker of rank > 0 (for printing in the CLI)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def torchrun_argv(nproc: int, kdgraph_args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m kdgraph ARGS`` (one node)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "kdgraph", *kdgraph_args]
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    low, high = value // step * step, (value // step + 1) * step
+    return f"{low} or {high}" if low > 0 else str(high)
+
+
+def _is_dtensor(value: Any) -> bool:
+    return type(value).__name__ == "DTensor" and hasattr(value, "full_tensor")
+
+
+def _full(value: Any) -> Any:
+    """A DTensor gathered to a full CPU tensor (collective); other tensors detached on CPU; the rest unchanged."""
+    if _is_dtensor(value):
+        value = value.full_tensor()
+    return value.detach().cpu() if torch.is_tensor(value) else value
+
+
+class _Gathered:
+    """A state dict gathered in advance, offered where a module or an optimizer is expected (``state_dict()``)."""
+
+    def __init__(self, state: dict[str, Any]):
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+class _ShardedModule:
+    """``load_state_dict`` of a full state dict into a module holding FSDP2 shards."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+
+class _ShardedOptimizer:
+    """``load_state_dict`` of a full optimizer state into an optimizer over FSDP2 shards."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.tensor import distribute_tensor
+
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for idx in sorted(state["state"], key=int):
+            param, entry = params[int(idx)], state["state"][idx]
+            if _is_dtensor(param):
+                for key, value in entry.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        entry[key] = distribute_tensor(value.to(param.device_mesh.device_type, param.dtype),
+                                                       param.device_mesh, param.placements)
+        self.optimizer.load_state_dict(state)
+
+
+class _Logits(nn.Module):
+    """The student's logits through its (FSDP-managed) feature extractor, for evaluation."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+        self.training = extractor.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(x)["output"]
+
+
+class _SharedRunDir(RunDir):
+    """The run directory seen by every rank: all read it (resume), only rank 0 writes."""
+
+    def __init__(self, path: str | Path, ctx: "DistContext"):
+        super().__init__(path)
+        self.ctx = ctx
+
+    def prepare(self, spec_doc: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+        self.check(overwrite=overwrite, resume=resume)  # every rank: same files, same verdict, same error
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            super().prepare(spec_doc, overwrite=overwrite, resume=resume)
+        self.ctx.barrier()
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        if self.ctx.is_main:
+            super().write_metrics(rows)
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            super().write_json(path, data)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``mode`` off/ddp/fsdp, rank, world size, and the helpers that depend on them."""
+
+    mode: str = "off"
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+    sync_bn: bool = False
+    owner: bool = False  # this context created the process group and destroys it in finish()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world) for the training loader."""
+        return self.rank, self.world
+
+    @property
+    def _device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    @property
+    def _several(self) -> bool:
+        return self.enabled and self.world > 1
+
+    # -- setup ----------------------------------------------------------------------------------------------------
+    def reporter(self, reporter: Reporter) -> Reporter:
+        """``reporter`` on rank 0; a silent one (no lines, no bar, no warnings) on the other ranks."""
+        return reporter if self.is_main else Reporter(quiet=True, console=Console(stderr=True, quiet=True))
+
+    def run_dir(self, path: str | Path) -> RunDir:
+        """A RunDir whose writes happen on rank 0 only (``prepare`` also synchronises the ranks)."""
+        return _SharedRunDir(path, self) if self.enabled else RunDir(path)
+
+    def runtime(self, rt: Runtime, reporter: Reporter) -> Runtime:
+        """Pin CUDA to cuda:LOCAL_RANK. FSDP runs eagerly (its hooks and torch.compile are not combined here) and
+        in the contiguous layout (fully_shard rejects channels-last parameters)."""
+        if not self.enabled:
+            return rt
+        if rt.device.type == "cuda":
+            rt = dataclasses.replace(rt, device=torch.device("cuda", self.local_rank))
+        if self.mode == "fsdp" and (rt.compile_mode is not None or rt.channels_last):
+            reporter.info("  fsdp: eager and contiguous (runtime.compile and runtime.channels_last are not used)")
+            rt = dataclasses.replace(rt, compile_mode=None, channels_last=False)
+        return rt
+
+    def wrap(self, graph: nn.Module, find_unused: bool = False) -> nn.Module:
+        """The module the training step calls: ``graph`` itself, DDP over it, or it with FSDP2 ``fully_shard``.
+
+        The teacher is outside the graph's module tree, so only the student and the adapters are wrapped; the
+        teacher stays a plain replica on every rank. DDP must be told when a step may leave parameters without a
+        gradient: ``find_unused`` (a curriculum switches terms off), or no term uses the student's logits (its
+        classifier is then unused)."""
+        if not self.enabled:
+            return graph
+        if self.sync_bn:
+            graph.student = nn.SyncBatchNorm.convert_sync_batchnorm(graph.student)
+        if self.mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.local_rank] if self.backend == "nccl" else None
+            find_unused = find_unused or not any(term.kind in ("ce", "logits") for term in graph.terms)
+            return DistributedDataParallel(graph, device_ids=ids, find_unused_parameters=find_unused)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self._device.type, (self.world,))  # explicit: gloo on a machine with GPUs is CPU
+        with torch.no_grad():  # fully_shard keeps each rank's slice of its own values: start from rank 0's
+            for tensor in [*graph.parameters(), *graph.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
+        # Every adapter module holding parameters is its own unit (innermost first): adapters are small, and parts
+        # of them are called outside their parent's forward (a self-distillation head's `adapt`, evaluation).
+        for adapters in (graph.student_adapters, graph.teacher_adapters):
+            for module in reversed(list(adapters.modules())):
+                if module is not adapters and any(True for _ in module.parameters(recurse=False)):
+                    fully_shard(module, mesh=mesh)
+        fully_shard(graph.student, mesh=mesh)
+        fully_shard(graph, mesh=mesh)
+        return graph
+
+    # -- collectives -----------------------------------------------------------------------------------------------
+    def barrier(self) -> None:
+        if self._several:
+            torch.distributed.barrier(**({"device_ids": [self.local_rank]} if self.backend == "nccl" else {}))
+
+    def all_finite(self, *values: torch.Tensor) -> bool:
+        """True when every value is finite on every rank (so all ranks skip a bad step together)."""
+        ok = all(bool(torch.isfinite(v.full_tensor() if _is_dtensor(v) else v).all()) for v in values)
+        if not self._several:
+            return ok
+        flag = torch.tensor([0 if ok else 1], device=self._device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) == 0
+
+    def stop_agreed(self, loop: Any) -> bool:
+        """Whether any rank received a stop signal; all ranks then stop at the same step (``loop.stop_signal``)."""
+        if not self._several:
+            return loop.stop_signal is not None
+        flag = torch.tensor([loop.stop_signal or 0], device=self._device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag.item()) and loop.stop_signal is None:
+            loop.stop_signal = int(flag.item())
+        return bool(flag.item())
+
+    def reduce_sums(self, sums: dict[str, torch.Tensor], seen: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-rank metric sums and image counts added over ranks (keys may differ: a rank that resumed holds more)."""
+        if not self._several:
+            return sums, seen
+        every: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(every, sorted(sums))
+        keys = sorted(set().union(*every))
+        zero = torch.zeros((), dtype=torch.float64, device=self._device)
+        flat = torch.stack([*(sums[k].to(self._device, torch.float64) if k in sums else zero for k in keys),
+                            torch.tensor(float(seen), dtype=torch.float64, device=self._device)])
+        torch.distributed.all_reduce(flat)
+        return {k: flat[i] for i, k in enumerate(keys)}, int(round(float(flat[-1])))
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (an epoch's metrics row: one truth for best/summary)."""
+        if not self._several:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+    def eval_module(self, student: nn.Module, graph: nn.Module) -> nn.Module:
+        """The module to evaluate the student with: itself, or (FSDP: its parameters are shards) its extractor.
+
+        Rank 0's buffers (BatchNorm running statistics, which each rank updates from its own shard) are copied to
+        every rank first, so all ranks evaluate the model that rank 0 checkpoints."""
+        if self._several:
+            with torch.no_grad():
+                for buffer in graph.buffers():
+                    torch.distributed.broadcast(buffer, src=0)
+        return _Logits(graph.student) if self.mode == "fsdp" else student
+
+    def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
+        """This rank's contiguous share of ``dataset``, padded to the same length on every rank (FSDP needs the
+        same number of forwards everywhere), and how many of its samples count (None: all of them)."""
+        if not self._several:
+            return dataset, None
+        n = len(dataset)
+        per = -(-n // self.world)
+        start = min(self.rank * per, n)
+        stop = min(start + per, n)
+        idx = torch.arange(start, stop)
+        if len(idx) < per:
+            idx = torch.cat([idx, torch.full((per - len(idx),), max(stop - 1, 0), dtype=torch.long)])
+        return _select(dataset, idx), stop - start
+
+    def sum_counts(self, correct: dict[str, int], total: int) -> tuple[dict[str, int], int]:
+        """Correct-prediction counts and sample counts added over ranks."""
+        if not self._several:
+            return correct, total
+        keys = sorted(correct)
+        flat = torch.tensor([*(correct[k] for k in keys), total], dtype=torch.int64, device=self._device)
+        torch.distributed.all_reduce(flat)
+        values = flat.tolist()
+        return dict(zip(keys, values[:-1])), values[-1]
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def draw(self, batch: int) -> Optional[tuple[int, int]]:
+        """``random_crop_flip(draw=...)`` for this rank's slice of a global batch (same crops as one process)."""
+        return (self.rank * batch, self.world * batch) if self._several else None
+
+    def full_state(self, modules: dict[str, nn.Module], optimizer: Optional[torch.optim.Optimizer]
+                   ) -> tuple[dict[str, Any], Any]:
+        """Modules and optimizer as full state dicts for a checkpoint (FSDP: gathered, collective; rank 0 holds the
+        tensors). Unchanged without FSDP: every rank holds the full state already."""
+        if self.mode != "fsdp":
+            return modules, optimizer
+        gathered = {name: _Gathered(self._full_module(module)) for name, module in modules.items()}
+        if optimizer is None:
+            return gathered, None
+        state = optimizer.state_dict()
+        full = {idx: {k: _full(v) for k, v in state["state"][idx].items()} for idx in sorted(state["state"])}
+        return gathered, _Gathered({"state": full if self.is_main else {}, "param_groups": state["param_groups"]})
+
+    def loadable(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer
+                 ) -> tuple[dict[str, Any], Any]:
+        """Modules and optimizer that accept a full checkpoint (FSDP: each rank keeps its shard of it)."""
+        if self.mode != "fsdp":
+            return modules, optimizer
+        return {name: _ShardedModule(m) for name, m in modules.items()}, _ShardedOptimizer(optimizer)
+
+    def _full_module(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_module(self, path: str | Path, module: nn.Module, metadata: Optional[dict[str, str]] = None) -> None:
+        """``save_tensors(path, module.state_dict())`` on rank 0, with FSDP shards gathered first (collective)."""
+        state = self._full_module(module) if self.mode == "fsdp" else module.state_dict()
+        if self.is_main:
+            save_tensors(path, state, metadata)
+
+    def finish(self, student: nn.Module) -> None:
+        """End of a run: FSDP shards of the returned student made whole again; the process group closed if ours."""
+        if self.mode == "fsdp":
+            for module in student.modules():
+                for name, param in list(module.named_parameters(recurse=False)):
+                    if _is_dtensor(param):
+                        module.register_parameter(name, nn.Parameter(param.full_tensor().detach(),
+                                                                     requires_grad=param.requires_grad))
+        if self.owner:
+            _destroy()
+
+
+LOCAL = DistContext()
+
+
+def _select(dataset: Dataset, idx: torch.Tensor) -> Dataset:
+    """The samples ``idx`` of ``dataset``; tensor-backed data sets stay tensor-backed (batched fast path)."""
+    from kdgraph.data import TensorImageDataset
+
+    if isinstance(dataset, TensorImageDataset):
+        out = copy.copy(dataset)
+        out.images, out.labels = dataset.images[idx], dataset.labels[idx]
+        return out
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[idx] for t in dataset.tensors))
+    return Subset(dataset, idx.tolist())
+
+
+def _destroy() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def check_batch(spec: Spec, world: int) -> None:
+    """``data.batch_size`` is the global batch: ``world`` processes must divide it evenly."""
+    if spec.data.batch_size % world:
+        raise KdgraphError(f"data.batch_size {spec.data.batch_size} is the global batch and must be divisible by the "
+                           f"{world} processes (each takes batch_size / {world}); use "
+                           f"{_nearest_multiples(spec.data.batch_size, world)}", key="data.batch_size",
+                           line=spec.line_of("data", "batch_size"))
+
+
+def start_distributed(spec: Spec) -> DistContext:
+    """Resolve ``runtime.distributed`` against the environment and join the process group when it is on.
+
+    Errors name the spec key and what to change: ddp/fsdp outside torchrun, off under torchrun with several
+    processes, CUDA without GPUs (or fewer GPUs than processes on a node), a global batch the world size does
+    not divide, SyncBatchNorm on CPU."""
+    cfg = spec.runtime
+
+    def fail(message: str, *key: str) -> KdgraphError:
+        return KdgraphError(message, key=".".join(key), line=spec.line_of(*key))
+
+    env = torchrun_env()
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if joined else env["WORLD_SIZE"] if env else 1
+    mode = cfg.distributed if cfg.distributed != "auto" else ("ddp" if world > 1 else "off")
+    if mode == "off":
+        if world > 1:
+            raise fail(f"runtime.distributed is off, but this is one of {world} processes started by torchrun: each "
+                       "would train alone and write the same run directory. Set runtime.distributed: auto (or ddp, "
+                       "fsdp), or start a single process without torchrun", "runtime", "distributed")
+        return LOCAL
+    if not torch.distributed.is_available():
+        raise fail(f"runtime.distributed: {mode} needs torch.distributed, which this torch build lacks; "
+                   "set runtime.distributed: off", "runtime", "distributed")
+    if env is None and not joined:
+        raise fail(f"runtime.distributed: {mode} needs the variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, "
+                   f"MASTER_ADDR, MASTER_PORT); launch with: {LAUNCH_HINT}; or set runtime.distributed: auto to "
+                   "train in this one process", "runtime", "distributed")
+    check_batch(spec, world)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise fail(f"device {cfg.device!r} requested but no CUDA GPU is available; use runtime.device: cpu "
+                   "(processes talk over gloo) or auto", "runtime", "device")
+    if cfg.device.startswith("cuda:") and world > 1:
+        raise fail(f"device {cfg.device!r} would put all {world} processes on one GPU; use runtime.device: cuda or "
+                   "auto (each process takes cuda:LOCAL_RANK)", "runtime", "device")
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    local_rank = env["LOCAL_RANK"] if env else (torch.cuda.current_device() if cuda else 0)  # a group of yours
+    if cuda and local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise fail(f"process with LOCAL_RANK {local_rank} but this node has {count} GPU(s); start at most {count} "
+                   f"processes per node (--nproc-per-node {count}), or set runtime.device: cpu", "runtime",
+                   "distributed")
+    if cfg.sync_bn and not cuda and world > 1:
+        raise fail("SyncBatchNorm needs CUDA devices (torch rejects CPU tensors in it); on CPU set runtime.sync_bn: "
+                   "false, and each process normalises with its own shard's batch statistics", "runtime", "sync_bn")
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not joined:
+        torch.distributed.init_process_group(backend)
+        atexit.register(_destroy)
+    else:
+        backend = torch.distributed.get_backend()
+    return DistContext(mode=mode, rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
+                       local_rank=local_rank, backend=backend, sync_bn=cfg.sync_bn, owner=not joined)

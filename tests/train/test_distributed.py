@@ -1,0 +1,296 @@
+"""Data-parallel training: sharded loaders and augmentation, the environment checks, the CLI launcher, and (slow)
+real 2-process gloo runs under torchrun that end where a 1-process run with the same global batch ends."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from torch.utils.data import TensorDataset
+
+from kdgraph.cli.main import main
+from kdgraph.data import make_loader, random_crop_flip
+from kdgraph.data.loader import shard_order
+from kdgraph.errors import KdgraphError
+from kdgraph.spec import spec_from_dict
+from kdgraph.train.distributed import LOCAL, DistContext, start_distributed, torchrun_argv
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+# -- data: every rank takes a disjoint slice of the same global batch ------------------------------------------------
+def test_shard_order_splits_every_global_batch():
+    order = torch.tensor([7, 3, 9, 0, 1, 8, 2, 6, 5, 4])
+    assert shard_order(order, 4, 0, 2).tolist() == [7, 3, 1, 8]
+    assert shard_order(order, 4, 1, 2).tolist() == [9, 0, 2, 6]  # the partial batch [5, 4] is dropped
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["TensorBatchLoader", "SeededDataLoader"])
+def test_sharded_loaders_together_yield_the_global_batches(fast):
+    data = TensorDataset(torch.arange(50).float()[:, None], torch.arange(50))
+    whole = make_loader(data, 12, train=True, seed=3, drop_last=True, fast=fast)
+    shards = [make_loader(data, 12, train=True, seed=3, drop_last=True, fast=fast, shard=(r, 3)) for r in range(3)]
+    assert [len(s) for s in shards] == [len(whole)] * 3
+    for loader in (whole, *shards):
+        loader.set_epoch(2)
+        loader.skip(1)
+    parts = [list(s) for s in shards]
+    for b, (x, y) in enumerate(whole):
+        assert [len(p[b][1]) for p in parts] == [4, 4, 4]
+        assert torch.equal(torch.cat([p[b][1] for p in parts]), y)
+    assert len(parts[0]) == len(whole) - 1
+
+
+def test_sharded_loader_needs_a_divisible_batch():
+    data = TensorDataset(torch.zeros(20, 1), torch.zeros(20))
+    with pytest.raises(Exception, match="divisible"):
+        make_loader(data, 10, train=True, seed=0, drop_last=True, shard=(0, 3))
+
+
+def test_crop_flip_shards_equal_one_unsharded_call():
+    x = torch.randn(8, 1, 12, 12)
+    whole = random_crop_flip(x, padding=2, generator=torch.Generator().manual_seed(5))
+    parts = []
+    for rank in range(2):
+        gen = torch.Generator().manual_seed(5)  # every rank holds the same generator state
+        parts.append(random_crop_flip(x[4 * rank:4 * rank + 4], padding=2, generator=gen, draw=(4 * rank, 8)))
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_eval_shards_count_every_sample_once():
+    data = TensorDataset(torch.arange(10).float()[:, None], torch.arange(10))
+    seen = []
+    for rank in range(3):
+        shard, valid = DistContext(mode="ddp", rank=rank, world=3).eval_shard(data)
+        assert len(shard) == 4  # padded: the same number of forwards on every rank
+        seen += shard.tensors[1][:valid].tolist()
+    assert seen == list(range(10))
+
+
+# -- the environment checks -------------------------------------------------------------------------------------------
+def spec(**runtime):
+    doc = {"student": {"model": "kdgraph:fmnist_cnn"}, "data": {"batch_size": 32}, "runtime": runtime}
+    return spec_from_dict(doc)
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch):
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def torchrun3(monkeypatch):
+    """This process looks like rank 0 of 3 started by torchrun (no process group is ever joined here)."""
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="3").items():
+        monkeypatch.setenv(name, value)
+
+
+def test_auto_is_one_process_outside_torchrun(no_torchrun):
+    assert start_distributed(spec()) is LOCAL
+    assert start_distributed(spec(distributed="off", sync_bn=True)) is LOCAL
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_ddp_outside_torchrun_says_how_to_launch(no_torchrun, mode):
+    with pytest.raises(KdgraphError, match="torchrun --nproc-per-node N -m kdgraph train SPEC") as err:
+        start_distributed(spec(distributed=mode))
+    assert err.value.key == "runtime.distributed" and "--nproc N" in str(err.value)
+
+
+def test_off_under_torchrun_is_refused(torchrun3):
+    with pytest.raises(KdgraphError, match="3 processes started by torchrun") as err:
+        start_distributed(spec(distributed="off"))
+    assert err.value.key == "runtime.distributed"
+
+
+def test_global_batch_must_divide_among_processes(torchrun3):
+    with pytest.raises(KdgraphError, match="divisible by the 3 processes.*use 30 or 33") as err:
+        start_distributed(spec(device="cpu"))
+    assert err.value.key == "data.batch_size"
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpus(monkeypatch):
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(KdgraphError, match="no CUDA GPU.*runtime.device: cpu") as err:
+        start_distributed(spec(distributed="ddp", device="cuda"))
+    assert err.value.key == "runtime.device"
+
+
+def test_sync_bn_on_cpu_is_refused(monkeypatch):
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(KdgraphError, match="SyncBatchNorm needs CUDA") as err:
+        start_distributed(spec(device="cpu", sync_bn=True))
+    assert err.value.key == "runtime.sync_bn"
+    assert not torch.distributed.is_initialized()
+
+
+# -- the CLI launcher -------------------------------------------------------------------------------------------------
+class Launched(Exception):
+    pass
+
+
+def test_nproc_execs_torchrun(tmp_path, monkeypatch, no_torchrun):
+    calls = []
+
+    def fake_execv(path, argv):
+        calls.append(argv)
+        raise Launched
+
+    monkeypatch.setattr(os, "execv", fake_execv)
+    path = tmp_path / "s.yaml"
+    path.write_text("student: {model: 'kdgraph:fmnist_cnn'}\ndata: {batch_size: 64}\n")
+    result = CliRunner().invoke(main, ["--debug", "train", str(path), "--nproc", "2", "--set", "train.epochs=1",
+                                       "--resume", "-q"])
+    assert isinstance(result.exception, Launched), result.output
+    assert calls == [torchrun_argv(2, ["--debug", "train", str(path), "--set", "train.epochs=1", "--resume",
+                                       "--quiet"])]
+    assert calls[0][1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kdgraph"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "data.batch_size=33"], "data.batch_size (line 2): data.batch_size 33 is the global batch"),
+    (["--set", "runtime.distributed=off"], "runtime.distributed: --nproc 2 needs data parallelism"),
+])
+def test_nproc_checks_before_launching(tmp_path, monkeypatch, no_torchrun, extra, message):
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("launched"))
+    path = tmp_path / "s.yaml"
+    path.write_text("student: {model: 'kdgraph:fmnist_cnn'}\ndata: {batch_size: 64}\n")
+    result = CliRunner().invoke(main, ["train", str(path), "--nproc", "2", *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+# -- real runs: 2 gloo processes under torchrun against 1 process ------------------------------------------------------
+STUDENT = '''\
+import torch
+from torch import nn
+
+
+class NoBNStudent(nn.Module):
+    """Conv-ReLU blocks without BatchNorm: a step's result does not depend on how its batch is split."""
+
+    def __init__(self, width: int = 4, num_classes: int = 10):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.block3(self.block2(self.block1(x)))), 1))
+'''
+
+SPEC = """\
+name: dist
+teacher: {model: "kdgraph:fmnist_resnet", kwargs: {widths: [8, 16, 16], blocks: [1, 1, 1]}}
+student: {model: "python:dist_student:NoBNStudent"}
+data: {dataset: fashion-mnist, source: embedded, batch_size: 32, train_subset: 256, test_subset: 45, augment: crop-flip}
+distill:
+  logits: {temperature: 4.0, weight: 0.9}
+  pairs: [{teacher: layer3, student: block3}]
+train: {epochs: 2, max_steps_per_epoch: 4, optimizer: {name: sgd, lr: 0.1, momentum: 0.9}}
+runtime: {seed: 1}
+output: {dir: OUT, keep: 10, checkpoint_every: 2}
+"""
+
+
+def kdgraph(work: Path, *args: str, nproc: int = 1) -> str:
+    """Run ``kdgraph train`` (under torchrun when ``nproc`` > 1) and return its output; fails on a non-zero exit."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(work)]), OMP_NUM_THREADS="1")
+    for name in TORCHRUN_VARS:
+        env.pop(name, None)
+    prefix = torchrun_argv(nproc, []) if nproc > 1 else [sys.executable, "-m", "kdgraph"]
+    proc = subprocess.run([*prefix, "train", str(work / "spec.yaml"), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """The module and spec, and the 1-process reference run (``ref``)."""
+    work = tmp_path_factory.mktemp("dist")
+    (work / "dist_student.py").write_text(STUDENT)
+    (work / "spec.yaml").write_text(SPEC.replace("OUT", str(work / "ref")))
+    kdgraph(work, "--quiet")
+    return work
+
+
+def assert_same_run(work: Path, out: str, resumed: bool = False) -> None:
+    """Same student and adapters (float tolerance: the all-reduce adds gradients in another order), same metrics
+    (a resumed epoch's ``lr`` is the learning rate where it resumed)."""
+    for name in ("student", "adapters"):
+        ref, got = (load_file(str(work / run / f"{name}.safetensors")) for run in ("ref", out))
+        assert ref.keys() == got.keys()
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    rows = [[json.loads(line) for line in (work / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", out)]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for ref, got in zip(*rows):
+        assert ref.keys() == got.keys()
+        for key, value in ref.items():
+            if key not in ("images_per_s", "time_s") and not (resumed and key == "lr" and ref["epoch"] == 1):
+                assert got[key] == pytest.approx(value, rel=1e-5), key
+
+
+def resume_from_first_checkpoint(work: Path, source: str, target: str) -> None:
+    """A copy of ``source`` cut back to its first checkpoint (epoch 1, step 2), metrics and exports removed."""
+    shutil.copytree(work / source, work / target)
+    for path in (work / target / "checkpoints").glob("ckpt-*"):
+        if not path.name.startswith("ckpt-e0000-s000002."):
+            path.unlink()
+    for name in ("student.safetensors", "adapters.safetensors", "best.safetensors", "summary.json"):
+        (work / target / name).unlink()
+    (work / target / "metrics.jsonl").write_text("")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_and_resume_in_one(work):
+    """DDP over gloo, launched by ``kdgraph train --nproc 2``: each process takes 16 of the 32 images of every global
+    batch. The student has no BatchNorm (per-shard batch statistics would make the runs differ; sync_bn needs CUDA),
+    the teacher's BatchNorm is frozen in eval mode, and the crops of each shard are those of one process, so the
+    2-process run must end where the 1-process run ends. Its mid-epoch checkpoint then resumes in 1 process."""
+    kdgraph(work, "--quiet", "--nproc", "2", "--set", f"output.dir={work / 'ddp'}")
+    assert_same_run(work, "ddp")
+    assert (work / "ddp" / "spec.yaml").is_file() and not list(work.glob("ddp/**/*.tmp"))
+
+    first = load_file(str(work / "ddp" / "checkpoints" / "ckpt-e0000-s000002.safetensors"))
+    final = load_file(str(work / "ddp" / "student.safetensors"))
+    assert max(float((first[f"student.{k}"] - v).abs().max()) for k, v in final.items()) > 1e-3  # it trained on
+
+    resume_from_first_checkpoint(work, "ddp", "ddp_to_1")
+    out = kdgraph(work, "--resume", "--set", f"output.dir={work / 'ddp_to_1'}")
+    assert "resumed from ckpt-e0000-s000002.json (epoch 1, step 2)" in out
+    assert_same_run(work, "ddp_to_1", resumed=True)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_equal_one_and_resume_a_one_process_checkpoint(work):
+    """FSDP2 (fully_shard) over gloo: parameters and optimizer state are sharded, checkpoints gathered to full state
+    dicts. Same setup as the DDP test; then the 1-process run's first checkpoint resumes with 2 FSDP processes."""
+    kdgraph(work, "--quiet", "--set", f"output.dir={work / 'fsdp'}", "--set", "runtime.distributed=fsdp", nproc=2)
+    assert_same_run(work, "fsdp")
+    ckpt = load_file(str(work / "fsdp" / "checkpoints" / "ckpt-e0001-s000000.safetensors"))
+    ref = load_file(str(work / "ref" / "checkpoints" / "ckpt-e0001-s000000.safetensors"))
+    assert ckpt.keys() == ref.keys() and any(k.startswith("optim.") for k in ckpt)
+    for key in ref:
+        if not key.startswith("rng."):
+            torch.testing.assert_close(ckpt[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    resume_from_first_checkpoint(work, "ref", "ref_to_fsdp")
+    out = kdgraph(work, "--resume", "--set", f"output.dir={work / 'ref_to_fsdp'}", "--set",
+                  "runtime.distributed=fsdp", nproc=2)
+    assert "resumed from ckpt-e0000-s000002.json (epoch 1, step 2)" in out
+    assert_same_run(work, "ref_to_fsdp", resumed=True)
