@@ -18,9 +18,10 @@ from kdgraph.graph.build import prune_masks
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint, save_tensors
-from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
+from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
 from kdgraph.train.evaluate import head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
+from kdgraph.train.prefetch import prefetch
 from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
@@ -113,7 +114,7 @@ class _Loop:
             self.compiled = torch.compile(self.graph, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self.compile_checked = False
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
-        self.bad_steps = 0
+        self.guard = StepGuard(self.buffers, cfg.max_bad_steps, reporter.warn, self._last_checkpoint)
         self.best = -1.0
         self.stop_signal: Optional[int] = None
         # position inside the current epoch, restored on resume
@@ -190,9 +191,9 @@ class _Loop:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
         """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step.
 
-        A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too."""
-        buffers = self.buffers
-        saved = [b.clone() for b in buffers]
+        A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too. With a fused
+        optimizer (CUDA) the check stays on the device and this never returns None (guard.py)."""
+        self.guard.before_forward()
         with self.rt.autocast():
             out = self._forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,19 +202,14 @@ class _Loop:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
         else:
             grad_norm = total_norm([p.grad for p in self.params if p.grad is not None])
-        if not (torch.isfinite(out.total) and torch.isfinite(grad_norm)):
-            with torch.no_grad():
-                for buffer, value in zip(buffers, saved):
-                    buffer.copy_(value)
-            self._bad_step(out.terms, grad_norm)
+        if self.guard.check(out.total, grad_norm, out.terms, self.optimizer, len(x)):
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             return None
-        self.bad_steps = 0
         self.optimizer.step()
         self.scheduler.step()
         correct = (out.logits.argmax(1) == y).sum()
-        return dict(out.terms, total=out.total.detach(), correct=correct)
+        return self.guard.mask(dict(out.terms, total=out.total.detach(), correct=correct))
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor):
         """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
@@ -231,17 +227,9 @@ class _Loop:
         self.compile_checked = True
         return out
 
-    def _bad_step(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
-        self.bad_steps += 1
-        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-        what = f"loss term(s) {', '.join(bad)}" if bad else f"the gradient (norm {float(grad_norm)})"
-        self.reporter.warn(f"non-finite {what}; step skipped ({self.bad_steps}/{self.spec.train.max_bad_steps})")
-        if self.bad_steps >= self.spec.train.max_bad_steps:
-            last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
-            keep = f"; the last good checkpoint {last.name} is intact" if last else ""
-            raise NumericalError(
-                f"{self.bad_steps} consecutive steps with non-finite {what}{keep}. Lower train.optimizer.lr, set "
-                "train.grad_clip, or check the inputs and the loss weights", key="train")
+    def _last_checkpoint(self) -> Optional[str]:
+        last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
+        return last.name if last else None
 
     def epoch(self, epoch: int) -> Optional[dict[str, Any]]:
         """Train one epoch (from ``start_step`` when resuming); None when a stop signal arrived mid-epoch."""
@@ -254,11 +242,9 @@ class _Loop:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y) in enumerate(self.loader, start=self.start_step):
+            for i, (x, y) in enumerate(prefetch(self.loader, self.rt.device), start=self.start_step):
                 if i >= self.steps:
                     break
-                x = x.to(self.rt.device, non_blocking=True)
-                y = y.to(self.rt.device, non_blocking=True)
                 if self.spec.data.augment == "crop-flip":
                     x = random_crop_flip(x, padding=max(1, x.shape[-1] // 8), generator=self.aug_gen)
                 if self.rt.channels_last:
@@ -269,6 +255,7 @@ class _Loop:
                         weight = 1 if key == "correct" else len(x)
                         self.sums[key] = self.sums.get(key, 0) + value.detach().double() * weight
                     self.seen += len(x)
+                self.seen -= self.guard.poll()  # device-side guard: reads its counters every few steps
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
                 if self.stop_signal is not None and done < self.steps:
@@ -276,6 +263,7 @@ class _Loop:
                     return None
                 if every and done % every == 0 and done < self.steps:
                     self.checkpoint(epoch, done)
+        self.seen -= self.guard.flush()
         elapsed = time.perf_counter() - start
         row: dict[str, Any] = {"epoch": epoch + 1}
         if stage is not None:
@@ -296,6 +284,7 @@ class _Loop:
 
     def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
         """``epoch`` = completed epochs; ``step_in_epoch`` > 0 for a checkpoint inside the next epoch."""
+        self.seen -= self.guard.flush()
         if self.run_dir is None:
             return
         if val_top1 is not None and val_top1 > self.best:
