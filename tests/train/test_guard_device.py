@@ -229,3 +229,42 @@ def test_device_guard_gives_the_host_guard_results(tmp_path, monkeypatch):
     for key in ("loss/total", "loss/ce", "loss/logits", "train_top1", "val_top1"):
         assert device[key] == pytest.approx(host[key], rel=1e-4, abs=1e-6), key
     assert json.dumps(sorted(device)) == json.dumps(sorted(host))
+
+
+def test_fused_state_loaded_contiguous_gets_the_channels_last_layout():
+    from kdgraph.train.optim import match_param_layout
+
+    init = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    results = []
+    for fused in (True, False):
+        p = nn.Parameter(init.contiguous(memory_format=torch.channels_last))
+        opt = build_optimizer(OptimizerSpec(name="sgd", lr=0.1, momentum=0.9), [p], fused=fused)
+        state = {"state": {0: {"momentum_buffer": torch.arange(108.0).view(4, 3, 3, 3)}},  # contiguous, as loaded
+                 "param_groups": opt.state_dict()["param_groups"]}
+        opt.load_state_dict(state)
+        match_param_layout(opt)
+        assert opt.state[p]["momentum_buffer"].stride() == p.stride()
+        p.grad = torch.ones_like(p)
+        opt.step()
+        results.append(p.detach().clone())
+    assert torch.allclose(*results, atol=1e-6)
+
+
+def test_resume_with_fused_optimizer_matches_uninterrupted_run(tmp_path, fused_on_cpu):
+    import shutil
+
+    def spec(root):
+        s = distill_spec(root)
+        s.train.epochs = 2
+        return s
+
+    full = train(spec(tmp_path / "a"), quiet=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for path in (tmp_path / "b" / "run" / "checkpoints").glob("ckpt-e0002-*"):
+        path.unlink()
+    metrics = tmp_path / "b" / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    (tmp_path / "b" / "run" / "student.safetensors").unlink()
+    resumed = train(spec(tmp_path / "b"), quiet=True, resume=True)
+    for (key, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), key
