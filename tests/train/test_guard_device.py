@@ -268,3 +268,30 @@ def test_resume_with_fused_optimizer_matches_uninterrupted_run(tmp_path, fused_o
     resumed = train(spec(tmp_path / "b"), quiet=True, resume=True)
     for (key, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_makes_no_host_sync(tmp_path):
+    """On CUDA, kdgraph's step (fused optimizer, device-side guard) never waits for the GPU, good or bad steps."""
+    from kdgraph.train.progress import Reporter
+    from kdgraph.train.resolve import resolve_plan
+
+    doc = distill_spec(tmp_path).model_dump(mode="json")
+    doc["runtime"].update(device="cuda", compile="off")
+    spec = spec_from_dict(doc)
+    resolved = resolve_plan(spec)
+    loop = loop_module._Loop(spec, resolved.graph_plan, resolved.data, resolved.runtime, Reporter(quiet=True), None,
+                             resolved.student)
+    loop.graph.train()
+    assert StepGuard.device_side(loop.optimizer)
+    x = torch.randn(32, 1, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(10, (32,), device="cuda")
+    loop.step(x, y)  # lazy initialisation (optimizer state, cuBLAS handles) may sync once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loop.step(x, y)
+        loop.step(torch.full_like(x, float("nan")), y)
+        loop.step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert loop.guard.flush() == 32
