@@ -1,4 +1,4 @@
-"""The ecosystem commands (``schema``, ``report``, ``export``) and the logic behind ``inspect --plot / --suggest``.
+"""The ecosystem commands (``schema``, ``report``, ``export``, ``bench``) and the logic behind ``inspect --plot / --suggest``.
 
 Registered on the ``kdgraph`` group by ``register(main)`` at the bottom of ``kdgraph/cli/main.py``. Thin, like
 the rest of the CLI: parse, call the library, print.
@@ -91,7 +91,7 @@ def plot_model(layer_map, path: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add ``schema``, ``report`` and ``export`` to the ``kdgraph`` group."""
+    """Add ``schema``, ``report``, ``export`` and ``bench`` to the ``kdgraph`` group."""
     # The module that defined ``main`` (``kdgraph.cli.main``, or ``__main__`` when run as a script) is loaded by now.
     handle_errors = sys.modules[main.callback.__module__].handle_errors
 
@@ -142,3 +142,20 @@ def register(main: click.Group) -> None:
         shape = parse_input_shape(input_shape, ()) if input_shape else None
         path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
         click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))
+
+    @main.command()
+    @click.argument("spec_path", metavar="SPEC")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
+    @click.option("--steps", default=20, show_default=True, help="Timed steps per variant.")
+    @click.option("--warmup", default=5, show_default=True, help="Untimed steps per variant after the first one.")
+    @click.option("--batch", default=None, type=int, help="Batch size (default: data.batch_size).")
+    @handle_errors
+    def bench(spec_path: str, overrides: tuple[str, ...], steps: int, warmup: int, batch: Optional[int]) -> None:
+        """Time kdgraph's training step for SPEC against a hand-written eager step (same models, taps, losses).
+
+        Synthetic data of the spec's input shape, already on the device; writes nothing (no run directory)."""
+        from kdgraph.spec import load_spec
+        from kdgraph.train.bench import bench_spec, format_bench
+
+        result = bench_spec(load_spec(spec_path, overrides), steps=steps, warmup=warmup, batch=batch)
+        click.echo(format_bench(result))

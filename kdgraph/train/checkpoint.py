@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kdgraph.errors import KdgraphError
+from kdgraph.train.optim import match_param_layout
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint", "load_checkpoint",
            "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
@@ -166,5 +167,6 @@ def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
         module.load_state_dict(own, strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        match_param_layout(optimizer)  # saved contiguous; fused kernels need the parameters' (channels_last) layout
     set_rng_state(tensors, meta["rng"])
     return meta

@@ -18,9 +18,10 @@ from kdgraph.graph.build import Teachers, prune_masks
 from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kdgraph.train.distributed import LOCAL, DistContext, start_distributed
-from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals, total_norm
+from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
+from kdgraph.train.prefetch import prefetch
 from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
@@ -82,7 +83,7 @@ class _Loop:
             self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self.compile_checked = False
         self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
-        self.bad_steps = 0
+        self.guard = StepGuard(self.buffers, cfg.max_bad_steps, reporter.warn, self._last_checkpoint)
         self.best = -1.0
         self.stop_signal: Optional[int] = None
         # position inside the current epoch, restored on resume
@@ -164,9 +165,9 @@ class _Loop:
         """One optimizer step; a non-finite loss or gradient skips the update (None) and counts as a bad step.
 
         ``y`` is what the CE term sees (indices or mixed soft targets), ``labels`` the hard labels for train top-1.
-        A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too."""
-        buffers = self.buffers
-        saved = [b.clone() for b in buffers]
+        A skipped step changes nothing: BatchNorm statistics updated by its forward are put back too. With a fused
+        optimizer (CUDA) the check stays on the device and this never returns None (guard.py)."""
+        self.guard.before_forward()
         with self.rt.autocast():
             out = self._forward(x, y, x_teacher, cached)
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,19 +176,15 @@ class _Loop:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.spec.train.grad_clip)
         else:
             grad_norm = total_norm([p.grad for p in self.params if p.grad is not None])
-        if not self.dist.all_finite(out.total, grad_norm):
-            with torch.no_grad():
-                for buffer, value in zip(buffers, saved):
-                    buffer.copy_(value)
-            self._bad_step(out.terms, grad_norm)
+        agreed = self.dist.all_finite(out.total, grad_norm) if self.dist.enabled else None  # every rank skips
+        if self.guard.check(out.total, grad_norm, out.terms, self.optimizer, len(x), finite=agreed):
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             return None
-        self.bad_steps = 0
         self.optimizer.step()
         self.scheduler.step()
         correct = (out.logits.argmax(1) == (y if labels is None else labels)).sum()
-        return dict(out.terms, total=out.total.detach(), correct=correct)
+        return self.guard.mask(dict(out.terms, total=out.total.detach(), correct=correct))
 
     def _forward(self, *args: Any):
         """The compiled graph when it compiles; on a failure at the first call, one warning and eager from then on."""
@@ -205,17 +202,9 @@ class _Loop:
         self.compile_checked = True
         return out
 
-    def _bad_step(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
-        self.bad_steps += 1
-        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-        what = f"loss term(s) {', '.join(bad)}" if bad else f"the gradient (norm {float(grad_norm)})"
-        self.reporter.warn(f"non-finite {what}; step skipped ({self.bad_steps}/{self.spec.train.max_bad_steps})")
-        if self.bad_steps >= self.spec.train.max_bad_steps:
-            last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
-            keep = f"; the last good checkpoint {last.name} is intact" if last else ""
-            raise NumericalError(
-                f"{self.bad_steps} consecutive steps with non-finite {what}{keep}. Lower train.optimizer.lr, set "
-                "train.grad_clip, or check the inputs and the loss weights", key="train")
+    def _last_checkpoint(self) -> Optional[str]:
+        last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
+        return last.name if last else None
 
     def epoch(self, epoch: int) -> Optional[dict[str, Any]]:
         """Train one epoch (from ``start_step`` when resuming); None when a stop signal arrived mid-epoch."""
@@ -228,11 +217,9 @@ class _Loop:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y, *index) in enumerate(self.loader, start=self.start_step):
+            for i, (x, y, *index) in enumerate(prefetch(self.loader, self.rt.device), start=self.start_step):
                 if i >= self.steps:
                     break
-                x = x.to(self.rt.device, non_blocking=True)
-                y = y.to(self.rt.device, non_blocking=True)
                 views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
                                    two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)))
                 x, x_t = self._layout(views.student), self._layout(views.teacher)
@@ -243,6 +230,7 @@ class _Loop:
                         weight = 1 if key == "correct" else len(x)
                         self.sums[key] = self.sums.get(key, 0) + value.detach().double() * weight
                     self.seen += len(x)
+                self.seen -= self.guard.poll()  # device-side guard: reads its counters every few steps
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
                 if self.dist.stop_agreed(self) and done < self.steps:
@@ -250,6 +238,7 @@ class _Loop:
                     return None
                 if every and done % every == 0 and done < self.steps:
                     self.checkpoint(epoch, done)
+        self.seen -= self.guard.flush()
         elapsed = time.perf_counter() - start
         self.sums, self.seen = self.dist.reduce_sums(self.sums, self.seen)
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -285,6 +274,7 @@ class _Loop:
 
     def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
         """``epoch`` = completed epochs; ``step_in_epoch`` > 0 for a checkpoint inside the next epoch."""
+        self.seen -= self.guard.flush()
         if self.run_dir is None:
             return
         if val_top1 is not None and val_top1 > self.best:

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
 from kdgraph.spec.schema import OptimizerSpec, ScheduleSpec
 
-__all__ = ["build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "FUSED_DEVICES", "match_param_layout"]
+
+FUSED_DEVICES: tuple[str, ...] = ("cuda",)
+"""Device types that get torch's fused optimizer kernels (one launch per step, and a device-side skip of
+non-finite steps: kdgraph.train.guard). CPU keeps the default (foreach) kernels."""
 
 
-def build_optimizer(cfg: OptimizerSpec, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW; no weight decay on biases and norm parameters (1-D tensors)."""
+def build_optimizer(cfg: OptimizerSpec, params: Iterable[torch.nn.Parameter],
+                    fused: Optional[bool] = None) -> torch.optim.Optimizer:
+    """SGD / Adam / AdamW; no weight decay on biases and norm parameters (1-D tensors).
+
+    ``fused=None``: fused kernels when every parameter is a floating-point tensor on a ``FUSED_DEVICES`` device."""
     params = [p for p in params if p.requires_grad]
+    if fused is None:
+        fused = bool(params) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    extra = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **extra)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **extra)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **extra)
 
 
 def lr_factor(cfg: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, base_lr: float) -> float:
@@ -46,3 +57,14 @@ def build_scheduler(cfg: ScheduleSpec, optimizer: torch.optim.Optimizer, steps_p
     base_lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, epochs, base_lr))
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, Adam moments) its parameter's memory layout.
+
+    A state loaded from a checkpoint is contiguous while a ``channels_last`` parameter is not; fused optimizer
+    kernels walk both as flat arrays and would silently mix up elements (foreach kernels handle strides)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
