@@ -105,6 +105,10 @@ class _ShardedOptimizer:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
 
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from torch.distributed.tensor import distribute_tensor
 

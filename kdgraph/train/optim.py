@@ -66,5 +66,6 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
     kernels walk both as flat arrays and would silently mix up elements (foreach kernels handle strides)."""
     for param, state in optimizer.state.items():
         for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+            # plain tensors only: FSDP2's sharded (DTensor) states keep the layout FSDP gave them
+            if type(value) is torch.Tensor and value.shape == param.shape and value.stride() != param.stride():
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

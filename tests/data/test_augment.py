@@ -154,3 +154,12 @@ def test_resized_crop_is_deterministic_and_rejects_bad_ranges():
     assert not torch.equal(a, random_resized_crop_flip(x, generator=_gen(10)))
     with pytest.raises(DataError, match="bad scale"):
         random_resized_crop_flip(x, scale=(0.9, 0.2))
+
+
+def test_resized_crop_shards_crop_like_the_whole_batch():
+    x = torch.randn(6, 1, 8, 8, generator=_gen(4))
+    whole = random_resized_crop_flip(x, generator=_gen(11))
+    halves = [random_resized_crop_flip(x[r * 3:(r + 1) * 3], generator=_gen(11), draw=(r * 3, 6)) for r in range(2)]
+    torch.testing.assert_close(torch.cat(halves), whole)
+    with pytest.raises(DataError, match="does not hold"):
+        random_resized_crop_flip(x, generator=_gen(11), draw=(3, 6))
