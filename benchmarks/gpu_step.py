@@ -204,8 +204,8 @@ def run_pair(pair: str, batch: int, args, variants: list[str]) -> list[tuple[str
 
 
 def table(results: dict, args) -> str:
-    lines = [f"| pair | batch | variant | images/s | step ms | first step (compile) s | peak MiB | "
-             f"issue #3 hand-written img/s | loss at step 1 | note |", "|" + " --- |" * 10]
+    lines = ["| pair | batch | variant | images/s | step ms | first step (compile) s | peak MiB | "
+             "issue #3 hand-written img/s | loss at step 1 | note |", "|" + " --- |" * 10]
     for (pair, batch), rows in results.items():
         done = [r for _, r, _ in rows if r is not None]
         best = max((r for r in done if r.variant != "kdgraph"), key=lambda r: r.images_per_s, default=None)

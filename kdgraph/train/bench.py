@@ -218,7 +218,7 @@ def bench_spec(spec: Spec, *, steps: int = 20, warmup: int = 5, batch: Optional[
     hand = HandStep(spec, copy.deepcopy(resolved.student), copy.deepcopy(resolved.teacher), plan.graph, rt,
                     steps_per_epoch)
     rows = [measure("hand-written", lambda: hand.step(x, y), rt.device, batch, steps, warmup)]
-    del hand
+    hand = None  # free the copies before the trainer's models are measured
     _free(rt.device)
     loop = _Loop(spec, plan, data, rt, Reporter(quiet=True), None, resolved.student)
     loop.enter_epoch(0)
@@ -235,7 +235,7 @@ def format_bench(result: BenchResult) -> str:
     mode = f"compiled ({result.compile_mode})" if result.compile_mode else "eager"
     lines = [f"{result.name}: device {result.device}, {result.precision}, kdgraph {mode}, hand-written eager; "
              f"synthetic batch {result.batch} x {result.input_shape}",
-             f"loss at the first step (same weights, same batch): " + ", ".join(
+             "loss at the first step (same weights, same batch): " + ", ".join(
                  f"{r.variant} {r.first_loss:.6f}" for r in result.rows) + f" (rel diff {result.loss_rel_diff:.1e})",
              f"{'variant':<14} {'images/s':>10} {'step ms':>9} {'first step s':>13} {'peak MiB':>9}"]
     for r in result.rows:

@@ -28,7 +28,7 @@ from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import TeacherCache
 from kdgraph.train.views import make_views
-from kdgraph.train.runtime import Runtime, resolve_runtime, seed_everything
+from kdgraph.train.runtime import Runtime, seed_everything
 
 __all__ = ["TrainResult", "train", "NumericalError", "Interrupted"]
 

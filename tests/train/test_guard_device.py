@@ -209,11 +209,11 @@ def _metrics_with_one_bad_step(tmp_path, monkeypatch, name):
     original = loop_module._Loop.step
     calls = []
 
-    def poison_third(self, x, y):
+    def poison_third(self, x, y, *rest):
         calls.append(1)
         if len(calls) == 3:
             x = torch.full_like(x, float("nan"))
-        return original(self, x, y)
+        return original(self, x, y, *rest)
 
     monkeypatch.setattr(loop_module._Loop, "step", poison_third)
     spec = distill_spec(tmp_path / name)
