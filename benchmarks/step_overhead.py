@@ -18,6 +18,7 @@ trial plus the median and the min/max over trials, then the median of all per-ro
     python3 benchmarks/step_overhead.py --channels-last off --threads 2
     python3 benchmarks/step_overhead.py --hand-fold-bn     # (B) also folds the teacher's BatchNorms
     python3 benchmarks/step_overhead.py --profile          # also: where kdgraph's extra time goes
+    python3 benchmarks/step_overhead.py --teacher-cache    # (A) as from the second epoch on with teacher.cache: auto
 
 On a machine where other processes keep the cores busy, ``--threads 1`` gives far steadier numbers: with more
 torch threads than free cores every parallel op waits for a descheduled thread (docs/benchmarks.md).
@@ -316,6 +317,9 @@ def main(argv=None) -> int:
     p.add_argument("--hand-fold-bn", action="store_true",
                    help="fold the teacher's BatchNorms into its convs in (B) too, as kdgraph's frozen teacher does")
     p.add_argument("--profile", action="store_true", help="also time the pieces where the two steps differ")
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="(A) reads the teacher's outputs from kdgraph's exact cache (teacher.cache: auto without "
+                   "augmentation) as the trainer does from the second pass on, lookup included")
     args = p.parse_args(argv)
 
     spec, rt, loop, hand, x, y = build(args)
@@ -330,6 +334,16 @@ def main(argv=None) -> int:
     check_same_loss(loop, hand, x, y)
 
     run_a = lambda: loop.step(x, y)  # noqa: E731
+    if args.teacher_cache:
+        from torch.utils.data import TensorDataset
+
+        from kdgraph.train.teacher_cache import TeacherCache
+
+        # the cache over this batch's images, in the training set's order (the trainer caches the whole set)
+        cache = TeacherCache(spec, loop.graph.teachers, TensorDataset(x.cpu(), y.cpu()), rt.device, rt.channels_last)
+        index = torch.arange(len(x))
+        run_a = lambda: loop.step(x, y, cached=cache.lookup(index, rt.device))  # noqa: E731
+        print("(A) uses the teacher cache: one index_select per tap and step instead of the teacher's forward")
     run_b = lambda: hand.step(x, y)  # noqa: E731
     run_t = lambda: hand.teacher_forward(x)  # noqa: E731
     for _ in range(args.warmup):

@@ -51,10 +51,12 @@ class TeacherSpec(ModelSpec):
     name: Optional[str] = Field(
         default=None, description="Name a pair's `teacher_model` refers to; required in `teachers:` (default: teacher)."
     )
-    cache: Literal["none", "outputs"] = Field(
-        default="none",
+    cache: Literal["auto", "none", "outputs"] = Field(
+        default="auto",
         description="`outputs`: compute the teacher's outputs once per un-augmented training image and reuse them "
-        "(the 'fixed teacher' ablation; the teacher no longer sees the student's view).",
+        "(with augmentation or mixing this is the 'fixed teacher' ablation: the teacher no longer sees the "
+        "student's view). `auto`: cache only when it is exact (data.augment and data.mix are none) and the "
+        "outputs take at most 1 GiB.",
     )
 
 

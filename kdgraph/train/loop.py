@@ -26,7 +26,7 @@ from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
-from kdgraph.train.teacher_cache import TeacherCache
+from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
 from kdgraph.train.views import make_views
 from kdgraph.train.runtime import Runtime, seed_everything
 
@@ -64,9 +64,8 @@ class _Loop:
             self.graph.to(memory_format=torch.channels_last)
         self.model = dist.wrap(self.graph, find_unused=bool(spec.train.stages))  # the graph itself in one process
         cfg = spec.train
-        cached = {n: t for n, t in plan.graph.teachers.items() if spec.teacher_specs[n].cache == "outputs"}
-        self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last) if cached else None
-        self.loader = make_loader(WithIndex(data.train) if cached else data.train, spec.data.batch_size, train=True,
+        self.cache: Optional[TeacherCache] = None  # built by start_cache() when training starts
+        self.loader = make_loader(WithIndex(data.train), spec.data.batch_size, train=True,
                                   seed=spec.runtime.seed, drop_last=True, num_workers=spec.data.num_workers,
                                   pin_memory=rt.device.type == "cuda", shard=dist.shard)
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
@@ -258,6 +257,15 @@ class _Loop:
         self.start_step, self.sums, self.seen = 0, {}, 0
         return self.dist.broadcast(row)
 
+    def start_cache(self) -> None:
+        """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set."""
+        spec, data, rt = self.spec, self.data, self.rt
+        cached = teachers_to_cache(spec, self.graph.teachers, len(data.train), data.input_shape, rt.device)
+        if cached:
+            self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
+                               f"{len(data.train):,} training images")
+            self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last)
+
     def _layout(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return x.contiguous(memory_format=torch.channels_last) if x is not None and self.rt.channels_last else x
 
@@ -360,6 +368,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
             key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
             summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
             reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
+    loop.start_cache()
     if loop.cache is not None and (spec.data.augment != "none" or spec.data.mix.name != "none"):
         reporter.warn("teacher.cache: outputs: cached teachers saw un-augmented images, so they no longer share the "
                       "student's view (the fixed-teacher ablation)")

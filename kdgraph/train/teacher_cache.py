@@ -1,7 +1,9 @@
-"""``teacher.cache: outputs``: every tapped teacher output computed once per un-augmented training image.
+"""``teacher.cache``: every tapped teacher output computed once per un-augmented training image.
 
-The "fixed teacher" ablation of function matching (Beyer et al., CVPR 2022): the teacher's targets no longer follow
-the student's augmented view, which is exactly what the ablation measures. Cached outputs live on the training
+Without augmentation or mixing the teacher would see exactly these images every epoch, so the cache is exact and
+removes the teacher's forward from every step after the first pass (``cache: auto``, the default). With
+augmentation it is the "fixed teacher" ablation of function matching (Beyer et al., CVPR 2022): the teacher's
+targets no longer follow the student's augmented view, which is exactly what the ablation measures. Cached outputs live on the training
 device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory.
 """
 
@@ -16,10 +18,30 @@ from kdgraph.data import make_loader
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
 
-__all__ = ["TeacherCache", "HOST_LIMIT"]
+__all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache"]
 
 HOST_LIMIT = 8 * 2**30  # bytes: beyond this the cache is refused (it would not fit a laptop's memory)
+AUTO_LIMIT = 2**30  # bytes: `cache: auto` caches only below this
 DEVICE_BUDGET = 2 * 2**30
+
+
+def _bytes_per_image(teacher: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
+    with torch.no_grad():
+        return sum(v[0].numel() * 4 for v in teacher(torch.zeros((1, *input_shape), device=device)).values())
+
+
+def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], images: int, input_shape: tuple[int, ...],
+                      device: torch.device) -> dict[str, nn.Module]:
+    """The teachers whose outputs are cached: ``cache: outputs``, and ``auto`` where caching is exact (the teacher
+    would see the raw training images: no augmentation, no mixing) and costs at most ``AUTO_LIMIT`` bytes."""
+    exact = spec.data.augment == "none" and spec.data.mix.name == "none"
+    chosen = {}
+    for name, teacher in teachers.items():
+        mode = spec.teacher_specs[name].cache
+        if mode == "outputs" or (mode == "auto" and exact and
+                                 _bytes_per_image(teacher, input_shape, device) * images <= AUTO_LIMIT):
+            chosen[name] = teacher
+    return chosen
 
 
 class TeacherCache:

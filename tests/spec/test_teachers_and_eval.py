@@ -35,7 +35,7 @@ def test_named_teachers_and_labels():
 def test_single_teacher_is_named_teacher():
     spec = load('teacher: {model: "kdgraph:fmnist_resnet"}\nstudent: {model: "kdgraph:fmnist_cnn"}\n'
                 "distill: {logits: {}}\n")
-    assert list(spec.teacher_specs) == ["teacher"] and spec.teacher_specs["teacher"].cache == "none"
+    assert list(spec.teacher_specs) == ["teacher"] and spec.teacher_specs["teacher"].cache == "auto"
 
 
 @pytest.mark.parametrize("text, match, line", [

@@ -1,0 +1,60 @@
+"""teacher.cache: auto caches only where it is exact, and an exact cache trains the same student."""
+
+import json
+
+import torch
+
+from kdgraph.spec import spec_from_dict
+from kdgraph.train import train
+from kdgraph.train import teacher_cache
+from kdgraph.train.resolve import resolve_plan
+from kdgraph.train.teacher_cache import teachers_to_cache
+
+SPEC = {
+    "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
+    "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
+    "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 192,
+             "test_subset": 64},
+    "distill": {"logits": {"temperature": 4.0, "weight": 0.9},
+                "pairs": [{"teacher": "layer3", "student": "block3", "loss": "mse"}]},
+    "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}},
+    "runtime": {"seed": 0, "threads": 1},
+}
+
+
+def spec(**data):
+    doc = json.loads(json.dumps(SPEC))
+    doc["data"].update(data.pop("data", {}))
+    doc["teacher"].update(data)
+    return spec_from_dict(doc)
+
+
+def chosen(s):
+    plan = resolve_plan(s)
+    return list(teachers_to_cache(s, plan.graph_plan.graph.teachers, 192, (1, 28, 28), torch.device("cpu")))
+
+
+def test_auto_caches_only_when_exact_and_small(monkeypatch):
+    assert chosen(spec()) == ["teacher"]  # default: auto, no augmentation, a few hundred KB
+    assert chosen(spec(data={"augment": "crop-flip"})) == []
+    assert chosen(spec(data={"mix": "mixup"})) == []
+    assert chosen(spec(cache="none")) == []
+    assert chosen(spec(cache="outputs", data={"augment": "crop-flip"})) == ["teacher"]  # asked for: the ablation
+    monkeypatch.setattr(teacher_cache, "AUTO_LIMIT", 1000)
+    assert chosen(spec()) == []
+
+
+def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatch):
+    from kdgraph.graph.teacher import FrozenTeacher
+
+    calls = []
+    forward = FrozenTeacher.forward
+    monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    cached = train(spec(), write=False, quiet=True)
+    assert sum(calls) == 1 + 192  # the size probe, then one pass over the training set; none in the 12 steps
+    calls.clear()
+    plain = train(spec(cache="none"), write=False, quiet=True)
+    assert sum(calls) == 2 * 6 * 32  # a forward in every step
+    for (name, a), b in zip(cached.student.state_dict().items(), plain.student.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    assert [r["val_top1"] for r in cached.metrics] == [r["val_top1"] for r in plain.metrics]
