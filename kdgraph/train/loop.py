@@ -322,8 +322,8 @@ def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
 def _format_row(row: dict[str, Any]) -> str:
     losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
     stage = f" [{row['stage']}]" if "stage" in row else ""
-    evals = "".join(f"  {k[4:].replace('_', ' ')} {row[k]:.2%}" for k in ("val_top1", "val_knn", "val_linear_probe")
-                    if k in row)
+    names = {"val_top1": "val", "val_knn": "val k-NN", "val_linear_probe": "val linear probe"}
+    evals = "".join(f"  {name} {row[k]:.2%}" for k, name in names.items() if k in row)
     train = f"  train {row['train_top1']:.2%}" if "train_top1" in row else ""
     return f"epoch {row['epoch']}{stage}: {losses}{train}{evals}  {row['images_per_s']:.0f} img/s"
 
