@@ -113,11 +113,18 @@ def _yaml_problem(err: yaml.YAMLError) -> tuple[str, int | None]:
 
 
 class SpecLoader(yaml.SafeLoader):
-    """Safe loading (no Python tags), plus YAML 1.2 floats: ``1e-3`` is a number, not the string '1e-3'."""
+    """Safe loading (no Python tags), plus YAML 1.2 scalars: ``1e-3`` is a number, not the string '1e-3', and only
+    true/false are booleans (YAML 1.1 also reads on/off/yes/no as booleans, so ``compile: off`` would be ``False``;
+    boolean fields still accept those words through the schema)."""
 
 
 SpecLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in SpecLoader.yaml_implicit_resolvers.items()}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, LineIndex]:

@@ -127,3 +127,12 @@ def test_exponent_floats_are_numbers(tmp_path):
     assert spec.train.optimizer.lr == pytest.approx(1e-3)
     assert spec.train.optimizer.weight_decay == pytest.approx(5e-4)
     assert spec.train.schedule.min_lr == pytest.approx(1e-6)
+
+
+def test_on_off_are_words_not_booleans(tmp_path):
+    """YAML 1.2 booleans: `compile: off` is the choice "off"; boolean keys still take on/off/yes/no."""
+    text = GOOD.replace("epochs: 2", "epochs: 2\n  baseline: yes") + "runtime: {compile: off, channels_last: on}\n"
+    spec = load_spec(write(tmp_path, text), ["runtime.distributed=off"])
+    assert (spec.runtime.compile, spec.runtime.channels_last, spec.runtime.distributed) == ("off", "on", "off")
+    assert spec.train.baseline is True
+    assert load_spec(write(tmp_path, text), ["train.baseline=false"]).train.baseline is False
