@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 from kdgraph.models import build_model  # noqa: E402
 from kdgraph.models.weights import BUILTIN_DIR  # noqa: E402
 from kdgraph.spec import load_spec  # noqa: E402
-from kdgraph.train.loop import _has_conv, _Loop  # noqa: E402
+from kdgraph.train.loop import _Loop  # noqa: E402
 from kdgraph.train.optim import lr_factor  # noqa: E402
 from kdgraph.train.progress import Reporter  # noqa: E402
-from kdgraph.train.resolve import resolve_plan  # noqa: E402
+from kdgraph.train.resolve import has_conv, resolve_plan  # noqa: E402
 from kdgraph.train.runtime import resolve_runtime, seed_everything  # noqa: E402
 
 SPEC = ROOT / "specs" / "quickstart.yaml"
@@ -190,7 +190,7 @@ def build(args):
     b_student, b_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
     b_proj = copy.deepcopy(plan.graph.student_adapters["0"])
     assert len(plan.graph.teacher_adapters["0"]) == 0, "teacher adapter expected to be the identity"
-    rt = resolve_runtime(spec.runtime, conv_net=_has_conv(student, teacher))
+    rt = resolve_runtime(spec.runtime, conv_net=has_conv(student, teacher))
     loop = _Loop(spec, plan, resolved.data, rt, Reporter(quiet=True), None, student)
     loop.graph.train()  # as loop.epoch() does
     hand = HandStep(b_student, b_teacher, b_proj, spec, loop.steps, rt.device, rt.channels_last, args.hand_fold_bn)

@@ -132,15 +132,21 @@ def _unique_labels(pairs: list[PairSpec]) -> list[str]:
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
+def _last_linear(model: nn.Module) -> Optional[tuple[str, nn.Linear]]:
+    """The model's last ``nn.Linear`` (its classifier, for the models kdgraph knows), with its name."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def _default_deep_layers(student: nn.Module, student_map: LayerMap) -> tuple[str, str, nn.Linear]:
     """The deepest stage's map (last map layer with more than one position) and the classifier's input."""
-    linears = [(name, m) for name, m in student.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    classifier = _last_linear(student)
+    if classifier is None:
         raise SpecError("self-distillation needs a student with a final nn.Linear classifier", key="student")
     maps = [info.name for info in student_map.layers if info.layout == "map" and info.shape[1] * info.shape[2] > 1]
     if not maps:
         raise SpecError("the student has no (C, H, W) feature map to attach heads to", key="self_distill.heads")
-    return maps[-1], f"{linears[-1][0]}:input", linears[-1][1]
+    return maps[-1], f"{classifier[0]}:input", classifier[1]
 
 
 def _add_heads(spec: Spec, student: nn.Module, student_map: LayerMap, terms: list[Term],
@@ -243,9 +249,9 @@ def embedding_layer(spec: Spec, student: nn.Module, student_map: LayerMap) -> st
     """The student layer k-NN / linear-probe evaluation reads: ``eval.embedding``, else its last Linear's input."""
     if spec.eval.embedding:
         return _layer(student_map, spec.eval.embedding, "eval.embedding", spec, ("eval", "embedding")).name
-    linears = [name for name, m in student.named_modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return f"{linears[-1]}:input"
+    classifier = _last_linear(student)
+    if classifier is not None:
+        return f"{classifier[0]}:input"
     if any(m != "top1" for m in spec.eval.metrics):
         raise SpecError("the student has no Linear layer whose input could serve as the embedding for "
                         f"{', '.join(spec.eval.metrics)}; set eval.embedding to a layer `kdgraph inspect` lists",

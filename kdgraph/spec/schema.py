@@ -6,6 +6,7 @@ Validators normalise what users write into one shape (``loss: mse`` and ``loss: 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
@@ -16,6 +17,12 @@ __all__ = [
     "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
     "TeacherSpec", "MixSpec", "EvalSpec",
 ]
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``known``, or nothing."""
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 class _Section(BaseModel):
@@ -399,11 +406,8 @@ class Spec(_Section):
             if ref is None and len(known) > 1:
                 raise ValueError(f"{key} needs `teacher_model:` naming one of the teachers ({', '.join(known)})")
             if ref is not None and ref not in known:
-                import difflib
-
-                near = difflib.get_close_matches(ref, known, n=1, cutoff=0.4)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ValueError(f"{key}.teacher_model {ref!r} is no teacher{hint} (teachers: {', '.join(known) or 'none'})")
+                raise ValueError(f"{key}.teacher_model {ref!r} is no teacher{_did_you_mean(ref, known)} "
+                                 f"(teachers: {', '.join(known) or 'none'})")
 
     def _check_stages(self) -> None:
         stages = self.train.stages
@@ -418,11 +422,8 @@ class Spec(_Section):
         for i, stage in enumerate(stages):
             for name in stage.pairs:
                 if name not in names and name not in labels:
-                    import difflib
-
-                    near = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
-                    hint = f"; did you mean {near[0]!r}?" if near else ""
-                    raise ValueError(f"train.stages[{i}].pairs names {name!r}, which is no pair{hint} "
+                    raise ValueError(f"train.stages[{i}].pairs names {name!r}, which is no pair"
+                                     f"{_did_you_mean(name, names)} "
                                      f"(pairs: {', '.join(names) or 'none'}; give pairs a `name:`)")
             if stage.logits and self.distill.logits is None:
                 raise ValueError(f"train.stages[{i}] activates logits but distill.logits is not set")

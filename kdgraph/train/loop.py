@@ -301,10 +301,6 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-def _has_conv(*models: Optional[nn.Module]) -> bool:
-    return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
-
-
 def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
     """True when the model's output is one logit per class of this data set."""
     was_training = model.training

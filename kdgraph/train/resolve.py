@@ -15,7 +15,7 @@ from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.runtime import Runtime, resolve_runtime
 
-__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models"]
+__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models", "has_conv"]
 
 
 @dataclass
@@ -79,9 +79,13 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
     return student, teachers
 
 
+def has_conv(*models: Optional[nn.Module]) -> bool:
+    """Whether any of the models holds a Conv2d (channels_last pays only for conv nets)."""
+    return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
+
+
 def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> ResolvedPlan:
     """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
-    from kdgraph.train.loop import _has_conv
 
     try:
         resolve_runtime(spec.runtime)  # device/precision errors before any heavy work
@@ -100,5 +104,5 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
-    runtime = resolve_runtime(spec.runtime, conv_net=_has_conv(student, *teachers.values()))
+    runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
     return ResolvedPlan(spec, data, student, teachers, graph_plan, runtime)

@@ -55,21 +55,23 @@ class TeacherCache:
         for name, teacher in teachers.items():
             chunks: dict[str, list[torch.Tensor]] = {}
             with torch.no_grad():
-                for x, *_ in loader:
+                for i, (x, *_) in enumerate(loader):
                     x = x.to(device)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    for tap, value in teacher(x).items():
+                    out = teacher(x)
+                    if i == 0:  # the first batch tells the size of the whole cache
+                        self._check_size(spec, name, sum(v[0].numel() * 4 for v in out.values()), len(dataset))
+                    for tap, value in out.items():
                         chunks.setdefault(tap, []).append(value.float().cpu())
-                    self._check_size(spec, name, chunks, len(dataset))
             self.outputs[name] = {tap: torch.cat(parts) for tap, parts in chunks.items()}
         size = sum(t.numel() * t.element_size() for taps in self.outputs.values() for t in taps.values())
         self.device = device if size <= DEVICE_BUDGET else torch.device("cpu")
         self.outputs = {n: {k: v.to(self.device) for k, v in taps.items()} for n, taps in self.outputs.items()}
 
     @staticmethod
-    def _check_size(spec: Spec, name: str, chunks: dict[str, list[torch.Tensor]], n: int) -> None:
-        per_image = sum(parts[0][0].numel() * 4 for parts in chunks.values())
+    def _check_size(spec: Spec, name: str, per_image: int, n: int) -> None:
+        """Refuse, after the first batch, a cache that would not fit in host memory."""
         if per_image * n > HOST_LIMIT:
             key, path = spec.teacher_key(name)
             raise SpecError(f"caching teacher {name!r} would take {per_image * n / 2**30:.1f} GiB for {n} images "

@@ -47,3 +47,19 @@ def test_linear_probe_separable_and_random_labels():
     assert linear_probe_top1(train_e, train_y, test_e, noise_y) < 0.5
     # deterministic: no random init, no data order
     assert linear_probe_top1(train_e, train_y, test_e, test_y) == linear_probe_top1(train_e, train_y, test_e, test_y)
+
+
+def test_eval_keys_reach_the_trainer(tiny_doc, monkeypatch):
+    """eval.every skips evaluations (never the last), eval.embedding picks the tap, eval.knn_k reaches k-NN."""
+    from kdgraph.spec import spec_from_dict
+    from kdgraph.train import evaluate, train
+
+    seen_k = []
+    knn = evaluate.knn_top1
+    monkeypatch.setattr(evaluate, "knn_top1", lambda *a, k, **kw: seen_k.append(k) or knn(*a, k=k, **kw))
+    tiny_doc["train"]["epochs"] = 3
+    tiny_doc["eval"] = {"metrics": ["knn", "top1"], "embedding": "block3", "knn_k": 3, "every": 2}
+    result = train(spec_from_dict(tiny_doc), write=False, quiet=True)
+    assert [("val_knn" in r, "val_top1" in r) for r in result.metrics] == [(False, False), (True, True), (True, True)]
+    assert result.plan.graph.embedding == "block3" and seen_k == [3, 3]
+    assert result.summary["student_knn"] == result.metrics[-1]["val_knn"]

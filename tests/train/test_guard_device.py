@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.spec.schema import OptimizerSpec
 from kdgraph.train import loop as loop_module
@@ -19,18 +18,6 @@ from kdgraph.train.guard import BufferSnapshot, NumericalError, StepGuard, prime
 from kdgraph.train.optim import build_optimizer
 
 DATA = {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 192, "test_subset": 64}
-
-
-class PoisonAfter(nn.Module):
-    """A zoo CNN whose logits are multiplied by a buffer that the test sets to NaN (as in test_numerical_guard)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 8]})
-        self.register_buffer("scale", torch.ones(()))
-
-    def forward(self, x):
-        return self.net(x) * self.scale
 
 
 def poison_spec(tmp_path, **train_cfg):
@@ -185,8 +172,9 @@ def fused_on_cpu(monkeypatch):
     monkeypatch.setattr(optim_module, "FUSED_DEVICES", ("cuda", "cpu"))
 
 
-def test_training_with_device_guard_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, fused_on_cpu):
-    student = PoisonAfter()
+def test_training_with_device_guard_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, fused_on_cpu,
+                                                                 poisonable_student):
+    student = poisonable_student
     original = loop_module._Loop.checkpoint
 
     def checkpoint_then_poison(self, epoch, step_in_epoch=0, val_top1=None):

@@ -10,32 +10,25 @@ from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
 
-TINY = {
-    "name": "tiny",
-    "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
-    "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
-    "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 192,
-             "test_subset": 64},
-    "distill": {"logits": {"temperature": 4.0, "weight": 0.9},
-                "pairs": [{"teacher": "layer3", "student": "block3", "loss": "mse"}]},
-    "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}},
-    "runtime": {"seed": 0},
-}
+@pytest.fixture
+def make_spec(tiny_doc):
+    """A spec from the tiny document (tests/train/conftest.py) with sections replaced, written under tmp_path."""
+
+    def make(tmp_path, **changes):
+        doc = json.loads(json.dumps(tiny_doc))
+        for key, value in changes.items():
+            section, _, field = key.partition("__")
+            if field:
+                doc[section][field] = value
+            else:
+                doc[section] = value
+        doc["output"] = str(tmp_path / "run")
+        return spec_from_dict(doc)
+
+    return make
 
 
-def make_spec(tmp_path, **changes):
-    doc = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            doc[section][field] = value
-        else:
-            doc[section] = value
-    doc["output"] = str(tmp_path / "run")
-    return spec_from_dict(doc)
-
-
-def test_run_dir_layout_metrics_and_export(tmp_path):
+def test_run_dir_layout_metrics_and_export(tmp_path, make_spec):
     result = train(make_spec(tmp_path), quiet=True)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"spec.yaml", "metrics.jsonl", "checkpoints", "student.safetensors",
@@ -60,7 +53,7 @@ def test_run_dir_layout_metrics_and_export(tmp_path):
     assert summary["student_top1"] == rows[-1]["val_top1"]
 
 
-def test_teacher_is_never_updated(tmp_path):
+def test_teacher_is_never_updated(tmp_path, make_spec):
     teacher = create_model("kdgraph:fmnist_resnet", {"widths": [8, 16, 32], "blocks": [1, 1, 1]})
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     train(make_spec(tmp_path), teacher=teacher, quiet=True, write=False)
@@ -68,7 +61,7 @@ def test_teacher_is_never_updated(tmp_path):
         assert torch.equal(value.to(before[key].dtype).contiguous(), before[key]), key
 
 
-def test_existing_run_dir_is_kept_unless_asked(tmp_path):
+def test_existing_run_dir_is_kept_unless_asked(tmp_path, make_spec):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("mine")
@@ -80,7 +73,7 @@ def test_existing_run_dir_is_kept_unless_asked(tmp_path):
     assert [p.name for p in run.iterdir()] == ["precious.txt"]
 
 
-def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, make_spec):
     full = train(make_spec(tmp_path / "a"), quiet=True)
     # an interrupted copy: the run as it stood after epoch 1 (epoch-2 checkpoint and metrics row gone)
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -1,23 +1,9 @@
 import pytest
 import torch
-from torch import nn
 
-from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
 from kdgraph.train.loop import NumericalError
-
-
-class PoisonAfter(nn.Module):
-    """A zoo CNN whose logits are multiplied by a buffer (a graph input under fx) that the test sets to NaN."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 8]})
-        self.register_buffer("scale", torch.ones(()))
-
-    def forward(self, x):
-        return self.net(x) * self.scale
 
 
 def spec(tmp_path, **train_cfg):
@@ -30,8 +16,9 @@ def spec(tmp_path, **train_cfg):
     }, source="spec")
 
 
-def test_non_finite_loss_stops_after_k_steps_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    student = PoisonAfter()
+def test_non_finite_loss_stops_after_k_steps_and_keeps_last_checkpoint(tmp_path, monkeypatch,
+                                                                       poisonable_student):
+    student = poisonable_student
     from kdgraph.train import loop as loop_module
 
     original = loop_module._Loop.checkpoint

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from kdgraph.spec import spec_from_dict
@@ -10,23 +11,18 @@ from kdgraph.train import teacher_cache
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.teacher_cache import teachers_to_cache
 
-SPEC = {
-    "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
-    "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
-    "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 192,
-             "test_subset": 64},
-    "distill": {"logits": {"temperature": 4.0, "weight": 0.9},
-                "pairs": [{"teacher": "layer3", "student": "block3", "loss": "mse"}]},
-    "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}},
-    "runtime": {"seed": 0, "threads": 1},
-}
+@pytest.fixture
+def spec(tiny_doc):
+    """The tiny spec (tests/train/conftest.py), one thread, with teacher keys (cache) and data keys changed."""
 
+    def make(**teacher):
+        doc = json.loads(json.dumps(tiny_doc))
+        doc["runtime"]["threads"] = 1
+        doc["data"].update(teacher.pop("data", {}))
+        doc["teacher"].update(teacher)
+        return spec_from_dict(doc)
 
-def spec(**data):
-    doc = json.loads(json.dumps(SPEC))
-    doc["data"].update(data.pop("data", {}))
-    doc["teacher"].update(data)
-    return spec_from_dict(doc)
+    return make
 
 
 def chosen(s):
@@ -34,7 +30,7 @@ def chosen(s):
     return list(teachers_to_cache(s, plan.graph_plan.graph.teachers, 192, (1, 28, 28), torch.device("cpu")))
 
 
-def test_auto_caches_only_when_exact_and_small(monkeypatch):
+def test_auto_caches_only_when_exact_and_small(monkeypatch, spec):
     assert chosen(spec()) == ["teacher"]  # default: auto, no augmentation, a few hundred KB
     assert chosen(spec(data={"augment": "crop-flip"})) == []
     assert chosen(spec(data={"mix": "mixup"})) == []
@@ -44,7 +40,7 @@ def test_auto_caches_only_when_exact_and_small(monkeypatch):
     assert chosen(spec()) == []
 
 
-def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatch):
+def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatch, spec):
     from kdgraph.graph.teacher import FrozenTeacher
 
     calls = []
@@ -58,3 +54,12 @@ def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatc
     for (name, a), b in zip(cached.student.state_dict().items(), plain.student.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     assert [r["val_top1"] for r in cached.metrics] == [r["val_top1"] for r in plain.metrics]
+
+
+def test_a_cache_too_big_for_memory_is_refused_with_its_key(monkeypatch, spec):
+    from kdgraph.errors import SpecError
+
+    monkeypatch.setattr(teacher_cache, "HOST_LIMIT", 1000)
+    with pytest.raises(SpecError, match="would take .* GiB .*set cache: none") as err:
+        train(spec(cache="outputs"), write=False, quiet=True)
+    assert err.value.key == "teacher.cache"
