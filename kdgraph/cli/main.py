@@ -84,7 +84,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
-    from kdgraph.train.distributed import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
     from kdgraph.train.resolve import resolve_plan
 
     if overwrite and resume:

@@ -17,7 +17,8 @@ from kdgraph.graph import GraphPlan
 from kdgraph.graph.build import Teachers, prune_masks
 from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
-from kdgraph.train.distributed import LOCAL, DistContext, start_distributed
+from kdgraph.train.distributed import LOCAL, DistContext
+from kdgraph.train.launch import start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler
@@ -262,9 +263,10 @@ class _Loop:
         spec, data, rt = self.spec, self.data, self.rt
         cached = teachers_to_cache(spec, self.graph.teachers, len(data.train), data.input_shape, rt.device)
         if cached:
+            share = f" ({-(-len(data.train) // self.dist.world):,} per process)" if self.dist.world > 1 else ""
             self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
-                               f"{len(data.train):,} training images")
-            self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last)
+                               f"{len(data.train):,} training images{share}")
+            self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last, self.dist)
 
     def _layout(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return x.contiguous(memory_format=torch.channels_last) if x is not None and self.rt.channels_last else x

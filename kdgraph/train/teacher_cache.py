@@ -4,7 +4,8 @@ Without augmentation or mixing the teacher would see exactly these images every 
 removes the teacher's forward from every step after the first pass (``cache: auto``, the default). With
 augmentation it is the "fixed teacher" ablation of function matching (Beyer et al., CVPR 2022): the teacher's
 targets no longer follow the student's augmented view, which is exactly what the ablation measures. Cached outputs live on the training
-device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory.
+device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory. Under torchrun each process computes its
+``1/world`` share of the training set and the shares are gathered, so every rank holds the whole cache.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from kdgraph.data import make_loader
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
+from kdgraph.train.distributed import LOCAL, DistContext
 
 __all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache"]
 
@@ -48,9 +50,10 @@ class TeacherCache:
     """Per teacher name, per tap: a ``(N, ...)`` tensor over the training set in data set order."""
 
     def __init__(self, spec: Spec, teachers: dict[str, nn.Module], dataset: Any, device: torch.device,
-                 channels_last: bool = False):
+                 channels_last: bool = False, dist: DistContext = LOCAL):
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
-        loader = make_loader(dataset, spec.data.eval_batch_size or 2 * spec.data.batch_size, train=False, seed=0,
+        shard, _ = dist.eval_shard(dataset)  # this rank's share (all of it in one process)
+        loader = make_loader(shard, spec.data.eval_batch_size or 2 * spec.data.batch_size, train=False, seed=0,
                              drop_last=False, num_workers=spec.data.num_workers)
         for name, teacher in teachers.items():
             chunks: dict[str, list[torch.Tensor]] = {}
@@ -64,7 +67,8 @@ class TeacherCache:
                         self._check_size(spec, name, sum(v[0].numel() * 4 for v in out.values()), len(dataset))
                     for tap, value in out.items():
                         chunks.setdefault(tap, []).append(value.float().cpu())
-            self.outputs[name] = {tap: torch.cat(parts) for tap, parts in chunks.items()}
+            self.outputs[name] = {tap: dist.gather_shards(torch.cat(parts), len(dataset))
+                                  for tap, parts in chunks.items()}
         size = sum(t.numel() * t.element_size() for taps in self.outputs.values() for t in taps.values())
         self.device = device if size <= DEVICE_BUDGET else torch.device("cpu")
         self.outputs = {n: {k: v.to(self.device) for k, v in taps.items()} for n, taps in self.outputs.items()}

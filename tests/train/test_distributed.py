@@ -1,5 +1,5 @@
-"""Data-parallel training: sharded loaders and augmentation, the environment checks, the CLI launcher, and (slow)
-real 2-process gloo runs under torchrun that end where a 1-process run with the same global batch ends."""
+"""Data-parallel training: sharded loaders and augmentation, and (slow) real 2-process gloo runs under torchrun that
+end where a 1-process run with the same global batch ends. The environment checks and the launcher: test_launch.py."""
 
 import json
 import os
@@ -10,19 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from kdgraph.cli.main import main
 from kdgraph.data import make_loader, random_crop_flip
 from kdgraph.data.loader import shard_order
-from kdgraph.errors import KdgraphError
-from kdgraph.spec import spec_from_dict
-from kdgraph.train.distributed import LOCAL, DistContext, start_distributed, torchrun_argv
+from kdgraph.train.distributed import DistContext
+from kdgraph.train.launch import TORCHRUN_VARS, torchrun_argv
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # -- data: every rank takes a disjoint slice of the same global batch ------------------------------------------------
@@ -72,103 +68,6 @@ def test_eval_shards_count_every_sample_once():
         assert len(shard) == 4  # padded: the same number of forwards on every rank
         seen += shard.tensors[1][:valid].tolist()
     assert seen == list(range(10))
-
-
-# -- the environment checks -------------------------------------------------------------------------------------------
-def spec(**runtime):
-    doc = {"student": {"model": "kdgraph:fmnist_cnn"}, "data": {"batch_size": 32}, "runtime": runtime}
-    return spec_from_dict(doc)
-
-
-@pytest.fixture
-def no_torchrun(monkeypatch):
-    for name in TORCHRUN_VARS:
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def torchrun3(monkeypatch):
-    """This process looks like rank 0 of 3 started by torchrun (no process group is ever joined here)."""
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="3").items():
-        monkeypatch.setenv(name, value)
-
-
-def test_auto_is_one_process_outside_torchrun(no_torchrun):
-    assert start_distributed(spec()) is LOCAL
-    assert start_distributed(spec(distributed="off", sync_bn=True)) is LOCAL
-
-
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_ddp_outside_torchrun_says_how_to_launch(no_torchrun, mode):
-    with pytest.raises(KdgraphError, match="torchrun --nproc-per-node N -m kdgraph train SPEC") as err:
-        start_distributed(spec(distributed=mode))
-    assert err.value.key == "runtime.distributed" and "--nproc N" in str(err.value)
-
-
-def test_off_under_torchrun_is_refused(torchrun3):
-    with pytest.raises(KdgraphError, match="3 processes started by torchrun") as err:
-        start_distributed(spec(distributed="off"))
-    assert err.value.key == "runtime.distributed"
-
-
-def test_global_batch_must_divide_among_processes(torchrun3):
-    with pytest.raises(KdgraphError, match="divisible by the 3 processes.*use 30 or 33") as err:
-        start_distributed(spec(device="cpu"))
-    assert err.value.key == "data.batch_size"
-    assert not torch.distributed.is_initialized()
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_gpus(monkeypatch):
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2").items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(KdgraphError, match="no CUDA GPU.*runtime.device: cpu") as err:
-        start_distributed(spec(distributed="ddp", device="cuda"))
-    assert err.value.key == "runtime.device"
-
-
-def test_sync_bn_on_cpu_is_refused(monkeypatch):
-    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2").items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(KdgraphError, match="SyncBatchNorm needs CUDA") as err:
-        start_distributed(spec(device="cpu", sync_bn=True))
-    assert err.value.key == "runtime.sync_bn"
-    assert not torch.distributed.is_initialized()
-
-
-# -- the CLI launcher -------------------------------------------------------------------------------------------------
-class Launched(Exception):
-    pass
-
-
-def test_nproc_execs_torchrun(tmp_path, monkeypatch, no_torchrun):
-    calls = []
-
-    def fake_execv(path, argv):
-        calls.append(argv)
-        raise Launched
-
-    monkeypatch.setattr(os, "execv", fake_execv)
-    path = tmp_path / "s.yaml"
-    path.write_text("student: {model: 'kdgraph:fmnist_cnn'}\ndata: {batch_size: 64}\n")
-    result = CliRunner().invoke(main, ["--debug", "train", str(path), "--nproc", "2", "--set", "train.epochs=1",
-                                       "--resume", "-q"])
-    assert isinstance(result.exception, Launched), result.output
-    assert calls == [torchrun_argv(2, ["--debug", "train", str(path), "--set", "train.epochs=1", "--resume",
-                                       "--quiet"])]
-    assert calls[0][1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kdgraph"]
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "data.batch_size=33"], "data.batch_size (line 2): data.batch_size 33 is the global batch"),
-    (["--set", "runtime.distributed=off"], "runtime.distributed: --nproc 2 needs data parallelism"),
-])
-def test_nproc_checks_before_launching(tmp_path, monkeypatch, no_torchrun, extra, message):
-    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("launched"))
-    path = tmp_path / "s.yaml"
-    path.write_text("student: {model: 'kdgraph:fmnist_cnn'}\ndata: {batch_size: 64}\n")
-    result = CliRunner().invoke(main, ["train", str(path), "--nproc", "2", *extra])
-    assert result.exit_code == 2 and message in result.output, result.output
 
 
 # -- real runs: 2 gloo processes under torchrun against 1 process ------------------------------------------------------
@@ -228,20 +127,20 @@ def work(tmp_path_factory):
     return work
 
 
-def assert_same_run(work: Path, out: str, resumed: bool = False) -> None:
-    """Same student and adapters (float tolerance: the all-reduce adds gradients in another order), same metrics
-    (a resumed epoch's ``lr`` is the learning rate where it resumed)."""
+def assert_same_run(work: Path, out: str, resumed: bool = False, ref: str = "ref") -> None:
+    """Same student and adapters as the run in ``ref`` (float tolerance: the all-reduce adds gradients in another
+    order), same metrics (a resumed epoch's ``lr`` is the learning rate where it resumed)."""
     for name in ("student", "adapters"):
-        ref, got = (load_file(str(work / run / f"{name}.safetensors")) for run in ("ref", out))
-        assert ref.keys() == got.keys()
-        for key in ref:
-            torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
-    rows = [[json.loads(line) for line in (work / d / "metrics.jsonl").read_text().splitlines()] for d in ("ref", out)]
+        want, got = (load_file(str(work / run / f"{name}.safetensors")) for run in (ref, out))
+        assert want.keys() == got.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    rows = [[json.loads(line) for line in (work / d / "metrics.jsonl").read_text().splitlines()] for d in (ref, out)]
     assert len(rows[0]) == len(rows[1]) == 2
-    for ref, got in zip(*rows):
-        assert ref.keys() == got.keys()
-        for key, value in ref.items():
-            if key not in ("images_per_s", "time_s") and not (resumed and key == "lr" and ref["epoch"] == 1):
+    for want, got in zip(*rows):
+        assert want.keys() == got.keys()
+        for key, value in want.items():
+            if key not in ("images_per_s", "time_s") and not (resumed and key == "lr" and want["epoch"] == 1):
                 assert got[key] == pytest.approx(value, rel=1e-5), key
 
 
@@ -294,3 +193,15 @@ def test_fsdp_two_processes_equal_one_and_resume_a_one_process_checkpoint(work):
                   "runtime.distributed=fsdp", nproc=2)
     assert "resumed from ckpt-e0000-s000002.json (epoch 1, step 2)" in out
     assert_same_run(work, "ref_to_fsdp", resumed=True)
+
+
+@pytest.mark.slow
+def test_ddp_processes_share_the_teacher_cache(work):
+    """Without augmentation ``teacher.cache: auto`` caches the teacher's outputs. Under 2 processes each computes
+    them for its half of the training set and the halves are gathered in data set order, so the run must end where
+    a 1-process run that runs the teacher in every step ends."""
+    plain = ("--set", "data.augment=none")
+    kdgraph(work, "--quiet", *plain, "--set", "teacher.cache=none", "--set", f"output.dir={work / 'no_cache'}")
+    out = kdgraph(work, *plain, "--set", f"output.dir={work / 'ddp_cache'}", nproc=2)
+    assert "once over 256 training images (128 per process)" in " ".join(out.split())  # rich wraps lines
+    assert_same_run(work, "ddp_cache", ref="no_cache")
