@@ -28,13 +28,8 @@ from .fashion_mnist import (  # noqa: E402
     read_idx,
     write_idx,
 )
-from .sources import (  # noqa: E402
-    DATASET_NAMES,
-    DataBundle,
-    TensorImageDataset,
-    build_datasets,
-    take,
-)
+from .datasets import DataBundle, TensorImageDataset, take  # noqa: E402
+from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402
     cutmix,
     cutmix_box,

@@ -1,0 +1,150 @@
+"""In-memory data set types: ``DataBundle`` (what ``build_datasets`` returns), ``TensorImageDataset``
+(a whole split held as one tensor and served by index or by batch), ``take`` (the first n samples) and the
+per-data-set normalisation constants.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from . import DataError
+
+__all__ = ["DataBundle", "TensorImageDataset", "take"]
+
+# ------------------------------------------------------------- normalisation (mean, std)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    """The train/test data sets of one source, with what a model and a report need to know about them."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    description: str
+    mean: tuple
+    std: tuple
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class TensorImageDataset(Dataset):
+    """In-memory image data set served by index.
+
+    ``images`` is ``(N, C, H, W)``: either float (already normalised) or uint8 (scaled to
+    [0, 1] and normalised with ``mean``/``std`` on access, which keeps memory 4x lower).
+    ``size`` resizes (bilinear, antialiased) on access when it differs from the stored size.
+    ``transform`` (optional) is applied per sample to the normalised float tensor; with one,
+    the data set no longer supports the batched fast path.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        mean: tuple | None = None,
+        std: tuple | None = None,
+        size: int | tuple[int, int] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if images.dim() != 4:
+            raise DataError(f"TensorImageDataset expects images (N, C, H, W), got {tuple(images.shape)}.")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise DataError(f"TensorImageDataset: {images.shape[0]} images but labels of shape "
+                            f"{tuple(labels.shape)}.")
+        self.images = images.contiguous()
+        self.labels = labels.to(torch.int64)
+        self.transform = transform
+        c = images.shape[1]
+        if images.dtype == torch.uint8:
+            mean = tuple(mean) if mean is not None else (0.0,) * c
+            std = tuple(std) if std is not None else (1.0,) * c
+            self._scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, c, 1, 1)
+            self._shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, c, 1, 1)
+        elif torch.is_floating_point(images):
+            self._scale = self._shift = None
+        else:
+            raise DataError(f"TensorImageDataset: images must be uint8 or float, got {images.dtype}.")
+        if isinstance(size, int):
+            size = (size, size)
+        self.size = None if size is None or tuple(size) == tuple(images.shape[2:]) else tuple(size)
+
+    @property
+    def supports_batching(self) -> bool:
+        return self.transform is None
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.labels
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return (c, *self.size) if self.size else (c, h, w)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self._scale is not None:
+            x = x.float() * self._scale - self._shift
+        else:
+            x = x.float()
+        if self.size is not None:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x float (B, C, H, W), y int64 (B,))`` for an index tensor (no per-sample transform)."""
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        # index_select is much faster than advanced indexing on CPU
+        x = self._prepare(self.images.index_select(0, idx))
+        y = self.labels.index_select(0, idx)
+        if self.transform is not None:
+            x = torch.stack([self.transform(s) for s in x])
+        return x, y
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self._prepare(self.images[i].unsqueeze(0))[0]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
+
+
+def take(dataset: Dataset, n: int) -> Dataset:
+    """The first ``n`` samples of ``dataset`` (all of it when shorter).
+
+    A :class:`TensorImageDataset` stays tensor-backed (a view sharing storage, so the batched
+    fast path still applies); any other dataset becomes a ``torch.utils.data.Subset``.
+    """
+    if n is None or int(n) <= 0:
+        raise DataError(f"a subset size must be a positive integer, got {n!r}.")
+    n = int(n)
+    if n >= len(dataset):
+        return dataset
+    if isinstance(dataset, TensorImageDataset):
+        out = copy.copy(dataset)
+        out.images, out.labels = dataset.images[:n], dataset.labels[:n]
+        return out
+    return Subset(dataset, range(n))
+
+
+def _normalised_float(images_u8: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> normalised float32, computed once."""
+    c = images_u8.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    return (images_u8.float().div_(255.0) - m).div_(s)
+
