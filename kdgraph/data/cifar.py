@@ -16,9 +16,9 @@ import torch
 from . import DataError
 from .datasets import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
-__all__ = ["read_cifar"]
+__all__ = ["CIFAR_LAYOUTS", "read_cifar"]
 
-_CIFAR = {
+CIFAR_LAYOUTS = {  # name -> where the files lie, what they hold, the normalisation
     "torchvision:CIFAR10": dict(
         folder="cifar-10-batches-py",
         train=[f"data_batch_{i}" for i in range(1, 6)],
@@ -61,12 +61,12 @@ class _CifarUnpickler(pickle.Unpickler):
 def read_cifar(name: str, root: Path) -> tuple[tuple, tuple, tuple[str, ...]]:
     """Read the python-pickle CIFAR layout torchvision uses (``cifar-10-batches-py`` etc.) under ``root``.
 
-    ``name`` is a key of ``_CIFAR`` (``torchvision:CIFAR10`` or ``torchvision:CIFAR100``). Returns
+    ``name`` is a key of ``CIFAR_LAYOUTS`` (``torchvision:CIFAR10`` or ``torchvision:CIFAR100``). Returns
     ``((train_images, train_labels), (test_images, test_labels), classes)`` with images uint8
     ``(N, 3, 32, 32)`` and labels int64 ``(N,)``. Raises :class:`DataError` when files are missing,
     unreadable or hold anything but plain data and numpy arrays.
     """
-    spec = _CIFAR[name]
+    spec = CIFAR_LAYOUTS[name]
     folder = root / spec["folder"]
     needed = spec["train"] + spec["test"] + [spec["meta"][0]]
     missing = [f for f in needed if not (folder / f).is_file()]

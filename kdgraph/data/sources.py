@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import DataError
-from .cifar import _CIFAR, read_cifar
+from .cifar import CIFAR_LAYOUTS, read_cifar
 from .datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
@@ -295,8 +295,8 @@ def _imagefolder(root, *, image_size, num_classes, train_transform, eval_transfo
 
 
 def _torchvision(name, root, *, image_size, num_classes, train_transform, eval_transform):
-    if name in _CIFAR:
-        spec = _CIFAR[name]
+    if name in CIFAR_LAYOUTS:
+        spec = CIFAR_LAYOUTS[name]
         root = _require_root(name, root, f"{spec['folder']}/ (the extracted python version)")
         train, test, classes = read_cifar(name, root)
         mean, std, k = spec["mean"], spec["std"], spec["num_classes"]
