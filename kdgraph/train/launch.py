@@ -86,6 +86,10 @@ def start_distributed(spec: Spec) -> DistContext:
         raise fail(f"runtime.distributed: {mode} needs the variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, "
                    f"MASTER_ADDR, MASTER_PORT); launch with: {LAUNCH_HINT}; or set runtime.distributed: auto to "
                    "train in this one process", "runtime", "distributed")
+    if mode == "fsdp" and not _has_fully_shard():
+        raise fail(f"runtime.distributed: fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); this "
+                   f"is torch {torch.__version__}. Use runtime.distributed: ddp, or upgrade torch", "runtime",
+                   "distributed")
     check_batch(spec, world)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise fail(f"device {cfg.device!r} requested but no CUDA GPU is available; use runtime.device: cpu "
@@ -113,3 +117,9 @@ def start_distributed(spec: Spec) -> DistContext:
         backend = torch.distributed.get_backend()
     return DistContext(mode=mode, rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
                        local_rank=local_rank, backend=backend, sync_bn=cfg.sync_bn, owner=not joined)
+
+
+def _has_fully_shard() -> bool:
+    import torch.distributed.fsdp as fsdp
+
+    return hasattr(fsdp, "fully_shard")

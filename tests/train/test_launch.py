@@ -109,3 +109,16 @@ def test_nproc_checks_before_launching(tmp_path, monkeypatch, no_torchrun, extra
     path.write_text("student: {model: 'kdgraph:fmnist_cnn'}\ndata: {batch_size: 64}\n")
     result = CliRunner().invoke(main, ["train", str(path), "--nproc", "2", *extra])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_fsdp_needs_fully_shard(monkeypatch):
+    """An older torch without FSDP2 gets a spec error with the alternative, not an ImportError from deep inside."""
+    import torch.distributed.fsdp as fsdp
+
+    for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delattr(fsdp, "fully_shard")
+    with pytest.raises(KdgraphError, match="fsdp needs FSDP2.*runtime.distributed: ddp") as err:
+        start_distributed(spec(distributed="fsdp", device="cpu"))
+    assert err.value.key == "runtime.distributed"
+    assert not torch.distributed.is_initialized()
