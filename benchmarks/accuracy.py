@@ -72,7 +72,7 @@ def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: i
         result = train(spec, write=False, quiet=True)
         row = dict(result.metrics[-1], seconds=time.perf_counter() - start)
         rows.append(row)
-        description = result.plan.student_map.model
+        description = result.summary["data"]
         scores = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         print(f"{label} seed {seed}: {scores} ({row['seconds']:.0f} s)", flush=True)
     return rows, description
@@ -99,15 +99,12 @@ def main() -> None:
     data_note = ""
     variants = RECIPES[args.recipe]
     for label, path, overrides in [variants[i] for i in args.only] if args.only is not None else variants:
-        rows, _ = run(label, path, overrides, args.seeds, args.epochs, args.extra)
+        rows, source = run(label, path, overrides, args.seeds, args.epochs, args.extra)
         names = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1"}
         for key in sorted(k for k in rows[0] if k.startswith("val_")):
             name = names.get(key) or key.split("/", 1)[1]
             table.append(f"| {label} | {name} | {fmt([r[key] for r in rows])} |")
         data_note = f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs"
-    from kdgraph.data import load_fashion_mnist
-
-    source = load_fashion_mnist(None, "train")[2].description
     text = "\n".join([f"Data: {source}; {data_note}.", "", *table, ""])
     command = " ".join(["python3 benchmarks/accuracy.py", args.recipe, "--seeds", *map(str, args.seeds),
                         "--epochs", str(args.epochs), *(f"--set {e}" for e in args.extra),

@@ -360,7 +360,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
-    summary: dict[str, Any] = {"name": spec.name}
+    summary: dict[str, Any] = {"name": spec.name, "data": data.description}
     for name, teacher in teachers.items():
         if _is_classifier(teacher, data):
             key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"

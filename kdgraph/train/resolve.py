@@ -55,6 +55,8 @@ def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBund
         bundle.train = take(bundle.train, cfg.train_subset)
     if cfg.test_subset:
         bundle.test = take(bundle.test, cfg.test_subset)
+    if cfg.train_subset or cfg.test_subset:
+        bundle.description += f", cut to {len(bundle.train):,} train / {len(bundle.test):,} test"
     return bundle
 
 

@@ -51,6 +51,7 @@ def test_run_dir_layout_metrics_and_export(tmp_path, make_spec):
     assert len(list((run / "checkpoints").glob("ckpt-*.safetensors"))) == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["student_top1"] == rows[-1]["val_top1"]
+    assert summary["data"].endswith(", cut to 192 train / 64 test")  # data.train_subset / test_subset
 
 
 def test_teacher_is_never_updated(tmp_path, make_spec):
