@@ -93,7 +93,8 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     if dry_run:
         print_plan(resolve_plan(spec))
         return
-    if nproc is not None and nproc > 1:
+    # one process needs torchrun only when ddp/fsdp is asked for (a 1-process group: e.g. to measure DDP's overhead)
+    if nproc is not None and (nproc > 1 or spec.runtime.distributed in ("ddp", "fsdp")):
         if torchrun_env() is not None:
             raise click.UsageError("--nproc starts torchrun itself; leave it out when running under torchrun")
         if spec.runtime.distributed == "off":

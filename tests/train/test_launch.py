@@ -99,6 +99,25 @@ def test_nproc_execs_torchrun(tmp_path, monkeypatch, no_torchrun):
     assert calls[0][1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kdgraph"]
 
 
+@pytest.mark.parametrize("mode, launched", [("ddp", True), ("fsdp", True), ("auto", False), ("off", False)])
+def test_nproc_1_starts_torchrun_only_for_ddp_or_fsdp(tmp_path, monkeypatch, no_torchrun, mode, launched):
+    """``--nproc 1`` with ddp/fsdp asked for is a 1-process group under torchrun (DDP's overhead on one device);
+    otherwise one process is one process, trained here."""
+    calls = []
+
+    def fake_execv(path, argv):
+        calls.append(argv)
+        raise Launched
+
+    monkeypatch.setattr(os, "execv", fake_execv)
+    monkeypatch.setattr("kdgraph.train.train", lambda *a, **k: (_ for _ in ()).throw(Launched("trained here")))
+    path = tmp_path / "s.yaml"
+    path.write_text(f"student: {{model: 'kdgraph:fmnist_cnn'}}\nruntime: {{distributed: {mode}}}\n")
+    result = CliRunner().invoke(main, ["train", str(path), "--nproc", "1"])
+    assert isinstance(result.exception, Launched), result.output
+    assert calls == ([torchrun_argv(1, ["train", str(path)])] if launched else [])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--set", "data.batch_size=33"], "data.batch_size (line 2): data.batch_size 33 is the global batch"),
     (["--set", "runtime.distributed=off"], "runtime.distributed: --nproc 2 needs data parallelism"),
