@@ -15,7 +15,8 @@ import click
 
 from kdgraph.errors import KdgraphError
 
-__all__ = ["register", "parse_input_shape", "suggest_command", "check_plot_target", "plot_spec", "plot_model"]
+__all__ = ["register", "parse_input_shape", "parse_kwargs", "trace_ref", "suggest_command", "check_plot_target",
+           "plot_spec", "plot_model"]
 
 
 def parse_input_shape(input_shape: Optional[str], refs: tuple[str, ...]) -> tuple[int, ...]:
@@ -31,7 +32,7 @@ def parse_input_shape(input_shape: Optional[str], refs: tuple[str, ...]) -> tupl
     return shape
 
 
-def _kwargs(kwargs_json: Optional[str]) -> dict:
+def parse_kwargs(kwargs_json: Optional[str]) -> dict:
     try:
         kwargs = json.loads(kwargs_json) if kwargs_json else {}
     except json.JSONDecodeError as err:
@@ -41,13 +42,19 @@ def _kwargs(kwargs_json: Optional[str]) -> dict:
     return kwargs
 
 
-def _trace(ref: str, kwargs: dict, shape: tuple[int, ...]):
+def trace_ref(ref: str, kwargs: dict, shape: tuple[int, ...]):
+    """The layer map of model ``ref`` built with ``kwargs``, probed at ``shape``; a failing probe is a user error."""
     from kdgraph.models import create_model
     from kdgraph.trace import trace_model
 
     if ":" not in ref:
         raise KdgraphError(f"{ref!r} is not a model reference like timm:resnet18")
-    return trace_model(create_model(ref, kwargs), shape, ref)
+    model = create_model(ref, kwargs)
+    try:
+        return trace_model(model, shape, ref)
+    except ValueError as err:  # the probe forward failed: the input shape does not fit the model
+        raise KdgraphError(f"{err}. Pass an --input-shape C,H,W the model accepts (now {','.join(map(str, shape))}), "
+                           "or --kwargs that fit it (in_chans, img_size)") from None
 
 
 def suggest_command(targets: tuple[str, ...], input_shape: Optional[str], kwargs_json: Optional[str],
@@ -58,8 +65,8 @@ def suggest_command(targets: tuple[str, ...], input_shape: Optional[str], kwargs
     if len(targets) != 2:
         raise click.UsageError("--suggest takes two model references: kdgraph inspect TEACHER STUDENT --suggest")
     shape = parse_input_shape(input_shape, targets)
-    kwargs = _kwargs(kwargs_json)
-    teacher_map, student_map = (_trace(ref, kwargs, shape) for ref in targets)
+    kwargs = parse_kwargs(kwargs_json)
+    teacher_map, student_map = (trace_ref(ref, kwargs, shape) for ref in targets)
     pairs = suggest_pairs(teacher_map, student_map)
     if as_json:
         click.echo(json.dumps(pairs, indent=1))

@@ -147,9 +147,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     from kdgraph.cli import commands
     from kdgraph.cli.render import print_layer_map, print_plan
     from kdgraph.errors import KdgraphError
-    from kdgraph.models import create_model
     from kdgraph.spec import load_spec
-    from kdgraph.trace import trace_model
     from kdgraph.train.resolve import resolve_plan
 
     if suggest:
@@ -173,22 +171,11 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
         if plot:
             commands.plot_spec(plan, plot)
         return
-    try:
-        kwargs = json.loads(kwargs_json) if kwargs_json else {}
-    except json.JSONDecodeError as err:
-        raise KdgraphError(f"--kwargs is not valid JSON: {err}") from None
-    if input_shape is None:
-        shape = (1, 28, 28) if target.startswith("kdgraph:") else (3, 224, 224)
-    else:
-        try:
-            shape = tuple(int(v) for v in input_shape.split(","))
-            assert shape and all(v > 0 for v in shape)
-        except (ValueError, AssertionError):
-            raise KdgraphError(f"--input-shape {input_shape!r} must be positive integers like 3,224,224") from None
+    kwargs = commands.parse_kwargs(kwargs_json)
+    shape = commands.parse_input_shape(input_shape, (target,))
     if ":" not in target:
         raise KdgraphError(f"{target!r} is neither a spec file nor a model reference like timm:resnet18")
-    model = create_model(target, kwargs)
-    layer_map = trace_model(model, shape, target)
+    layer_map = commands.trace_ref(target, kwargs, shape)
     if as_json:
         click.echo(json.dumps(layer_map.to_json(), indent=1))
     else:

@@ -16,6 +16,7 @@ from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.losses import UnknownLossError, get_loss
 from kdgraph.spec.schema import PairSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerInfo, LayerMap, UnknownLayerError, trace_model
+from kdgraph.trace.layer_map import channels_last
 
 __all__ = ["PairReport", "GraphPlan", "trace_pair_models", "build_graph"]
 
@@ -88,7 +89,8 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, where: tup
     except ValueError as err:  # the probe forward failed: almost always the data's shape vs the model's
         key, path = ("data.image_size", ("data", "image_size")) if spec.data.image_size else where
         raise SpecError(f"{err}. The data gives inputs of shape {input_shape}; pick a model (or model kwargs such "
-                        "as in_chans) or an image size that fit", key=key, line=spec.line_of(*path)) from None
+                        "as in_chans or img_size) or an image size that fit", key=key,
+                        line=spec.line_of(*path)) from None
 
 
 def logit_count(model: nn.Module, input_shape: tuple[int, ...]) -> Optional[int]:
@@ -109,6 +111,33 @@ def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) ->
         return layer_map[name]
     except UnknownLayerError as err:
         raise with_key(SpecError(str(err).strip("'\"")), key, spec.line_of(*path)) from None
+
+
+def _feature(layer_map: LayerMap, info: LayerInfo, key: str, spec: Spec, path: tuple) -> LayerInfo:
+    """``info`` if it is a map, tokens or a vector; a pair cannot use anything else (``"other"`` layout)."""
+    if info.layout != "other":
+        return info
+    what = (f"a {len(info.shape)}-D feature {info.shape}" if info.shape
+            else "not a batch tensor (a size, constant or tuple)")
+    if channels_last(info.shape, layer_map.input_shape):
+        what = f"a channels-last (H, W, C) map {info.shape}, which kdgraph does not convert"
+    near = _nearest_feature(layer_map, info.name.partition(":")[0])
+    raise SpecError(f"{info.name} in {layer_map.model} is {what}; a pair needs a (C, H, W) map, (N, D) tokens or a "
+                    f"(D,) vector" + (f"; try {near}" if near else ""), key=key, line=spec.line_of(*path))
+
+
+def _nearest_feature(layer_map: LayerMap, name: str) -> Optional[str]:
+    """The enclosing module of ``name`` if it is a feature, else the closest feature before it, else after it."""
+    usable = [info.name for info in layer_map.layers if info.layout != "other"]
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) in usable:
+            return ".".join(parts[:i])
+    names = layer_map.names()
+    at = names.index(name) if name in names else len(names)
+    before = [n for n in names[:at] if n in usable]
+    after = [n for n in names[at + 1:] if n in usable]
+    return before[-1] if before else (after[0] if after else None)
 
 
 def _projector_name(projector: object) -> object:
@@ -202,8 +231,11 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
     for i, (pair, label) in enumerate(zip(spec.distill.pairs, _unique_labels(spec.distill.pairs))):
         base = ("distill", "pairs", i)
         t_name = _pair_teacher(spec, pair.teacher_model)
-        s_info = _layer(student_map, pair.student, f"distill.pairs[{i}].student", spec, base + ("student",))
-        t_info = _layer(teacher_maps[t_name], pair.teacher, f"distill.pairs[{i}].teacher", spec, base + ("teacher",))
+        s_key, t_key = f"distill.pairs[{i}].student", f"distill.pairs[{i}].teacher"
+        s_info = _feature(student_map, _layer(student_map, pair.student, s_key, spec, base + ("student",)), s_key,
+                          spec, base + ("student",))
+        t_info = _feature(teacher_maps[t_name], _layer(teacher_maps[t_name], pair.teacher, t_key, spec,
+                                                       base + ("teacher",)), t_key, spec, base + ("teacher",))
         try:
             prune = (_prune_indices(pair, teachers[t_name], s_info) if _projector_name(pair.projector) == "prune"
                      else None)

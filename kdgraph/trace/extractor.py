@@ -38,13 +38,13 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...], model_name: str 
     try:
         return fx_layer_map(model, input_shape, model_name)
     except Exception as fx_err:  # noqa: BLE001 - any fx failure means "use hooks"
-        reason = f"{type(fx_err).__name__}: {fx_err}".strip()
+        reason = _summary(fx_err)
     try:
         layer_map = hooks_layer_map(model, input_shape, model_name)
     except Exception as err:
         raise ValueError(
             f"{model_name}: a probe forward with input shape {(PROBE_BATCH, *input_shape)} failed "
-            f"({type(err).__name__}: {err}); check the input shape the model expects "
+            f"({_summary(err)}); check the input shape the model expects "
             f"(torch.fx tracing had failed first: {reason})"
         ) from err
     warnings.warn(
@@ -54,6 +54,12 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...], model_name: str 
         stacklevel=2,
     )
     return layer_map
+
+
+def _summary(err: Exception) -> str:
+    """``Type: first line of the message``: fx appends the failing node and a tlparse hint on further lines."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].strip() if lines else ''}".strip().rstrip(":")
 
 
 class FeatureExtractor(nn.Module):

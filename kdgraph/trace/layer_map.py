@@ -12,7 +12,8 @@ Shape rules (applied to one probe forward with a batch of ``PROBE_BATCH``):
 
 - a tensor whose leading dim is the batch is described without it, and gets a
   layout from its rank: 3 -> ``"map"`` (C, H, W), 2 -> ``"tokens"`` (N, D),
-  1 -> ``"vector"`` (D,), any other rank -> ``"other"``;
+  1 -> ``"vector"`` (D,), any other rank -> ``"other"``; a rank-3 feature that
+  is channels-last (H, W, C) by the input's aspect ratio is ``"other"`` too;
 - anything else (tuples, ``torch.Size``, ints, ``None``, tensors without a batch
   dim such as constants) is ``"other"`` with shape ``()``: such names stay
   tappable, but carry no shape promise.
@@ -114,6 +115,8 @@ def describe(value: Any, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...],
     if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != PROBE_BATCH:
         return (), None, None, "other"
     shape = tuple(int(s) for s in value.shape[1:])
+    if len(shape) == 3 and channels_last(shape, input_shape):
+        return shape, None, None, "other"
     if len(shape) == 3:
         stride = None
         if len(input_shape) == 3 and shape[1] > 0:
@@ -124,6 +127,20 @@ def describe(value: Any, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...],
     if len(shape) == 1:
         return shape, shape[0], None, "vector"
     return shape, None, None, "other"
+
+
+def channels_last(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> bool:
+    """Whether a 3-D feature is an (H, W, C) map (timm Swin stages, ConvNeXt block internals), not (C, H, W).
+
+    A channels-first map keeps the image's aspect ratio in its last two dims; a channels-last one in its first
+    two. Only a feature whose first two dims keep it and whose last two do not counts, so a (C, H, W) map with
+    C equal to the side (``16×16×16`` of a square image) stays a map.
+    """
+    if len(shape) != 3 or len(input_shape) != 3:
+        return False
+    _, height, width = input_shape
+    a, b, c = shape
+    return a * width == b * height and b * width != c * height
 
 
 def first_tensor(*values: Any) -> torch.Tensor | None:

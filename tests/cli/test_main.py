@@ -110,3 +110,18 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {})
     assert list(tmp_path.iterdir()) == []  # the API writes nothing unless asked
+
+
+@pytest.mark.parametrize("extra", [[], ["kdgraph:fmnist_cnn", "--suggest"]])
+def test_inspect_model_input_shape_the_model_rejects_exits_2(extra):
+    # fmnist_cnn takes 1 channel: a 3-channel probe fails in the model's first conv
+    code, out = run("inspect", "kdgraph:fmnist_resnet", *extra, "--input-shape", "3,28,28")
+    assert code == 2, out
+    assert out.startswith("error: ") and "Traceback" not in out
+    assert "kdgraph:fmnist_resnet" in out and "--input-shape" in out
+
+
+def test_inspect_model_kwargs_must_be_an_object():
+    code, out = run("inspect", "kdgraph:fmnist_cnn", "--kwargs", "[1]")
+    assert code == 2, out
+    assert "--kwargs must be a JSON object" in out

@@ -103,3 +103,47 @@ def test_teacher_trimmed_when_logits_unused():
     teacher.fc.register_forward_hook(lambda *a: calls.append(1))
     graph(torch.randn(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
     assert calls == []
+
+
+class UnsqueezedCNN(torch.nn.Module):
+    """A student with a 4-D intermediate (``unsqueeze``) and a non-tensor node (``size``): neither is a feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.conv(x).unsqueeze(1).squeeze(1)
+        return self.fc(x.mean((2, 3)).reshape(x.size(0), -1))
+
+
+@pytest.mark.parametrize("tap, needle, near", [("unsqueeze", "4-D", "conv"), ("size", "not a batch tensor", "mean")])
+def test_pair_on_a_layer_without_a_feature_layout_is_a_spec_error(tap, needle, near):
+    spec, _, teacher = make(SPEC.replace("student: block3, weight", f"student: {tap}, weight"))
+    with pytest.raises(SpecError) as err:
+        build_graph(spec, UnsqueezedCNN(), teacher, (1, 28, 28))
+    text = str(err.value)
+    assert "distill.pairs[0].student (line 7)" in text and needle in text and f"try {near}" in text
+
+
+class ChannelsLastCNN(torch.nn.Module):
+    """A student whose stage output is (B, H, W, C), like a timm Swin stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 32, 4, stride=4)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        return self.fc(x.mean((1, 2)))
+
+
+def test_channels_last_student_map_is_refused_not_misread():
+    spec, _, teacher = make(SPEC.replace("student: block3, weight", "student: permute, weight"))
+    with pytest.raises(SpecError) as err:
+        build_graph(spec, ChannelsLastCNN(), teacher, (1, 28, 28))
+    text = str(err.value)
+    assert "distill.pairs[0].student (line 7)" in text and "(7, 7, 32)" in text and "channels-last" in text
+    assert "try conv" in text

@@ -181,3 +181,21 @@ def test_vit_extractor_tokens():
     assert out["blocks.5"].shape == (1, 197, 192)
     assert torch.allclose(out["blocks.5"], ref["blocks.5"], atol=1e-5)
     assert torch.allclose(out["blocks.11.mlp:input"], ref["blocks.11.mlp:input"], atol=1e-5)
+
+
+class NeedsWidth16(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        torch._assert(x.shape[-1] == 16, "input width must be 16")
+        return self.conv(x)
+
+
+def test_failed_probe_is_one_line_without_fx_interpreter_noise():
+    with pytest.raises(ValueError) as err:
+        trace_model(NeedsWidth16(), (3, 8, 8), "needs16")
+    text = str(err.value)
+    assert "needs16" in text and "input width must be 16" in text
+    assert "\n" not in text and "While executing" not in text

@@ -161,3 +161,14 @@ def test_vector_model():
     assert lm.names() == ["0", "1", "2"]
     assert lm["1"] == LayerInfo("1", "ReLU", (8,), 8, None, "vector")
     assert lm["0:input"].shape == (4,)
+
+
+def test_describe_channels_last_maps_are_not_maps():
+    # (B, H, W, C), as timm's Swin stages give: the grid keeps the input's aspect in its first two dims
+    assert describe(torch.zeros(2, 4, 4, 128), (3, 64, 64)) == ((4, 4, 128), None, None, "other")
+    assert describe(torch.zeros(2, 8, 4, 96), (3, 64, 32)) == ((8, 4, 96), None, None, "other")
+    # channels-first maps keep theirs; when C equals the side the two readings agree in shape: stays a map
+    assert describe(torch.zeros(2, 96, 8, 4), (3, 64, 32)) == ((96, 8, 4), 96, 8, "map")
+    assert describe(torch.zeros(2, 16, 16, 16), (3, 64, 64)) == ((16, 16, 16), 16, 4, "map")
+    # a collapsed height (text recognisers) is still channels-first
+    assert describe(torch.zeros(2, 512, 1, 32), (1, 32, 128)) == ((512, 1, 32), 512, 32, "map")
