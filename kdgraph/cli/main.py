@@ -6,14 +6,17 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import click
 
 from kdgraph import __version__
 
 __all__ = ["main"]
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -65,6 +68,18 @@ def _is_spec(target: str) -> bool:
 def main(ctx: click.Context, debug: bool) -> None:
     """kdgraph: declarative, graph-based feature distillation for PyTorch."""
     ctx.ensure_object(dict)["debug"] = debug
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: Optional[str] = None) -> None:
+    """kdgraph's own warnings as one line, ``warning: ...`` (not the file, line and source of where they were
+    raised); anything else as Python shows it."""
+    if category.__module__.startswith("kdgraph."):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
 @main.command()

@@ -125,3 +125,40 @@ def test_inspect_model_kwargs_must_be_an_object():
     code, out = run("inspect", "kdgraph:fmnist_cnn", "--kwargs", "[1]")
     assert code == 2, out
     assert "--kwargs must be a JSON object" in out
+
+
+UNTRACEABLE = """\
+import torch
+from torch import nn
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = torch.relu(x) if x.sum() > 0 else -x  # data-dependent: torch.fx cannot trace it
+        return self.fc(x.mean((2, 3)))
+"""
+
+
+def test_kdgraph_warnings_are_one_line(tmp_path):
+    """The hooks fallback warns as ``warning: ...`` on one line, not with the file, line and source that raised it
+    (``--debug`` keeps Python's format)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "untraceable.py").write_text(UNTRACEABLE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]), HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "kdgraph", "inspect", "python:untraceable:Branchy", "--input-shape", "1,8,8"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("warning: python:untraceable:Branchy: torch.fx could not trace the model")
+    assert len(proc.stderr.strip().splitlines()) == 1 and ".py:" not in proc.stderr
+    debug = subprocess.run([command[0], "-m", "kdgraph", "--debug", *command[3:]], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert re.search(r"\.py:\d+: TraceFallbackWarning: python:untraceable:Branchy", debug.stderr), debug.stderr
