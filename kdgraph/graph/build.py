@@ -63,11 +63,22 @@ Teachers = Union[nn.Module, dict[str, nn.Module], None]
 
 def named_teachers(spec: Spec, teacher: Teachers) -> dict[str, nn.Module]:
     """Teachers by the spec's names; a lone module takes the single teacher's name."""
-    if teacher is None:
+    if teacher is None or (isinstance(teacher, dict) and not teacher):
         return {}
+    names = list(spec.teacher_specs)
+    if not names:
+        raise SpecError("a teacher module was passed, but the spec has no teacher to use it for: add `teacher:` "
+                        "(or `teachers:`) to the spec, or leave the teacher out", key="teacher")
     if isinstance(teacher, nn.Module):
-        names = list(spec.teacher_specs) or ["teacher"]
         return {names[0]: teacher}
+    if not isinstance(teacher, dict):
+        raise SpecError(f"teacher must be an nn.Module or a dict of them, not {type(teacher).__name__}", key="teacher")
+    for name, module in teacher.items():
+        if not isinstance(module, nn.Module):
+            raise SpecError(f"teacher[{name!r}] must be an nn.Module, not {type(module).__name__}", key="teachers")
+        if name not in names:
+            raise SpecError(f"the spec has no teacher named {name!r} (its teachers: {', '.join(names)}); name the "
+                            "modules as the spec's `teachers[].name`", key="teachers")
     return dict(teacher)
 
 

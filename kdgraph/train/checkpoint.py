@@ -20,8 +20,12 @@ from safetensors.torch import load_file, save_file
 from kdgraph.errors import KdgraphError
 from kdgraph.train.optim import match_param_layout
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint", "load_checkpoint",
+__all__ = ["CheckpointMismatch", "atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint", "load_checkpoint",
            "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
+
+
+class CheckpointMismatch(KdgraphError):
+    """A checkpoint whose tensors do not fit the modules or optimizer of the spec being resumed."""
 
 
 def _umask_mode() -> int:
@@ -30,19 +34,35 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _write_error(path: Path, err: OSError) -> KdgraphError:
+    """A failed write (the target is a folder, a parent is a file, no permission, disk full) as a user error."""
+    reason = err.strerror or str(err)
+    if path.is_dir():
+        reason = "it is a directory"
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            reason = f"{str(parent)!r} is a file, not a folder"
+            break
+    return KdgraphError(f"cannot write {str(path)!r}: {reason}")
+
+
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; final files get the usual permissions
+    """Write through a temporary file in the same folder, then ``os.replace`` it over ``path``."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; final files get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
 
 
@@ -58,18 +78,21 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
     path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, _umask_mode())
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(flat, tmp, metadata=metadata)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())  # after save_file, which replaces ``tmp`` with a new 0600 file of its own
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
 
 
@@ -162,11 +185,17 @@ def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
         tensors = load_file(str(meta_path.parent / meta["tensors"]))
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
         raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({err})") from None
-    for prefix, module in modules.items():
-        own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        module.load_state_dict(own, strict=True)
+    try:
+        for prefix, module in modules.items():
+            own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(own, strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+    except (RuntimeError, KeyError, ValueError, IndexError) as err:  # another student, adapters or optimizer
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:2])
+        raise CheckpointMismatch(f"checkpoint {str(meta_path)!r} does not fit this spec ({type(err).__name__}: "
+                                 f"{detail[:300]})", key="output") from None
     if optimizer is not None:
-        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         match_param_layout(optimizer)  # saved contiguous; fused kernels need the parameters' (channels_last) layout
     set_rng_state(tensors, meta["rng"])
     return meta

@@ -78,10 +78,14 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch dim (input ``input``, output ``logits``); needs ``onnx``."""
+def _require_onnx() -> None:
     if not _installed("onnx"):
         raise KdgraphError("ONNX export needs the onnx package, which is not installed: pip install onnx onnxscript")
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch dim (input ``input``, output ``logits``); needs ``onnx``."""
+    _require_onnx()
     # The dynamo exporter (torch's default) needs onnxscript; without it the TorchScript exporter is used.
     dynamo = _installed("onnxscript")
     path = Path(path)
@@ -124,8 +128,14 @@ def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Pa
     run = RunDir(run_dir)
     if not run.spec.is_file():
         raise RunDirError(f"{str(run.path)!r} is not a kdgraph run directory (no spec.yaml)")
+    if onnx is not None:
+        _require_onnx()  # before anything is written
     spec = load_spec(run.spec)
     ref, kwargs = spec.student.model, spec.student.kwargs
+    if ref.startswith("live:"):
+        raise RunDirError(f"the student of {str(run.path)!r} is {ref}, a module passed from Python, which kdgraph "
+                          f"cannot rebuild; load {str(run.student)!r} into that module's class with "
+                          "load_state_dict(load_file(...), strict=True) instead")
     state, source = student_weights(run.path)
     model = build_model(ref, kwargs)
     _load_strict(model, state, source, ref)

@@ -16,7 +16,8 @@ from kdgraph.errors import KdgraphError
 from kdgraph.graph import GraphPlan
 from kdgraph.graph.build import Teachers, prune_masks
 from kdgraph.spec.schema import Spec
-from kdgraph.train.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kdgraph.train.checkpoint import (CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta,
+                                      save_checkpoint)
 from kdgraph.train.distributed import LOCAL, DistContext
 from kdgraph.train.launch import start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
@@ -147,7 +148,18 @@ class _Loop:
         owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
         if owner is not None:
             self._new_optimizer(owner)
-        meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer))
+        changed = self.run_dir.spec_changes(self.spec.model_dump(mode="json"))
+        listed = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        try:
+            meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer))
+        except CheckpointMismatch as err:
+            since = (f"this spec differs from {self.run_dir.spec} in: {listed}" if changed else
+                     f"the spec is the one in {self.run_dir.spec}")
+            err.message += (f"; {since}. Resume with the spec the run started with, or start over with --overwrite "
+                            "(or another `output:`)")
+            raise
+        if changed:
+            self.reporter.warn(f"resuming with a spec that differs from {self.run_dir.spec} in: {listed}")
         self.scheduler.load_state_dict(meta["scheduler"])
         self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
         self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
@@ -282,14 +294,18 @@ class _Loop:
         row.update(embedding_metrics(self.graph, self.data.train, self.data.test, self.spec, self.rt))
         return row
 
+    def update_best(self, epoch: int, val_top1: Optional[float]) -> None:
+        """Replace best.safetensors when ``val_top1`` (after ``epoch`` epochs) beats every earlier epoch."""
+        if self.run_dir is not None and val_top1 is not None and val_top1 > self.best:
+            self.best = val_top1
+            self.dist.save_module(self.run_dir.best, self.student, {"epoch": str(epoch), "val_top1": str(val_top1)})
+
     def checkpoint(self, epoch: int, step_in_epoch: int = 0, val_top1: Optional[float] = None) -> None:
         """``epoch`` = completed epochs; ``step_in_epoch`` > 0 for a checkpoint inside the next epoch."""
         self.seen -= self.guard.flush()
         if self.run_dir is None:
             return
-        if val_top1 is not None and val_top1 > self.best:
-            self.best = val_top1
-            self.dist.save_module(self.run_dir.best, self.student, {"epoch": str(epoch), "val_top1": str(val_top1)})
+        self.update_best(epoch, val_top1)
         sums, seen = self.dist.reduce_sums(self.sums, self.seen)  # distributed: over all ranks; collective
         modules, optimizer = self.dist.full_state(self._modules(), self.optimizer)
         if not self.dist.is_main:
@@ -385,6 +401,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
                     run_dir.write_metrics(rows)
                     if (epoch + 1) % spec.output.checkpoint_epochs == 0 or epoch + 1 == spec.train.epochs or stop:
                         loop.checkpoint(epoch + 1, val_top1=row.get(best_key))
+                    else:  # best.safetensors follows every epoch, not only the checkpointed ones
+                        loop.update_best(epoch + 1, row.get(best_key))
             if stop and (row is None or epoch + 1 < spec.train.epochs):
                 where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
                 raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "

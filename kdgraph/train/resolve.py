@@ -63,6 +63,8 @@ def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBund
 def build_models(spec: Spec, student: Optional[nn.Module] = None,
                  teacher: Teachers = None) -> tuple[nn.Module, dict[str, nn.Module]]:
     """The student and every teacher by name; live modules win over the spec's references (Python API)."""
+    if student is not None and not isinstance(student, nn.Module):
+        raise KdgraphError(f"student must be an nn.Module, not {type(student).__name__}", key="student")
     if student is None:
         try:
             student = build_model(spec.student.model, spec.student.kwargs, spec.student.weights)

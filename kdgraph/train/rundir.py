@@ -56,9 +56,22 @@ class RunDir:
         self.check(overwrite=overwrite, resume=resume)
         if overwrite and not resume and self.path.is_dir():
             shutil.rmtree(self.path)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a parent is a file, a read-only folder, ...
+            raise RunDirError(f"cannot create the run directory {str(self.path)!r}: {err.strerror or err}; choose "
+                              "another `output:`", key="output") from None
         if not (resume and self.spec.is_file()):
             atomic_write_text(self.spec, yaml.safe_dump(spec_doc, sort_keys=False))
+
+    def spec_changes(self, spec_doc: dict[str, Any]) -> list[str]:
+        """The keys (``train.optimizer.name``, ``distill.pairs[0].teacher``) where ``spec_doc`` differs from the
+        run's ``spec.yaml``; empty when they agree or when spec.yaml cannot be read."""
+        try:
+            saved = yaml.safe_load(self.spec.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return []
+        return _changed_keys(saved, spec_doc, "")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
@@ -70,3 +83,11 @@ class RunDir:
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _changed_keys(old: Any, new: Any, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for k in {**old, **new} for key in _changed_keys(old.get(k), new.get(k), f"{path}.{k}".lstrip("."))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [key for i, (a, b) in enumerate(zip(old, new)) for key in _changed_keys(a, b, f"{path}[{i}]")]
+    return [] if old == new else [path or "(the whole spec)"]

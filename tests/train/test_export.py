@@ -110,6 +110,20 @@ def test_onnx_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "_installed", lambda module: False)
     with pytest.raises(KdgraphError, match="pip install onnx"):
         export_student(run, tmp_path / "s.safetensors", onnx=tmp_path / "s.onnx")
+    assert not (tmp_path / "s.safetensors").exists()  # refused before anything was written
+
+
+def test_a_run_of_a_live_student_names_what_to_do(tmp_path):
+    import kdgraph
+
+    spec = {"data": {"dataset": "synthetic", "image_size": 16, "batch_size": 16,
+                     "synthetic": {"channels": 1, "classes": 4, "train_size": 32}},
+            "train": {"epochs": 1}, "output": str(tmp_path / "run")}
+    kdgraph.distill(spec, student=create_model("kdgraph:fmnist_cnn", {"widths": [4, 4, 4], "num_classes": 4}),
+                    write=True)
+    with pytest.raises(RunDirError, match=r"live:student.*passed from Python.*student\.safetensors.*strict=True"):
+        export_student(tmp_path / "run", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_onnx_export_matches_the_student(tmp_path):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdgraph.errors import RunDirError
+from kdgraph.errors import KdgraphError, RunDirError
 from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
+from kdgraph.train.progress import Reporter
 
 @pytest.fixture
 def make_spec(tiny_doc):
@@ -100,3 +101,42 @@ def test_plain_supervised_training_without_teacher(tmp_path):
     result = train(spec_from_dict(doc), write=False, quiet=True)
     assert set(k for k in result.metrics[0] if k.startswith("loss/")) == {"loss/ce", "loss/total"}
     assert result.metrics[-1]["val_top1"] > 0.5  # synthetic classes are learnable
+
+
+@pytest.mark.parametrize("changes, changed", [
+    ({"student__kwargs": {"widths": [4, 8, 8]}}, "student.kwargs.widths"),
+    ({"train__optimizer": {"name": "adamw", "lr": 0.01}}, "train.optimizer.name"),
+    ({"distill__pairs": [{"teacher": "layer2", "student": "block2"}]}, "distill.pairs"),
+])
+def test_resume_with_a_spec_the_checkpoint_does_not_fit_is_a_clear_error(tmp_path, make_spec, changes, changed):
+    train(make_spec(tmp_path, train__epochs=1), quiet=True)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    with pytest.raises(KdgraphError, match=f"does not fit this spec.*spec.yaml.*{changed}.*--overwrite") as err:
+        train(make_spec(tmp_path, **changes), quiet=True, resume=True)
+    assert err.value.key == "output"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()} == before
+
+
+def test_resume_warns_about_spec_changes_it_can_continue_with(tmp_path, make_spec):
+    train(make_spec(tmp_path, train__epochs=1), quiet=True)
+    warnings = []
+    reporter = Reporter(quiet=True)
+    reporter.warn = warnings.append
+    train(make_spec(tmp_path, train__epochs=2), resume=True, reporter=reporter)
+    assert any("differs from" in w and "train.epochs" in w for w in warnings), warnings
+
+
+def test_best_is_kept_on_epochs_without_a_checkpoint(tmp_path, tiny_doc, monkeypatch):
+    from safetensors import safe_open
+
+    from kdgraph.train import loop
+
+    scores = iter([0.9, 0.5, 0.7])  # the best epoch (1) is not a checkpoint epoch with checkpoint_epochs: 2
+    monkeypatch.setattr(loop._Loop, "evaluate", lambda self: {"val_top1": next(scores)})
+    tiny_doc["train"]["epochs"] = 3
+    tiny_doc["output"] = {"dir": str(tmp_path / "run"), "checkpoint_epochs": 2, "keep": 1}
+    train(spec_from_dict(tiny_doc), quiet=True)
+    with safe_open(str(tmp_path / "run" / "best.safetensors"), "pt") as f:
+        assert f.metadata() == {"epoch": "1", "val_top1": "0.9"}
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "ckpt-e0003-s000000.json", "ckpt-e0003-s000000.safetensors"]  # output.keep: 1
