@@ -92,8 +92,25 @@ def read_cifar(name: str, root: Path) -> tuple[tuple, tuple, tuple[str, ...]]:
         xs, ys = [], []
         for f in files:
             entry = load(folder / f)
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(entry[spec["label_key"]], dtype=np.int64))
+            bad = f"{name}: {folder / f}"
+            for key in ("data", spec["label_key"]):
+                if key not in entry:
+                    raise DataError(f"{bad} has no {key!r} entry (it has {sorted(map(str, entry))[:6]}); the file "
+                                    "is not a CIFAR python batch of this data set.")
+            x, y = np.asarray(entry["data"]), np.asarray(entry[spec["label_key"]])
+            if x.size % 3072 or (x.ndim == 2 and x.shape[1] != 3072):
+                raise DataError(f"{bad}: 'data' holds {x.size} values of shape {x.shape}, not images of 3x32x32 "
+                                "(an (N, 3072) uint8 array); the file is corrupted or not a CIFAR python batch.")
+            x = x.astype(np.uint8).reshape(-1, 3, 32, 32)
+            if y.shape != (len(x),):
+                raise DataError(f"{bad}: {len(x)} images but {y.size} labels; the file is corrupted.")
+            k = spec["num_classes"]
+            if len(y) and (y.min() < 0 or y.max() >= k):
+                wrong = y.max() if y.max() >= k else y.min()
+                raise DataError(f"{bad}: label {wrong} is outside 0..{k - 1} ({name} has {k} classes); the file "
+                                "is corrupted or belongs to another data set.")
+            xs.append(x)
+            ys.append(y.astype(np.int64))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     meta = load(folder / spec["meta"][0])

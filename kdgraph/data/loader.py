@@ -270,7 +270,20 @@ class SeededDataLoader(DataLoader):
     def __iter__(self):
         # worker base seeds are drawn from self.generator: make them a function of (seed, epoch)
         self.generator.manual_seed(_epoch_seed(self.seed, self.epoch_sampler.epoch) ^ 0x5EED)
-        return super().__iter__()
+        return _unwrap_worker_errors(super().__iter__())
+
+
+def _unwrap_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches``, with a DataError raised in a worker re-raised with its own message: the DataLoader re-raises it
+    as ``DataError("Caught DataError in DataLoader worker process N.\\nOriginal Traceback ...")``."""
+    try:
+        yield from batches
+    except DataError as err:
+        marker = f"\n{DataError.__module__}.{DataError.__qualname__}: "
+        text = str(err)
+        if not text.startswith("Caught DataError in DataLoader worker") or marker not in text:
+            raise
+        raise DataError(text.split(marker, 1)[1].rstrip()) from None
 
 
 def make_loader(

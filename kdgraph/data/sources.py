@@ -242,6 +242,16 @@ def _synthetic(*, image_size, num_classes, synthetic_size, channels, seed, train
     )
 
 
+def _read_image(path: str) -> Any:
+    """torchvision's image loader (PIL, RGB), with a file that is no readable image named in a DataError."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError (an OSError), truncated files
+        raise DataError(f"imagefolder: {path} cannot be read as an image ({exc}); delete or replace the file.") from None
+
+
 def _imagefolder(root, *, image_size, num_classes, train_transform, eval_transform):
     layout = "train/<class>/<image> and val/<class>/<image> (or test/) subfolders (ImageNet layout)"
     root = _require_root("imagefolder", root, layout)
@@ -264,7 +274,7 @@ def _imagefolder(root, *, image_size, num_classes, train_transform, eval_transfo
 
     def load(folder: Path, tf):
         try:
-            return datasets.ImageFolder(str(folder), transform=tf)
+            return datasets.ImageFolder(str(folder), transform=tf, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"imagefolder: no images found under {str(folder)!r} ({exc}). Each class needs "
                             "its own subfolder with image files (.jpg, .png, ...).") from exc

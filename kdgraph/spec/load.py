@@ -176,6 +176,21 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[Any], Any]]:
     return out
 
 
+# Keys whose value may be written short (`mix: cutmix`, `output: DIR`, `eval: [top1]`, `loss: mse`): the mapping key
+# the short value stands for, so that `--set data.mix.alpha=0.2` extends `mix: cutmix` instead of dropping it.
+_SHORTHANDS = {("data", "mix"): "name", ("output",): "dir", ("eval",): "metrics", ("distill", "pairs", "loss"): "name",
+               ("distill", "pairs", "projector"): "name", ("distill", "pairs", "normalize"): "name"}
+
+
+def _expand_shorthand(path: list[Any], value: Any, nxt: Any) -> Any:
+    """``value`` written as the mapping it is short for, when the override goes on into one of its keys."""
+    key = _SHORTHANDS.get(tuple(p for p in path if not isinstance(p, int)))
+    if key is not None and not isinstance(nxt, int) and (
+            isinstance(value, str) or (key == "metrics" and isinstance(value, list))):
+        return {key: value}
+    return value
+
+
 def apply_overrides(data: dict, overrides: Iterable[tuple[list[Any], Any]]) -> dict:
     for parts, value in overrides:
         node: Any = data
@@ -186,6 +201,8 @@ def apply_overrides(data: dict, overrides: Iterable[tuple[list[Any], Any]]) -> d
                     raise SpecError(f"--set {format_key(parts)}: no item {part} in {format_key(parts[:i])}")
                 node = node[part]
             else:
+                if part in node:
+                    node[part] = _expand_shorthand(parts[:i + 1], node[part], nxt)
                 if not isinstance(node.get(part), (dict, list)):
                     node[part] = [] if isinstance(nxt, int) else {}
                 node = node[part]

@@ -62,8 +62,8 @@ class TeacherSpec(ModelSpec):
         default="auto",
         description="`outputs`: compute the teacher's outputs once per un-augmented training image and reuse them "
         "(with augmentation or mixing this is the 'fixed teacher' ablation: the teacher no longer sees the "
-        "student's view). `auto`: cache only when it is exact (data.augment and data.mix are none) and the "
-        "outputs take at most 1 GiB.",
+        "student's view). `auto`: cache only when it is exact (data.augment and data.mix are none, and the data "
+        "set is not imagefolder, whose random crops change every epoch) and the outputs take at most 1 GiB.",
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from rich.text import Text
 from torch import nn
 
 from kdgraph.data import DataBundle, WithIndex, make_loader
@@ -28,7 +29,7 @@ from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
-from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
+from kdgraph.train.teacher_cache import TeacherCache, cache_is_exact, teachers_to_cache
 from kdgraph.train.views import make_views
 from kdgraph.train.runtime import Runtime, seed_everything
 
@@ -273,7 +274,7 @@ class _Loop:
     def start_cache(self) -> None:
         """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set."""
         spec, data, rt = self.spec, self.data, self.rt
-        cached = teachers_to_cache(spec, self.graph.teachers, len(data.train), data.input_shape, rt.device)
+        cached = teachers_to_cache(spec, self.graph.teachers, data.train, data.input_shape, rt.device)
         if cached:
             share = f" ({-(-len(data.train) // self.dist.world):,} per process)" if self.dist.world > 1 else ""
             self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
@@ -370,8 +371,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     masks = prune_masks(plan.pairs)
     if masks and run_dir is not None:
         run_dir.write_json(run_dir.path / "prune_masks.json", masks)
-    reporter.info(f"[bold]{spec.name}[/bold]: {data.description}; device {rt.device}, {rt.precision}"
-                  f"{', compiled' if rt.compile_mode else ''}")
+    reporter.info(Text.assemble((spec.name, "bold"), f": {data.description}; device {rt.device}, {rt.precision}"
+                                f"{', compiled' if rt.compile_mode else ''}"))
     for report in plan.pairs:
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
@@ -383,9 +384,10 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
             summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
             reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
     loop.start_cache()
-    if loop.cache is not None and (spec.data.augment != "none" or spec.data.mix.name != "none"):
-        reporter.warn("teacher.cache: outputs: cached teachers saw un-augmented images, so they no longer share the "
-                      "student's view (the fixed-teacher ablation)")
+    if loop.cache is not None and not cache_is_exact(spec, data.train):
+        reporter.warn("teacher.cache: outputs: cached teachers saw each training image once (un-augmented, or one "
+                      "random crop of imagefolder's), so they no longer share the student's view (the fixed-teacher "
+                      "ablation)")
     best_key = "val_" + spec.eval.metrics[0]
     start_epoch, rows = loop.resume() if resume else (0, [])
     with stop_on_signals(loop):

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 __all__ = ["Reporter"]
@@ -20,12 +21,14 @@ class Reporter:
         self.console = console or Console(stderr=True, highlight=False)
         self.show_bar = not quiet and sys.stderr.isatty()
 
-    def info(self, message: str) -> None:
+    def info(self, message: str | Text) -> None:
+        """Print ``message`` as plain text (a stage name ``[warm]`` or a path is no rich markup); a ``Text`` keeps
+        its styles."""
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, markup=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}")
+        self.console.print(Text.assemble(("warning:", "yellow"), " ", message))
 
     @contextmanager
     def epoch_bar(self, description: str, total: int) -> Iterator["_Bar"]:

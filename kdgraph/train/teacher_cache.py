@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from kdgraph.data import make_loader
+from kdgraph.data.loader import supports_batching
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
 from kdgraph.train.distributed import LOCAL, DistContext
 
-__all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache"]
+__all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache", "cache_is_exact"]
 
 HOST_LIMIT = 8 * 2**30  # bytes: beyond this the cache is refused (it would not fit a laptop's memory)
 AUTO_LIMIT = 2**30  # bytes: `cache: auto` caches only below this
@@ -32,11 +33,17 @@ def _bytes_per_image(teacher: nn.Module, input_shape: tuple[int, ...], device: t
         return sum(v[0].numel() * 4 for v in teacher(torch.zeros((1, *input_shape), device=device)).values())
 
 
-def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], images: int, input_shape: tuple[int, ...],
+def cache_is_exact(spec: Spec, dataset: Any) -> bool:
+    """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a data set
+    without per-sample transforms (imagefolder draws a random crop and flip per image on every access)."""
+    return spec.data.augment == "none" and spec.data.mix.name == "none" and supports_batching(dataset)
+
+
+def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], dataset: Any, input_shape: tuple[int, ...],
                       device: torch.device) -> dict[str, nn.Module]:
-    """The teachers whose outputs are cached: ``cache: outputs``, and ``auto`` where caching is exact (the teacher
-    would see the raw training images: no augmentation, no mixing) and costs at most ``AUTO_LIMIT`` bytes."""
-    exact = spec.data.augment == "none" and spec.data.mix.name == "none"
+    """The teachers whose outputs are cached over ``dataset``: ``cache: outputs``, and ``auto`` where caching is
+    exact (:func:`cache_is_exact`) and costs at most ``AUTO_LIMIT`` bytes."""
+    exact, images = cache_is_exact(spec, dataset), len(dataset)
     chosen = {}
     for name, teacher in teachers.items():
         mode = spec.teacher_specs[name].cache

@@ -69,3 +69,21 @@ def test_unpickler_refuses_code(tmp_path):
     with pytest.raises(DataError, match="refusing to load"):
         build_datasets("torchvision:CIFAR10", tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda e: e.pop("data"), "data_batch_2 has no 'data' entry"),
+    (lambda e: e.pop("labels"), "data_batch_2 has no 'labels'"),
+    (lambda e: e.update(data=e["data"][:, :1000]), r"data_batch_2: 'data' .*6000 values.*\(N, 3072\)"),
+    (lambda e: e.update(labels=e["labels"][:-1]), "data_batch_2: 6 images but 5 labels"),
+    (lambda e: e.update(labels=[12] * len(e["labels"])), r"data_batch_2: label 12 is outside 0\.\.9"),
+])
+def test_malformed_cifar_batch_is_a_data_error(tmp_path, change, match):
+    folder = _fake_cifar10(tmp_path)
+    with open(folder / "data_batch_2", "rb") as fh:
+        entry = pickle.load(fh)
+    change(entry)
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump(entry, fh)
+    with pytest.raises(DataError, match=match):
+        build_datasets("torchvision:CIFAR10", tmp_path)

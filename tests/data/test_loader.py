@@ -131,3 +131,24 @@ def test_epoch_indices_and_errors():
         make_loader(_ds(0), 2, train=True, seed=0, drop_last=False)
     with pytest.raises(DataError):
         TensorBatchLoader(_Plain(4), 2, shuffle=True, seed=0, drop_last=False)
+
+
+class _Unreadable(Dataset):
+    """A map-style data set whose sample 1 is a file kdgraph cannot read."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 1:
+            raise DataError("imagefolder: train/b/broken.png cannot be read as an image; delete or replace the file.")
+        return torch.zeros(1), i
+
+
+def test_a_data_error_in_a_worker_keeps_its_one_line_message():
+    # a DataLoader worker re-raises as DataError("Caught DataError in DataLoader worker ...\nOriginal Traceback ...");
+    # the CLI prints that message, so it must stay the original one line, without the worker's traceback
+    loader = make_loader(_Unreadable(), 2, train=False, seed=0, drop_last=False, num_workers=1)
+    with pytest.raises(DataError) as info:
+        list(loader)
+    assert str(info.value) == "imagefolder: train/b/broken.png cannot be read as an image; delete or replace the file."

@@ -129,6 +129,16 @@ def test_imagefolder_eval_split_missing_a_class(tmp_path, png_tree):
     assert sorted(b.test[i][1] for i in range(len(b.test))) == [1, 1, 2, 2]
 
 
+def test_imagefolder_unreadable_image_names_the_file(tmp_path, png_tree):
+    png_tree(tmp_path)
+    bad = tmp_path / "train" / "dog" / "broken.png"
+    bad.write_text("not a png")
+    b = build_datasets("imagefolder", tmp_path, image_size=4)
+    index = [p for p, _ in b.train.samples].index(str(bad))
+    with pytest.raises(DataError, match="broken.png.*cannot be read as an image"):
+        b.train[index]
+
+
 # ---------------------------------------------------------------- torchvision:*
 @pytest.mark.parametrize("name,sub", [("torchvision:MNIST", "MNIST"), ("torchvision:FashionMNIST", "FashionMNIST")])
 def test_torchvision_mnist_like(tmp_path, name, sub, check_bundle):

@@ -111,6 +111,18 @@ def test_override_errors():
         apply_overrides({"a": [1]}, parse_overrides(["a[3]=1"]))
 
 
+def test_override_inside_a_shorthand_keeps_it(tmp_path):
+    # `mix: cutmix`, `output: DIR`, `eval: [..]`, `loss: NAME` are short for a mapping: a --set of one of its keys
+    # extends that mapping instead of silently replacing the shorthand (mix name, run dir) or failing
+    text = GOOD.replace("batch_size: 64}", "batch_size: 64, mix: cutmix}") + "eval: [top1, knn]\noutput: runs/mine\n"
+    spec = load_spec(write(tmp_path, text), ["data.mix.alpha=0.4", "output.keep=3", "eval.every=2"])
+    assert (spec.data.mix.name, spec.data.mix.alpha) == ("cutmix", 0.4)
+    assert (spec.output.dir, spec.output.keep) == ("runs/mine", 3)
+    assert (spec.eval.metrics, spec.eval.every) == (["top1", "knn"], 2)
+    spec = load_spec(write(tmp_path, GOOD.replace("loss: mse}", "loss: logsum}")), ["distill.pairs[0].loss.alpha=3"])
+    assert spec.distill.pairs[0].loss.name == "logsum"
+
+
 def test_override_validation_error_names_key(tmp_path):
     with pytest.raises(SpecError, match="train.epochs"):
         load_spec(write(tmp_path, GOOD), ["train.epochs=-1"])

@@ -25,9 +25,10 @@ def spec(tiny_doc):
     return make
 
 
-def chosen(s):
+def chosen(s, dataset=None):
     plan = resolve_plan(s)
-    return list(teachers_to_cache(s, plan.graph_plan.graph.teachers, 192, (1, 28, 28), torch.device("cpu")))
+    dataset = plan.data.train if dataset is None else dataset
+    return list(teachers_to_cache(s, plan.graph_plan.graph.teachers, dataset, (1, 28, 28), torch.device("cpu")))
 
 
 def test_auto_caches_only_when_exact_and_small(monkeypatch, spec):
@@ -38,6 +39,24 @@ def test_auto_caches_only_when_exact_and_small(monkeypatch, spec):
     assert chosen(spec(cache="outputs", data={"augment": "crop-flip"})) == ["teacher"]  # asked for: the ablation
     monkeypatch.setattr(teacher_cache, "AUTO_LIMIT", 1000)
     assert chosen(spec()) == []
+
+
+def test_auto_does_not_cache_a_data_set_with_per_sample_random_transforms(spec, tmp_path):
+    # imagefolder draws a random resized crop and flip per image: a cache would freeze one crop per image
+    # while the student sees a new one every epoch, so `auto` must not call that exact
+    from PIL import Image
+
+    from kdgraph.data import build_datasets
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (9, 7), (40 if c == "a" else 200, 0, 0)).save(tmp_path / split / c / "0.png")
+    folder = build_datasets("imagefolder", tmp_path, image_size=8).train
+    assert not teacher_cache.cache_is_exact(spec(), folder)
+    assert chosen(spec(), folder) == []
+    assert chosen(spec(cache="outputs"), folder) == ["teacher"]  # asked for: the ablation
+    assert teacher_cache.cache_is_exact(spec(), resolve_plan(spec()).data.train)
 
 
 def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatch, spec):
