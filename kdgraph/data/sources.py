@@ -110,8 +110,9 @@ def _require_root(name: str, root: str | os.PathLike | None, layout: str) -> Pat
 
 def _no_source(name: str, source: str) -> None:
     if source != "auto":
-        raise DataError(f"source={source!r} only applies to fashion-mnist; {name} takes its data from "
-                        "data.root. Remove the source setting.")
+        where = {"digits": "scikit-learn's load_digits", "synthetic": "a seeded generator"}.get(name, "data.root")
+        raise DataError(f"source={source!r} only applies to fashion-mnist; {name} takes its data from {where}. "
+                        "Remove the source setting.")
 
 
 def _tensor_bundle(
@@ -325,7 +326,7 @@ def _torchvision(name, root, *, image_size, num_classes, train_transform, eval_t
             raise DataError(
                 f"{name}: files not found under {str(root)!r} (expected {sub}train-images-idx3-ubyte, "
                 "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, uncompressed). "
-                f"kdgraph never downloads data: place the files there first. ({exc})"
+                "kdgraph never downloads data: place the files there first."
             ) from exc
         train = (tv_tr.data.unsqueeze(1).to(torch.uint8), torch.as_tensor(tv_tr.targets, dtype=torch.int64))
         test = (tv_te.data.unsqueeze(1).to(torch.uint8), torch.as_tensor(tv_te.targets, dtype=torch.int64))

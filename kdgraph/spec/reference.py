@@ -14,8 +14,15 @@ from kdgraph.spec.schema import Spec
 __all__ = ["spec_reference"]
 
 
+_BOUNDS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+
+
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # PositiveInt and friends: the base type and its bounds
+        bounds = [f"{sign} {getattr(m, key)}" for m in annotation.__metadata__ for key, sign in _BOUNDS.items()
+                  if getattr(m, key, None) is not None]
+        return _type_name(typing.get_args(annotation)[0]) + (f" ({', '.join(bounds)})" if bounds else "")
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" if a is not None else "null" for a in typing.get_args(annotation))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

@@ -153,8 +153,9 @@ def test_torchvision_mnist_like(tmp_path, name, sub, check_bundle):
 
 
 def test_torchvision_mnist_missing(tmp_path):
-    with pytest.raises(DataError, match="never downloads"):
+    with pytest.raises(DataError, match="never downloads") as err:
         build_datasets("torchvision:MNIST", tmp_path)
+    assert "download=True" not in str(err.value)  # torchvision's own advice would contradict it
 
 
 # ---------------------------------------------------------------- names & options
@@ -170,7 +171,9 @@ def test_unknown_name_lists_valid_and_nearest():
 
 
 def test_source_only_for_fashion_mnist():
-    with pytest.raises(DataError, match="only applies to fashion-mnist"):
+    with pytest.raises(DataError, match="only applies to fashion-mnist; synthetic takes its data from a seeded gen"):
         build_datasets("synthetic", source="full")
+    with pytest.raises(DataError, match="digits takes its data from scikit-learn's load_digits"):
+        build_datasets("digits", source="embedded")
     with pytest.raises(DataError, match="image_size"):
         build_datasets("synthetic", image_size=0)

@@ -74,3 +74,6 @@ def test_spec_reference_doc_is_generated_and_current():
     assert doc.read_text() == spec_reference(), "regenerate with: kdgraph schema --markdown --out docs/spec_reference.md"
     for key in ("`student.model`", "`train.stages[].reset_optimizer`", "`self_distill.alpha`", "`output.keep`"):
         assert key in doc.read_text(), key
+    rows = [line.split(" | ") for line in doc.read_text().splitlines() if line.startswith("| `")]
+    assert all(row[1].strip() and not row[1].strip().startswith("\\|") for row in rows), "a key without a type"
+    assert "| `data.image_size` | int (> 0) \\| null |" in doc.read_text()  # PositiveInt: the type and its bound
