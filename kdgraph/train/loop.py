@@ -23,7 +23,7 @@ from kdgraph.train.distributed import LOCAL, DistContext
 from kdgraph.train.launch import start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
-from kdgraph.train.optim import build_optimizer, build_scheduler
+from kdgraph.train.optim import build_optimizer, build_scheduler, schedule_warning
 from kdgraph.train.prefetch import prefetch
 from kdgraph.train.progress import Reporter
 from kdgraph.train.resolve import resolve_plan
@@ -383,6 +383,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
             key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
             summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
             reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
+    if warning := schedule_warning(spec.train.schedule, spec.train.epochs):
+        reporter.warn(warning)
     loop.start_cache()
     if loop.cache is not None and not cache_is_exact(spec, data.train):
         reporter.warn("teacher.cache: outputs: cached teachers saw each training image once (un-augmented, or one "

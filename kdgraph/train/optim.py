@@ -9,7 +9,8 @@ import torch
 
 from kdgraph.spec.schema import OptimizerSpec, ScheduleSpec
 
-__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "FUSED_DEVICES", "match_param_layout"]
+__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "schedule_warning", "FUSED_DEVICES",
+           "match_param_layout"]
 
 FUSED_DEVICES: tuple[str, ...] = ("cuda",)
 """Device types that get torch's fused optimizer kernels (one launch per step, and a device-side skip of
@@ -50,6 +51,14 @@ def lr_factor(cfg: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, b
     progress = (step - warmup) / max(1, total - warmup)
     floor = cfg.min_lr / base_lr
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule_warning(cfg: ScheduleSpec, epochs: int) -> Optional[str]:
+    """Why the schedule will not do what it reads as, if it won't: a warmup as long as the run never peaks."""
+    if 0 < epochs <= cfg.warmup_epochs:
+        return (f"train.schedule.warmup_epochs {cfg.warmup_epochs:g} is not shorter than train.epochs {epochs}: the "
+                "learning rate rises for the whole run and never reaches train.optimizer.lr; lower warmup_epochs")
+    return None
 
 
 def build_scheduler(cfg: ScheduleSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int,

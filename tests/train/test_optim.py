@@ -5,7 +5,7 @@ import torch
 
 from kdgraph.spec.schema import OptimizerSpec, ScheduleSpec
 from kdgraph.train.checkpoint import optimizer_from_flat, optimizer_to_flat
-from kdgraph.train.optim import build_optimizer, lr_factor
+from kdgraph.train.optim import build_optimizer, lr_factor, schedule_warning
 
 
 def test_warmup_then_cosine():
@@ -23,6 +23,15 @@ def test_step_constant_and_min_lr():
     assert lr_factor(ScheduleSpec(name="constant"), 99, 10, 10, 0.1) == 1.0
     end = lr_factor(ScheduleSpec(name="cosine", min_lr=0.01), 100, 10, 10, 0.1)
     assert end == pytest.approx(0.1)
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about():
+    message = schedule_warning(ScheduleSpec(warmup_epochs=3), 2)
+    assert message.startswith("train.schedule.warmup_epochs 3 is not shorter than train.epochs 2")
+    assert all(lr_factor(ScheduleSpec(warmup_epochs=3), step, 10, 2, 0.1) < 1.0 for step in range(20))  # never peaks
+    assert schedule_warning(ScheduleSpec(warmup_epochs=2), 2) is not None
+    assert schedule_warning(ScheduleSpec(warmup_epochs=1.5), 2) is None
+    assert schedule_warning(ScheduleSpec(), 2) is None
 
 
 def test_no_weight_decay_on_1d_params():
