@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -344,6 +345,10 @@ class DistContext:
                         module.register_parameter(name, nn.Parameter(param.full_tensor().detach(),
                                                                      requires_grad=param.requires_grad))
         if self.owner:
+            # every rank done with the group before any closes it, and wrappers left in reference cycles (DDP's
+            # reducer holds the group) freed now rather than at interpreter exit, where gloo's threads can abort
+            torch.distributed.barrier()
+            gc.collect()
             destroy()
 
 

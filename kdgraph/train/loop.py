@@ -425,6 +425,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
     if run_dir is not None:
         run_dir.write_json(run_dir.summary, summary)
+    del loop  # its DDP/FSDP wrapper holds the process group that finish() closes
     dist.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
                        plan=plan)
