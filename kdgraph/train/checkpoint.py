@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from kdgraph.errors import KdgraphError
 from kdgraph.train.optim import match_param_layout
 
-__all__ = ["CheckpointMismatch", "atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint", "load_checkpoint",
-           "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
+__all__ = ["CheckpointMismatch", "atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint",
+           "load_checkpoint", "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
 
 
 class CheckpointMismatch(KdgraphError):
@@ -46,17 +46,19 @@ def _write_error(path: Path, err: OSError) -> KdgraphError:
     return KdgraphError(f"cannot write {str(path)!r}: {reason}")
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then ``os.replace`` it over ``path``."""
+def _atomic(path: Path, fill: Callable[[str], None]) -> None:
+    """``fill(tmp)`` writes a temporary file in the same folder, which is fsynced, given the usual permissions and
+    ``os.replace``d over ``path``. Nothing is left behind on failure; OS errors become user errors."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
+        os.close(fd)
+        fill(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; final files get the usual permissions
+        # mkstemp creates 0600, and safetensors' save_file replaces ``tmp`` with a 0600 file of its own
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
@@ -67,7 +69,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda handle: handle.write(data))
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -76,24 +78,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
-    path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file(flat, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _umask_mode())  # after save_file, which replaces ``tmp`` with a new 0600 file of its own
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        raise
+    _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

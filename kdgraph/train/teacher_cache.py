@@ -28,9 +28,14 @@ AUTO_LIMIT = 2**30  # bytes: `cache: auto` caches only below this
 DEVICE_BUDGET = 2 * 2**30
 
 
+def _image_bytes(outputs: dict[str, torch.Tensor]) -> int:
+    """Cache bytes of one image's outputs (stored as float32)."""
+    return sum(v[0].numel() * 4 for v in outputs.values())
+
+
 def _bytes_per_image(teacher: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
     with torch.no_grad():
-        return sum(v[0].numel() * 4 for v in teacher(torch.zeros((1, *input_shape), device=device)).values())
+        return _image_bytes(teacher(torch.zeros((1, *input_shape), device=device)))
 
 
 def cache_is_exact(spec: Spec, dataset: Any) -> bool:
@@ -71,7 +76,7 @@ class TeacherCache:
                         x = x.contiguous(memory_format=torch.channels_last)
                     out = teacher(x)
                     if i == 0:  # the first batch tells the size of the whole cache
-                        self._check_size(spec, name, sum(v[0].numel() * 4 for v in out.values()), len(dataset))
+                        self._check_size(spec, name, _image_bytes(out), len(dataset))
                     for tap, value in out.items():
                         chunks.setdefault(tap, []).append(value.float().cpu())
             self.outputs[name] = {tap: dist.gather_shards(torch.cat(parts), len(dataset))
