@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null && ! python3 -c "import pydantic, pytest" 2> /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
 fi
-export PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+export PYTHONPATH="$PWD/.site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 python3 - > "$OUT/versions.txt" << 'EOF'
 import torch, timm, pydantic
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"

@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from kdgraph.spec import spec_from_dict  # noqa: E402
 from kdgraph.train.bench import BenchRow, measure  # noqa: E402

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from kdgraph.models import build_model  # noqa: E402
 from kdgraph.models.weights import BUILTIN_DIR  # noqa: E402
@@ -67,11 +67,11 @@ def cpu_model() -> str:
 
 
 def revision() -> str:
-    """The kdgraph commit measured, with ``+dirty`` when kdgraph/ has uncommitted changes."""
+    """The kdgraph commit measured, with ``+dirty`` when src/kdgraph/ has uncommitted changes."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "kdgraph"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "src/kdgraph"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

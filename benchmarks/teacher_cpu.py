@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdgraph.spec import load_spec  # noqa: E402
 from kdgraph.train.resolve import resolve_plan  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
 from kdgraph.data.fashion_mnist import DEBIAN_DIR, EMBEDDED_FILE, FILES, read_idx  # noqa: E402
 

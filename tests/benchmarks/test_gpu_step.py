@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_gpu_step_tiny_cpu_run_writes_the_table(tmp_path):
     out = tmp_path / "gpu.md"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--device", "cpu", "--image-size", "32",
          "--batch", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
@@ -34,5 +34,5 @@ def test_gpu_step_tiny_cpu_run_writes_the_table(tmp_path):
 
 def test_unknown_variant_is_a_usage_error():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--variants", "nope"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=120)
     assert proc.returncode == 2 and "unknown nope; valid: eager-hooks" in proc.stderr

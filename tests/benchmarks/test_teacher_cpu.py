@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_teacher_cpu_variants_agree_with_the_plain_teacher():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "teacher_cpu.py"), "--threads", "1",
                            "--batch-size", "8", "--rounds", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

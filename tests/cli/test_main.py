@@ -153,7 +153,7 @@ def test_kdgraph_warnings_are_one_line(tmp_path):
     import sys
 
     (tmp_path / "untraceable.py").write_text(UNTRACEABLE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(tmp_path)]), HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "kdgraph", "inspect", "python:untraceable:Branchy", "--input-shape", "1,8,8"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

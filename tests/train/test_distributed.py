@@ -107,7 +107,7 @@ output: {dir: OUT, keep: 10, checkpoint_every: 2}
 
 def kdgraph(work: Path, *args: str, nproc: int = 1) -> str:
     """Run ``kdgraph train`` (under torchrun when ``nproc`` > 1) and return its output; fails on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(work)]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(work)]), OMP_NUM_THREADS="1")
     for name in TORCHRUN_VARS:
         env.pop(name, None)
     prefix = torchrun_argv(nproc, []) if nproc > 1 else [sys.executable, "-m", "kdgraph"]

@@ -27,7 +27,7 @@ output: {dir: OUT, keep: 2, checkpoint_every: 4}
 
 
 def start(spec: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     return subprocess.Popen([sys.executable, "-m", "kdgraph", "train", str(spec), "--quiet", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 

@@ -59,7 +59,7 @@ def _inner(annotation: Any) -> list[type[BaseModel]]:
 
 def spec_reference() -> str:
     """Markdown tables of every key of the spec, section by section, with type, default and description."""
-    lines = ["# Spec reference", "", "Generated from `kdgraph/spec/schema.py` by `kdgraph schema --markdown`; "
+    lines = ["# Spec reference", "", "Generated from `src/kdgraph/spec/schema.py` by `kdgraph schema --markdown`; "
              "do not edit by hand. The user guide is [spec.md](spec.md).", ""]
     queue: list[tuple[str, type[BaseModel]]] = [("", Spec)]
     while queue:

@@ -6,7 +6,7 @@ Resolution order for :func:`load_fashion_mnist`:
 2. Debian's ``dataset-fashion-mnist`` folder (``/usr/share/datasets/fashion-mnist``)
    when ``source="auto"`` (or ``"full"``);
 3. the class-balanced subset embedded in the package
-   (``kdgraph/data/embedded/fashion_mnist_subset.npz``: 12,000 train / 2,000 test).
+   (``src/kdgraph/data/embedded/fashion_mnist_subset.npz``: 12,000 train / 2,000 test).
 """
 
 from __future__ import annotations

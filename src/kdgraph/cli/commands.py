@@ -1,6 +1,6 @@
 """The ecosystem commands (``schema``, ``report``, ``export``, ``bench``) and the logic behind ``inspect --plot / --suggest``.
 
-Registered on the ``kdgraph`` group by ``register(main)`` at the bottom of ``kdgraph/cli/main.py``. Thin, like
+Registered on the ``kdgraph`` group by ``register(main)`` at the bottom of ``src/kdgraph/cli/main.py``. Thin, like
 the rest of the CLI: parse, call the library, print.
 """
 

@@ -2,7 +2,7 @@
 
 Generated from ``Spec.model_json_schema()`` so that it can never disagree with the pydantic models; the copy
 shipped at the repository root (``kdgraph.schema.json``) is checked against a fresh one by the tests. Regenerate
-it with ``kdgraph schema --out kdgraph.schema.json`` after changing ``kdgraph/spec/schema.py``.
+it with ``kdgraph schema --out kdgraph.schema.json`` after changing ``src/kdgraph/spec/schema.py``.
 
 One correction is applied on top of pydantic's output: a field with a ``mode="before"`` validator that turns a
 plain string into a mapping (``loss: mse`` → ``{name: mse}``, ``output: runs/x`` → ``{dir: runs/x}``) also accepts
