@@ -163,3 +163,39 @@ def test_resized_crop_shards_crop_like_the_whole_batch():
     torch.testing.assert_close(torch.cat(halves), whole)
     with pytest.raises(DataError, match="does not hold"):
         random_resized_crop_flip(x, generator=_gen(11), draw=(3, 6))
+
+
+def test_crop_flip_equals_torchvision_random_crop_and_flip_at_the_same_offsets():
+    """kdgraph crops the normalised batch; torchvision pads the [0, 1] image with fill, crops, flips, then normalises.
+    Given the same offsets and flips, and the padding colour carried into the normalised space, they agree."""
+    import torchvision.transforms.functional as TF
+
+    from kdgraph.data import crop_flip, crop_flip_params
+    from kdgraph.train.views import normalised_fill
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    pixels = torch.rand(6, 3, 9, 11, generator=_gen(0))
+    normalise = lambda img: TF.normalize(img, mean, std)  # noqa: E731
+    for padding, fill in ((2, 0.0), (3, 0.5), (1, 1.0)):
+        oy, ox, flips = crop_flip_params(6, padding, _gen(padding))
+        assert 0 < int(flips.sum()) < 6
+        ours = crop_flip(normalise(pixels), oy, ox, flips, padding, normalised_fill(fill, (mean, std)))
+        for i in range(6):
+            img = TF.crop(TF.pad(pixels[i], [padding], fill=fill), int(oy[i]), int(ox[i]), 9, 11)
+            img = TF.hflip(img) if flips[i] else img
+            torch.testing.assert_close(ours[i], normalise(img), rtol=0, atol=1e-6)
+    # the border is black in pixel space: a grey (0 in normalised space) border would be wrong
+    oy, ox = torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long)
+    corner = crop_flip(normalise(pixels), oy, ox, torch.zeros(6, dtype=torch.bool), 2,
+                       normalised_fill(0.0, (mean, std)))[:, :, 0, 0]
+    torch.testing.assert_close(corner, ((0 - torch.tensor(mean)) / torch.tensor(std)).expand(6, 3))
+
+
+def test_random_crop_flip_draws_what_crop_flip_params_draws():
+    from kdgraph.data import crop_flip, crop_flip_params
+
+    x = torch.randn(5, 1, 6, 6, generator=_gen(1))
+    oy, ox, flips = crop_flip_params(5, 2, _gen(4))
+    torch.testing.assert_close(random_crop_flip(x, 2, _gen(4), fill=-0.5), crop_flip(x, oy, ox, flips, 2, -0.5))
+    with pytest.raises(DataError, match="2 values for 1 channels"):
+        crop_flip(x, oy, ox, flips, 2, (0.1, 0.2))

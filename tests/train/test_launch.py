@@ -141,3 +141,11 @@ def test_fsdp_needs_fully_shard(monkeypatch):
         start_distributed(spec(distributed="fsdp", device="cpu"))
     assert err.value.key == "runtime.distributed"
     assert not torch.distributed.is_initialized()
+
+
+def test_a_partial_last_batch_cannot_be_shared_among_processes(torchrun3):
+    doc = {"student": {"model": "kdgraph:fmnist_cnn"}, "data": {"batch_size": 33, "drop_last": False},
+           "runtime": {"device": "cpu"}}
+    with pytest.raises(KdgraphError, match="cannot share.*data.drop_last: true") as err:
+        start_distributed(spec_from_dict(doc))
+    assert err.value.key == "data.drop_last"

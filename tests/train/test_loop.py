@@ -140,3 +140,24 @@ def test_best_is_kept_on_epochs_without_a_checkpoint(tmp_path, tiny_doc, monkeyp
         assert f.metadata() == {"epoch": "1", "val_top1": "0.9"}
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "ckpt-e0003-s000000.json", "ckpt-e0003-s000000.safetensors"]  # output.keep: 1
+
+
+@pytest.mark.parametrize("drop_last, sizes", [(True, [32] * 6), (False, [32] * 6 + [8])])
+def test_drop_last_false_trains_on_the_partial_last_batch(tmp_path, make_spec, drop_last, sizes):
+    """200 images in batches of 32: six full batches, and the last 8 images only with data.drop_last: false."""
+    student = create_model("kdgraph:fmnist_cnn", {"widths": [4, 8, 16]})
+    seen = []
+    student.block1[0].register_forward_hook(lambda m, args, out: seen.append(out.shape[0]) if m.training and type(out) is torch.Tensor else None)
+    spec = make_spec(tmp_path, data={"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32,
+                                     "train_subset": 200, "test_subset": 64, "drop_last": drop_last},
+                     train={"epochs": 1})
+    train(spec, student=student, write=False, quiet=True)
+    assert seen == sizes
+
+
+def test_a_last_batch_of_one_image_is_refused_for_a_batchnorm_student(tmp_path, make_spec):
+    spec = make_spec(tmp_path, data={"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32,
+                                     "train_subset": 193, "drop_last": False})
+    with pytest.raises(KdgraphError, match="last batch of each epoch holds 1 of the 193") as err:
+        train(spec, write=False, quiet=True)
+    assert err.value.key == "data.drop_last"

@@ -52,3 +52,9 @@ def test_optimizer_state_round_trip():
     other.load_state_dict(optimizer_from_flat(tensors, meta))
     for a, b in zip(opt.state.values(), other.state.values()):
         assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+def test_decay_norm_and_bias_decays_every_parameter_as_plain_torch_does():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(OptimizerSpec(name="sgd", weight_decay=0.1, decay_norm_and_bias=True), model.parameters())
+    assert [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups] == [(4, 0.1)]

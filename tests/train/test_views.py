@@ -1,5 +1,6 @@
 """Function matching's views: shared views give teachers the student's exact (augmented, mixed) batch."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -43,3 +44,22 @@ def test_no_augmentation_passes_the_batch_through():
     x, y = _x()
     views = make_views(x, y, DataSpec(), 6, torch.Generator(), two_views=True)
     assert views.student is x and views.teacher is None and views.target is y
+
+
+def test_crop_flip_pads_with_black_in_pixel_space_and_takes_the_padding_key():
+    """White images, normalised: every pixel the crop brings in from the padding is black, (0 - mean) / std."""
+    mean, std = (0.2860,), (0.3530,)
+    white = torch.full((64, 1, 8, 8), (1.0 - mean[0]) / std[0])
+    black = (0.0 - mean[0]) / std[0]
+    for padding, expected_width in ((None, 1), (3, 3)):
+        data = DataSpec(augment="crop-flip", crop_padding=padding)
+        out = make_views(white, torch.zeros(64, dtype=torch.long), data, 10, torch.Generator().manual_seed(0),
+                         two_views=False, norm=(mean, std)).student
+        is_black = torch.isclose(out, torch.tensor(black), atol=1e-6)
+        assert (is_black | torch.isclose(out, white[:1], atol=1e-6)).all()  # nothing but white and black
+        black_rows = is_black.all(dim=-1).sum(dim=(1, 2))  # full black rows per image: at most the padding
+        assert int(black_rows.max()) == expected_width
+    grey = DataSpec(augment="crop-flip", crop_fill=0.5)
+    out = make_views(white, torch.zeros(64, dtype=torch.long), grey, 10, torch.Generator().manual_seed(0),
+                     two_views=False, norm=(mean, std)).student
+    assert torch.isclose(out, torch.tensor((0.5 - mean[0]) / std[0])).any()

@@ -31,6 +31,8 @@ from .fashion_mnist import (  # noqa: E402
 from .datasets import DataBundle, TensorImageDataset, take  # noqa: E402
 from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402
+    crop_flip,
+    crop_flip_params,
     cutmix,
     cutmix_box,
     mixup,
@@ -59,6 +61,8 @@ __all__ = [
     "TensorImageDataset",
     "build_datasets",
     "take",
+    "crop_flip",
+    "crop_flip_params",
     "cutmix",
     "cutmix_box",
     "mixup",

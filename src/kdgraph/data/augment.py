@@ -13,6 +13,7 @@ sample ``i - 1`` (``torch.roll(x, 1, dims=0)``).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from . import DataError
 
-__all__ = ["random_crop_flip", "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
+__all__ = ["crop_flip_params", "crop_flip", "random_crop_flip", "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -33,46 +34,109 @@ def _check_batch(x: torch.Tensor, name: str) -> None:
         raise DataError(f"{name} expects a batch tensor of shape (B, C, H, W), got {shape}.")
 
 
+def crop_flip_params(
+    batch: int,
+    padding: int,
+    generator: torch.Generator | None = None,
+    *,
+    flip: bool = True,
+    draw: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers of :func:`random_crop_flip` for ``batch`` samples: crop offsets ``(oy, ox)`` in
+    ``[0, 2*padding]`` (into the padded image) and flip flags, all ``(batch,)`` on the generator's device.
+
+    ``draw=(offset, total)``: the numbers of a whole batch of ``total`` are drawn and rows ``offset:offset+batch``
+    returned (a data-parallel shard), so the shards of all processes together equal one unsharded draw. With
+    ``padding == 0`` no offsets are drawn (zeros), without ``flip`` no flags (all False)."""
+    offset, total = draw if draw is not None else (0, batch)
+    if offset < 0 or offset + batch > total:
+        raise DataError(f"random_crop_flip: draw={draw!r} does not hold a batch of {batch} at that offset.")
+    gdev = _gen_device(generator)
+    rows = slice(offset, offset + batch)
+    zeros = torch.zeros(batch, dtype=torch.int64, device=gdev)
+    oy = ox = zeros
+    if padding > 0 and batch > 0:
+        oy = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows]
+        ox = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows]
+    flips = torch.zeros(batch, dtype=torch.bool, device=gdev)
+    if flip and batch > 0:
+        flips = torch.rand((total,), generator=generator, device=gdev)[rows] < 0.5
+    return oy, ox, flips
+
+
+def _fill_value(fill: float | Sequence[float], x: torch.Tensor) -> torch.Tensor | float:
+    """``fill`` as a scalar, or as a ``(1, C, 1, 1)`` tensor of one value per channel of ``x``."""
+    if isinstance(fill, (int, float)):
+        return float(fill)
+    values = [float(v) for v in fill]
+    if len(values) == 1:
+        return values[0]
+    if len(values) != x.shape[1]:
+        raise DataError(f"random_crop_flip: fill has {len(values)} values for {x.shape[1]} channels.")
+    return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+def crop_flip(
+    x: torch.Tensor,
+    oy: torch.Tensor,
+    ox: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
+    fill: float | Sequence[float] = 0.0,
+) -> torch.Tensor:
+    """Pad ``x`` by ``padding`` on every side with ``fill`` (one value, or one per channel), crop each sample
+    ``i`` at ``(oy[i], ox[i])`` of the padded image back to ``(H, W)``, and flip the samples whose flag is set.
+
+    Per sample this is torchvision's ``RandomCrop(size, padding, fill)`` at the given offsets followed by
+    ``hflip``; here for the whole batch at once, on ``x``'s device."""
+    _check_batch(x, "random_crop_flip")
+    if padding < 0:
+        raise DataError(f"random_crop_flip: padding must be >= 0, got {padding}.")
+    b, c, h, w = x.shape
+    out = x
+    if padding > 0 and b > 0:
+        value = _fill_value(fill, x)
+        if isinstance(value, float):
+            xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=value)
+        else:  # a per-channel colour: pad with 0, then paint the border
+            xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=0.0)
+            inside = torch.zeros((1, 1, h + 2 * padding, w + 2 * padding), dtype=torch.bool, device=x.device)
+            inside[..., padding:padding + h, padding:padding + w] = True
+            xp = torch.where(inside, xp, value)
+        oy, ox = oy.to(x.device), ox.to(x.device)
+        rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
+        cols = ox[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
+        bidx = torch.arange(b, device=x.device)[:, None, None]
+        # advanced indices separated by a slice -> result is (B, H, W, C)
+        out = xp[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    if b > 0 and bool(flips.any()):
+        out = torch.where(flips.to(x.device)[:, None, None, None], out.flip(3), out)
+    return out
+
+
 def random_crop_flip(
     x: torch.Tensor,
     padding: int = 4,
     generator: torch.Generator | None = None,
     *,
     flip: bool = True,
-    fill: float = 0.0,
+    fill: float | Sequence[float] = 0.0,
     draw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per-sample pad-and-random-crop (same output size) plus random horizontal flip.
 
-    ``x`` is padded by ``padding`` pixels with the constant ``fill`` on every side, then each
-    sample gets its own crop offset in ``[0, 2*padding]`` and, if ``flip``, a horizontal flip
-    with probability 1/2. ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of
-    ``total`` (a data-parallel shard); the random numbers of the whole batch are drawn and this
-    shard's are used, so the shards of all processes together equal one unsharded call.
+    ``x`` is padded by ``padding`` pixels with ``fill`` on every side (one value, or one per channel: to pad
+    normalised images with black, pass ``(0 - mean) / std`` per channel), then each sample gets its own crop offset
+    in ``[0, 2*padding]`` and, if ``flip``, a horizontal flip with probability 1/2 (:func:`crop_flip_params`,
+    :func:`crop_flip`). ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of ``total`` (a
+    data-parallel shard); the random numbers of the whole batch are drawn and this shard's are used, so the shards
+    of all processes together equal one unsharded call.
     """
     _check_batch(x, "random_crop_flip")
-    b, _, h, w = x.shape
-    gdev = _gen_device(generator)
     if padding < 0:
         raise DataError(f"random_crop_flip: padding must be >= 0, got {padding}.")
-    offset, total = draw if draw is not None else (0, b)
-    if offset < 0 or offset + b > total:
-        raise DataError(f"random_crop_flip: draw={draw!r} does not hold a batch of {b} at that offset.")
-    rows_of = slice(offset, offset + b)
-    out = x
-    if padding > 0 and b > 0:
-        xp = F.pad(x, (padding, padding, padding, padding), mode="constant", value=fill)
-        oy = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (total,), generator=generator, device=gdev)[rows_of].to(x.device)
-        rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
-        cols = ox[:, None] + torch.arange(w, device=x.device)[None, :]  # (B, W)
-        bidx = torch.arange(b, device=x.device)[:, None, None]
-        # advanced indices separated by a slice -> result is (B, H, W, C)
-        out = xp[bidx, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
-    if flip and b > 0:
-        do_flip = (torch.rand((total,), generator=generator, device=gdev)[rows_of] < 0.5).to(x.device)
-        out = torch.where(do_flip[:, None, None, None], out.flip(3), out)
-    return out
+    oy, ox, flips = crop_flip_params(x.shape[0], padding, generator, flip=flip, draw=draw)
+    return crop_flip(x, oy, ox, flips, padding, fill)
 
 
 def random_resized_crop_flip(

@@ -86,12 +86,26 @@ class DataSpec(_Section):
     source: Literal["auto", "full", "embedded"] = Field(
         default="auto", description="Fashion-MNIST only: full set when found (data.root or Debian's package), else embedded subset."
     )
-    batch_size: PositiveInt = Field(default=128, description="Training batch size (the last partial batch is dropped).")
+    batch_size: PositiveInt = Field(default=128, description="Training batch size.")
+    drop_last: bool = Field(
+        default=True, description="Drop each epoch's last partial training batch (every step then has the same "
+        "shape: no recompilation, no one-image BatchNorm batch, equal data-parallel shards). false: train on it too, "
+        "as a plain DataLoader does."
+    )
     eval_batch_size: Optional[PositiveInt] = Field(default=None, description="Evaluation batch size (default: 2x batch_size).")
     image_size: Optional[PositiveInt] = Field(default=None, description="Image side for imagefolder / resized data sets.")
     augment: Literal["none", "crop-flip", "resized-crop-flip"] = Field(
-        default="none", description="Batch augmentation of training batches, on the device: `crop-flip` (pad + random "
-        "crop + flip) or `resized-crop-flip` (random resized crop of area `crop_scale` + flip)."
+        default="none", description="Batch augmentation of training batches, on the device: `crop-flip` (pad by "
+        "`crop_padding` with `crop_fill` + random crop + flip, as torchvision's RandomCrop + RandomHorizontalFlip) or "
+        "`resized-crop-flip` (random resized crop of area `crop_scale` + flip)."
+    )
+    crop_padding: Optional[NonNegativeInt] = Field(
+        default=None, description="`crop-flip`: pixels of padding on every side before the random crop "
+        "(torchvision's RandomCrop `padding`). None: max(1, W // 8), which is 4 for 32-px images."
+    )
+    crop_fill: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="`crop-flip`: colour of the padding as a pixel value in [0, 1] before "
+        "normalisation, the same for every channel (torchvision's RandomCrop `fill` on a [0, 1] image). 0: black."
     )
     crop_scale: tuple[float, float] = Field(
         default=(0.35, 1.0), description="`resized-crop-flip`: range of the crop's area as a fraction of the image."
@@ -232,6 +246,11 @@ class OptimizerSpec(_Section):
     momentum: NonNegativeFloat = Field(default=0.9, description="SGD momentum.")
     nesterov: bool = Field(default=False, description="SGD Nesterov momentum.")
     weight_decay: NonNegativeFloat = Field(default=5e-4, description="Weight decay (decoupled for adamw).")
+    decay_norm_and_bias: bool = Field(
+        default=False, description="Also decay 1-D parameters (biases, norm weights and shifts). false (default): "
+        "they get no weight decay, as in timm and most recipes since Goyal et al. 2017; true: every parameter is "
+        "decayed, as `torch.optim.SGD(model.parameters(), weight_decay=...)` does."
+    )
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam/AdamW betas.")
 
 

@@ -56,6 +56,10 @@ def check_batch(spec: Spec, world: int) -> None:
                            f"{world} processes (each takes batch_size / {world}); use "
                            f"{_nearest_multiples(spec.data.batch_size, world)}", key="data.batch_size",
                            line=spec.line_of("data", "batch_size"))
+    if world > 1 and not spec.data.drop_last:
+        raise KdgraphError(f"data.drop_last: false keeps a partial last batch, which {world} processes cannot share "
+                           "evenly; set data.drop_last: true (the default) for data-parallel training",
+                           key="data.drop_last", line=spec.line_of("data", "drop_last"))
 
 
 def start_distributed(spec: Spec) -> DistContext:

@@ -69,7 +69,7 @@ class _Loop:
         cfg = spec.train
         self.cache: Optional[TeacherCache] = None  # built by start_cache() when training starts
         self.loader = make_loader(WithIndex(data.train), spec.data.batch_size, train=True,
-                                  seed=spec.runtime.seed, drop_last=True, num_workers=spec.data.num_workers,
+                                  seed=spec.runtime.seed, drop_last=spec.data.drop_last, num_workers=spec.data.num_workers,
                                   pin_memory=rt.device.type == "cuda", shard=dist.shard)
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
         if self.steps == 0:
@@ -234,7 +234,8 @@ class _Loop:
                 if i >= self.steps:
                     break
                 views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
-                                   two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)))
+                                   two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)),
+                                   norm=(self.data.mean, self.data.std))
                 x, x_t = self._layout(views.student), self._layout(views.teacher)
                 cached = self.cache.lookup(index[0], self.rt.device) if self.cache is not None else None
                 values = self.step(x, views.target, x_t, cached, views.labels)

@@ -19,14 +19,15 @@ non-finite steps: kdgraph.train.guard). CPU keeps the default (foreach) kernels.
 
 def build_optimizer(cfg: OptimizerSpec, params: Iterable[torch.nn.Parameter],
                     fused: Optional[bool] = None) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW; no weight decay on biases and norm parameters (1-D tensors).
+    """SGD / Adam / AdamW; no weight decay on biases and norm parameters (1-D tensors) unless
+    ``cfg.decay_norm_and_bias``.
 
     ``fused=None``: fused kernels when every parameter is a floating-point tensor on a ``FUSED_DEVICES`` device."""
     params = [p for p in params if p.requires_grad]
     if fused is None:
         fused = bool(params) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if p.ndim > 1 or cfg.decay_norm_and_bias]
+    no_decay = [p for p in params if p.ndim <= 1 and not cfg.decay_norm_and_bias]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     extra = {"fused": True} if fused else {}

@@ -88,6 +88,16 @@ def has_conv(*models: Optional[nn.Module]) -> bool:
     return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
 
 
+def _check_last_batch(spec: Spec, images: int, student: nn.Module) -> None:
+    """With ``data.drop_last: false`` a last batch of one image would stop a BatchNorm student mid-epoch."""
+    if spec.data.drop_last or images % spec.data.batch_size != 1:
+        return
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+        raise KdgraphError(f"with data.drop_last: false the last batch of each epoch holds 1 of the {images} training "
+                           "images, and the student's BatchNorm cannot train on a single image; set data.drop_last: "
+                           "true or change data.batch_size", key="data.drop_last", line=spec.line_of("data", "drop_last"))
+
+
 def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> ResolvedPlan:
     """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
 
@@ -102,6 +112,7 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size",
                            line=spec.line_of("data", "batch_size"))
     student, teachers = build_models(spec, student, teacher)
+    _check_last_batch(spec, len(data.train), student)
     graph_plan = build_graph(spec, student, teachers, data.input_shape)
     classes = logit_count(student, data.input_shape)
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
