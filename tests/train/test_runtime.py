@@ -89,3 +89,23 @@ def test_tensorboard_sink_writes_event_files(tmp_path):
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_fp64_trains_in_float64_end_to_end(tmp_path):
+    """precision fp64: models, adapters, batches and every loss term in float64 (the reference check relies on it)."""
+    from kdgraph.spec import spec_from_dict
+    from kdgraph.train import train
+
+    doc = {"teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [4, 8, 8], "blocks": [1, 1, 1]}},
+           "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
+           "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 64,
+                    "test_subset": 32, "augment": "crop-flip"},
+           "distill": {"logits": {"temperature": 4.0}, "pairs": [{"teacher": "layer3", "student": "block3"}]},
+           "train": {"epochs": 1}, "runtime": {"precision": "fp64"}}
+    result = train(spec_from_dict(doc), write=False, quiet=True)
+    assert {p.dtype for p in result.student.parameters()} == {torch.float64}
+    graph = result.plan.graph
+    assert {p.dtype for p in graph.student_adapters.parameters()} == {torch.float64}
+    out = graph(torch.zeros(2, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 1]))
+    assert out.total.dtype == torch.float64 and {v.dtype for v in out.terms.values()} == {torch.float64}
+    assert 0 <= result.metrics[-1]["val_top1"] <= 1

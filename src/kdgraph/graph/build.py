@@ -109,9 +109,9 @@ def logit_count(model: nn.Module, input_shape: tuple[int, ...]) -> Optional[int]
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
+        param = next(model.parameters())
         with torch.no_grad():
-            out = model(torch.zeros((2, *input_shape), device=device))
+            out = model(torch.zeros((2, *input_shape), device=param.device, dtype=param.dtype))
         return out.shape[-1] if torch.is_tensor(out) and out.ndim == 2 else None
     finally:
         model.train(was_training)

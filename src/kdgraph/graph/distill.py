@@ -118,7 +118,7 @@ class DistillGraph(nn.Module):
                 key = str(term.index)
                 s = self.student_adapters[key](feats_s[term.student_tap])
                 t = self.teacher_adapters[key](feats_t[term.teacher_name][term.teacher_tap].detach())
-                value = term.fn(s.float(), t.float(), **term.params)
+                value = term.fn(s, t, **term.params)  # losses compute fp16/bf16 in float32
             terms[term.label] = value.detach()
             total = total + term.weight * value
         return StepOutput(total=total, terms=terms, logits=logits.detach())
@@ -132,11 +132,11 @@ class DistillGraph(nn.Module):
         """Self-distillation terms of one auxiliary head; the deepest outputs are targets (detached)."""
         q, h = head
         if term.kind == "head_soft":
-            return soft_cross_entropy(q.float(), logits.detach().float(), **term.params)
+            return soft_cross_entropy(q, logits.detach(), **term.params)
         if term.kind == "head_ce":
-            return cross_entropy(q.float(), y)
+            return cross_entropy(q, y)
         adapt = self.student_adapters[f"head{term.index}"].adapt
-        return feature_distance(adapt(h).float(), feats[term.teacher_tap].detach().flatten(1).float())
+        return feature_distance(adapt(h), feats[term.teacher_tap].detach().flatten(1))
 
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of the deepest classifier (``output``) and of every auxiliary head (for evaluation)."""

@@ -332,7 +332,9 @@ class RuntimeSpec(_Section):
     device: str = Field(default="auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed for every random number generator (0 to 2^63-1).")
     threads: Optional[PositiveInt] = Field(default=None, description="CPU threads for torch (default: torch's choice).")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    precision: Literal["auto", "bf16", "fp16", "fp32", "fp64"] = Field(
+        default="auto", description="auto: bf16 on CUDA, fp32 on CPU. fp64: models, adapters and batches in float64, "
+        "no autocast: slow, for checking a run against a reference to rounding error.")
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
         default="auto", description="auto: compiled with CUDA graphs on CUDA, eager on CPU."
     )

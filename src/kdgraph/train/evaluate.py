@@ -35,9 +35,7 @@ def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, 
     try:
         with torch.no_grad():
             for x, y in loader:
-                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-                if rt.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, y = rt.inputs(x.to(rt.device, non_blocking=True)), y.to(rt.device, non_blocking=True)
                 with rt.autocast():
                     logits = forward(x)
                 yield logits, y

@@ -283,7 +283,7 @@ class _Loop:
             self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last, self.dist)
 
     def _layout(self, x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return x.contiguous(memory_format=torch.channels_last) if x is not None and self.rt.channels_last else x
+        return self.rt.inputs(x) if x is not None else None
 
     def evaluate(self) -> dict[str, float]:
         """The metrics ``eval.metrics`` asks for (``val_top1``, ``val_knn``, ``val_linear_probe``) on the test split."""
@@ -327,7 +327,8 @@ def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
+            param = next(model.parameters())
+            probe = model(torch.zeros((1, *data.input_shape), device=param.device, dtype=param.dtype))
         return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
     except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
         return False

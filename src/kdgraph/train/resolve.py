@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
@@ -113,7 +114,12 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            line=spec.line_of("data", "batch_size"))
     student, teachers = build_models(spec, student, teacher)
     _check_last_batch(spec, len(data.train), student)
+    if spec.runtime.precision == "fp64":  # before tracing: the teacher's BatchNorm is folded in float64 too
+        for model in (student, *teachers.values()):
+            model.double()
     graph_plan = build_graph(spec, student, teachers, data.input_shape)
+    if spec.runtime.precision == "fp64":
+        graph_plan.graph.to(torch.float64)  # the adapters
     classes = logit_count(student, data.input_shape)
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "

@@ -21,6 +21,7 @@ class Runtime:
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     compile_mode: str | None   # None: eager
     channels_last: bool
+    float64: bool = False      # precision fp64: models and batches in float64 (checking against a reference)
 
     def autocast(self):
         if self.dtype is None:
@@ -29,7 +30,13 @@ class Runtime:
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return "fp64" if self.float64 else {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on its way into a model: float64 with ``fp64``, channels-last when the policy says so."""
+        if self.float64:
+            x = x.double()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def seed_everything(seed: int) -> None:
@@ -54,7 +61,7 @@ def resolve_runtime(cfg: RuntimeSpec, conv_net: bool = False) -> Runtime:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dtype is torch.float16 and not cuda:
         raise KdgraphError("fp16 needs a CUDA device; use bf16 or fp32 on CPU", key="runtime.precision")
     mode = cfg.compile
@@ -62,4 +69,4 @@ def resolve_runtime(cfg: RuntimeSpec, conv_net: bool = False) -> Runtime:
         mode = "reduce-overhead" if cuda else "off"
     compile_mode = None if mode == "off" else mode
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and conv_net)
-    return Runtime(device, dtype, compile_mode, channels_last)
+    return Runtime(device, dtype, compile_mode, channels_last, float64=precision == "fp64")

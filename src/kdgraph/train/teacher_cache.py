@@ -78,7 +78,7 @@ class TeacherCache:
                     if i == 0:  # the first batch tells the size of the whole cache
                         self._check_size(spec, name, _image_bytes(out), len(dataset))
                     for tap, value in out.items():
-                        chunks.setdefault(tap, []).append(value.float().cpu())
+                        chunks.setdefault(tap, []).append((value if value.dtype == torch.float64 else value.float()).cpu())
             self.outputs[name] = {tap: dist.gather_shards(torch.cat(parts), len(dataset))
                                   for tap, parts in chunks.items()}
         size = sum(t.numel() * t.element_size() for taps in self.outputs.values() for t in taps.values())
