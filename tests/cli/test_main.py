@@ -104,6 +104,14 @@ def test_corrupt_weights_and_debug_traceback(tmp_path):
     assert result.exit_code != 2 and result.exception is not None
 
 
+def test_a_bad_set_value_is_blamed_on_the_set(tmp_path):
+    code, out = run("validate", write_spec(tmp_path, SPEC), "--set", "distill.pairs[0].teacher=layer33")
+    assert code == 2 and out.startswith(
+        "error: distill.pairs[0].teacher (--set distill.pairs[0].teacher=layer33): no layer 'layer33'"), out
+    code, out = run("validate", write_spec(tmp_path, SPEC), "--set", "train.epochs=x")
+    assert code == 2 and "train.epochs (--set train.epochs=x): " in out and "line 9" not in out, out
+
+
 def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
