@@ -104,6 +104,17 @@ def test_corrupt_weights_and_debug_traceback(tmp_path):
     assert result.exit_code != 2 and result.exception is not None
 
 
+def test_debug_is_accepted_after_every_command(tmp_path):
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    path = write_spec(tmp_path, SPEC.replace('"kdgraph:fmnist_resnet"}', f'"kdgraph:fmnist_resnet", weights: {weights}}}'))
+    for command in ("train", "validate", "inspect"):
+        result = CliRunner().invoke(main, [command, "--debug", path, "--set", f"output={tmp_path / 'r'}"])
+        assert result.exit_code != 2 and "corrupted" in str(result.exception), (command, result.output)
+    for name, command in main.commands.items():
+        assert "--debug" in [opt for p in command.params for opt in p.opts], name
+
+
 def test_a_bad_set_value_is_blamed_on_the_set(tmp_path):
     code, out = run("validate", write_spec(tmp_path, SPEC), "--set", "distill.pairs[0].teacher=layer33")
     assert code == 2 and out.startswith(

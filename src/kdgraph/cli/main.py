@@ -57,6 +57,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _debug_flag(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
+    """``--debug`` after a command (``kdgraph train --debug x.yaml``) does what it does before it."""
+    if debug:
+        ctx.ensure_object(dict)["debug"] = True
+        warnings.showwarning = _PYTHON_SHOWWARNING
+
+
 def _is_spec(target: str) -> bool:
     return target.endswith((".yaml", ".yml")) or Path(target).is_file()
 
@@ -200,6 +207,9 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
 
 
 from kdgraph.cli.commands import register; register(main)  # noqa: E402,E702 - schema, report, export
+for _command in main.commands.values():  # `--debug` is accepted after every command too
+    _command.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, callback=_debug_flag,
+                                        help="Show full tracebacks for errors."))
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
