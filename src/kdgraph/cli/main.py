@@ -155,14 +155,20 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 @click.argument("targets", metavar="MODEL|SPEC [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")
-@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON.")
+@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON (with "
+              "--suggest: for both models).")
+@click.option("--teacher-kwargs", "teacher_kwargs", default=None, metavar="JSON",
+              help="With --suggest: the teacher's kwargs (over --kwargs).")
+@click.option("--student-kwargs", "student_kwargs", default=None, metavar="JSON",
+              help="With --suggest: the student's kwargs (over --kwargs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the layer map(s) as JSON.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @click.option("--plot", default=None, metavar="FILE", help="Also draw the layer map(s) and pairs (.png, .svg, .pdf).")
 @click.option("--suggest", is_flag=True, help="With two models TEACHER STUDENT: propose pairs stage by stage.")
 @handle_errors
-def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, as_json: bool,
-            overrides: tuple[str, ...], plot: str | None, suggest: bool) -> None:
+def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, teacher_kwargs: str | None,
+            student_kwargs: str | None, as_json: bool, overrides: tuple[str, ...], plot: str | None,
+            suggest: bool) -> None:
     """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs.
 
     `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
@@ -173,7 +179,10 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     from kdgraph.train.resolve import resolve_plan
 
     if suggest:
-        return commands.suggest_command(targets, input_shape, kwargs_json, as_json)
+        return commands.suggest_command(targets, input_shape, kwargs_json, as_json, teacher_kwargs, student_kwargs)
+    if teacher_kwargs or student_kwargs:
+        raise click.UsageError("--teacher-kwargs and --student-kwargs go with --suggest (two models); for one model "
+                               "use --kwargs")
     if len(targets) != 1:
         raise click.UsageError("inspect takes one MODEL or SPEC; two models only with --suggest")
     target = targets[0]
