@@ -123,6 +123,17 @@ def test_a_bad_set_value_is_blamed_on_the_set(tmp_path):
     assert code == 2 and "train.epochs (--set train.epochs=x): " in out and "line 9" not in out, out
 
 
+def test_validate_inspect_and_dry_run_print_the_plan_warnings(tmp_path):
+    path = write_spec(tmp_path, SPEC)  # the teacher has no weights
+    needle = ("warning: teacher.weights (line 2): kdgraph:fmnist_resnet has no weights, so the teacher is randomly "
+              "initialised and teaches noise; set teacher.weights: builtin")
+    for args in (["validate", path], ["inspect", path], ["train", path, "--dry-run"]):
+        code, out = run(*args)
+        assert code == 0 and needle in out, (args, out)
+    code, out = run("validate", path, "--set", "teacher.weights=builtin")
+    assert code == 0 and "warning" not in out, out
+
+
 def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)

@@ -64,6 +64,12 @@ def _debug_flag(ctx: click.Context, param: click.Parameter, debug: bool) -> None
         warnings.showwarning = _PYTHON_SHOWWARNING
 
 
+def _print_warnings(plan) -> None:
+    """The plan's warnings (a teacher without weights, a blown-up student map), as ``train`` prints them."""
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _is_spec(target: str) -> bool:
     return target.endswith((".yaml", ".yml")) or Path(target).is_file()
 
@@ -113,7 +119,9 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         raise click.UsageError("--overwrite and --resume exclude each other")
     spec = load_spec(spec_path, overrides)
     if dry_run:
-        print_plan(resolve_plan(spec))
+        plan = resolve_plan(spec)
+        print_plan(plan)
+        _print_warnings(plan)
         return
     # one process needs torchrun only when ddp/fsdp is asked for (a 1-process group: e.g. to measure DDP's overhead)
     if nproc is not None and (nproc > 1 or spec.runtime.distributed in ("ddp", "fsdp")):
@@ -148,6 +156,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 
     plan = resolve_plan(load_spec(spec_path, overrides))
     print_plan(plan, maps=False)
+    _print_warnings(plan)
     click.echo(f"{spec_path}: ok")
 
 
@@ -199,6 +208,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
                                   indent=1))
         else:
             print_plan(plan)
+        _print_warnings(plan)
         if plot:
             commands.plot_spec(plan, plot)
         return

@@ -376,6 +376,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     for report in plan.pairs:
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
+    for warning in resolved.warnings:
+        reporter.warn(warning)
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name, "data": data.description}
     for name, teacher in teachers.items():
