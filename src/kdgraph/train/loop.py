@@ -25,7 +25,7 @@ from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler, schedule_warning
 from kdgraph.train.prefetch import prefetch
-from kdgraph.train.progress import Reporter
+from kdgraph.train.progress import Reporter, epoch_line
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
@@ -334,15 +334,6 @@ def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
         model.train(was_training)
 
 
-def _format_row(row: dict[str, Any]) -> str:
-    losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
-    stage = f" [{row['stage']}]" if "stage" in row else ""
-    names = {"val_top1": "val", "val_knn": "val k-NN", "val_linear_probe": "val linear probe"}
-    evals = "".join(f"  {name} {row[k]:.2%}" for k, name in names.items() if k in row)
-    train = f"  train {row['train_top1']:.2%}" if "train_top1" in row else ""
-    return f"epoch {row['epoch']}{stage}: {losses}{train}{evals}  {row['images_per_s']:.0f} img/s"
-
-
 def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers = None,
           overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
           reporter: Optional[Reporter] = None) -> TrainResult:
@@ -394,13 +385,14 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
                       "ablation)")
     best_key = "val_" + spec.eval.metrics[0]
     start_epoch, rows = loop.resume() if resume else (0, [])
+    weights = {term.label: term.weight for term in plan.graph.terms}
     with stop_on_signals(loop):
         for epoch in range(start_epoch, spec.train.epochs):
             row = loop.epoch(epoch)
             stop = dist.stop_agreed(loop)  # collective under torchrun: every rank asks once per epoch
             if row is not None:
                 rows.append(row)
-                reporter.info(_format_row(row))
+                reporter.info(epoch_line(row, weights))
                 if tb is not None:
                     tb.log(row, step=row["epoch"])
                 if run_dir is not None:
