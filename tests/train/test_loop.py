@@ -23,7 +23,7 @@ def make_spec(tiny_doc):
                 doc[section][field] = value
             else:
                 doc[section] = value
-        doc["output"] = str(tmp_path / "run")
+        doc["output"] = {**doc.get("output", {}), "dir": str(tmp_path / "run")}
         return spec_from_dict(doc)
 
     return make
@@ -140,3 +140,19 @@ def test_best_is_kept_on_epochs_without_a_checkpoint(tmp_path, tiny_doc, monkeyp
         assert f.metadata() == {"epoch": "1", "val_top1": "0.9"}
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "ckpt-e0003-s000000.json", "ckpt-e0003-s000000.safetensors"]  # output.keep: 1
+
+
+def test_resume_in_mid_epoch_records_the_same_metrics_as_an_uninterrupted_run(tmp_path, make_spec):
+    # 6 steps per epoch, a checkpoint every 2: stop after step 2 of epoch 2, where the cosine rate has moved on
+    output = {"checkpoint_every": 2, "keep": 20}
+    full = train(make_spec(tmp_path / "a", output=output), quiet=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    run = tmp_path / "b" / "run"
+    for name in ("ckpt-e0001-s000004", "ckpt-e0002-s000000"):
+        for path in (run / "checkpoints").glob(name + ".*"):
+            path.unlink()
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    resumed = train(make_spec(tmp_path / "b", output=output), quiet=True, resume=True)
+    timing = ("time_s", "images_per_s")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in resumed.metrics] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in full.metrics]

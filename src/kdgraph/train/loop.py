@@ -226,7 +226,8 @@ class _Loop:
         self.loader.set_epoch(epoch)
         self.loader.skip(self.start_step)
         start, seen_before = time.perf_counter(), self.seen
-        lr = self.optimizer.param_groups[0]["lr"]
+        # the rate at the epoch's first step, also when resuming in its middle (the scheduler counts every step)
+        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch - self.start_step)
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
