@@ -144,6 +144,8 @@ class _Loop:
     def resume(self) -> tuple[int, list[dict[str, Any]]]:
         last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
         if last is None:
+            self.reporter.warn(f"no checkpoint in {self.run_dir.path if self.run_dir else 'memory'}: starting from "
+                               "scratch")
             return 0, []
         position = read_meta(last)
         owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
