@@ -22,12 +22,13 @@ from kdgraph.train.checkpoint import (CheckpointMismatch, latest_checkpoint, loa
 from kdgraph.train.distributed import LOCAL, DistContext
 from kdgraph.train.launch import start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
-from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
+from kdgraph.train.evaluate import embedding_metrics, head_top1, teachers_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler, schedule_warning
 from kdgraph.train.prefetch import prefetch
 from kdgraph.train.progress import Reporter, epoch_line
 from kdgraph.train.resolve import resolve_plan
 from kdgraph.train.rundir import RunDir
+from kdgraph.train.run_state import finished, previous_summary
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import TeacherCache, cache_is_exact, teachers_to_cache
 from kdgraph.train.views import make_views
@@ -323,20 +324,6 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
-    """True when the model's output is one logit per class of this data set."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
-        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
-    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
-        return False
-    finally:
-        model.train(was_training)
-
-
 def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers = None,
           overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
           reporter: Optional[Reporter] = None) -> TrainResult:
@@ -361,6 +348,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         except KdgraphError as err:
             err.line = err.line or spec.line_of("output")
             raise
+    done = resume and run_dir is not None and finished(run_dir, spec.train.epochs)  # nothing left to train
     tb = TensorBoardLogger(run_dir.path / "tensorboard") if wants_tb else None
     masks = prune_masks(plan.pairs)
     if masks and run_dir is not None:
@@ -374,14 +362,16 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         reporter.warn(warning)
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name, "data": data.description}
-    for name, teacher in teachers.items():
-        if _is_classifier(teacher, data):
-            key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
-            summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
-            reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
+    known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
+    for key, score in teachers_top1(teachers, data, spec, rt, dist, known).items():
+        summary[key] = score
+        reporter.info(f"  {key.removeprefix('teacher_top1/') if '/' in key else 'teacher'} top-1 {score:.2%}")
     if warning := schedule_warning(spec.train.schedule, spec.train.epochs):
         reporter.warn(warning)
-    loop.start_cache()
+    if done:
+        reporter.info(f"  {run_dir.path}: all {spec.train.epochs} epochs are done; nothing to train")
+    else:
+        loop.start_cache()
     if loop.cache is not None and not cache_is_exact(spec, data.train):
         reporter.warn("teacher.cache: outputs: cached teachers saw each training image once (un-augmented, or one "
                       "random crop of imagefolder's), so they no longer share the student's view (the fixed-teacher "
@@ -416,12 +406,15 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     if run_dir is not None:
         dist.save_module(run_dir.student, student)
         dist.save_module(run_dir.adapters, loop._modules()["adapters"])
+        run_dir.write_json(run_dir.summary, summary)  # now, so a run resumed during its baseline can reuse it
     if spec.train.baseline and (spec.teacher is not None or spec.teachers):
         reporter.info("baseline: the same student trained without distillation, same budget")
-        base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
+        base_spec = _baseline_spec(spec)
+        again = resume and Path(base_spec.run_dir).is_dir()  # a baseline already begun resumes; none yet: a fresh one
+        base = train(base_spec, overwrite=not again, resume=again, quiet=quiet, write=write, reporter=reporter)
         summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
-    if run_dir is not None:
-        run_dir.write_json(run_dir.summary, summary)
+        if run_dir is not None:
+            run_dir.write_json(run_dir.summary, summary)
     del loop  # its DDP/FSDP wrapper holds the process group that finish() closes
     dist.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
