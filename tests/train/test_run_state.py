@@ -5,12 +5,14 @@ import io
 import json
 import shutil
 
+import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
 from kdgraph.spec import spec_from_dict
-from kdgraph.train import train
+from kdgraph.train import loop, train
+from kdgraph.train.guard import Interrupted
 from kdgraph.train.progress import Reporter
 
 
@@ -74,3 +76,57 @@ def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, tiny_
     reporter, out = listening_reporter()
     train(spec_from_dict(tiny_doc), resume=True, reporter=reporter)
     assert f"warning: no checkpoint in {tmp_path / 'never-ran'}: starting from scratch" in out.getvalue()
+
+
+def interrupt_setup(monkeypatch, error=KeyboardInterrupt):
+    """A Ctrl-C (or another failure) during the teacher cache pass, after the run dir was made."""
+
+    def stop(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(loop, "TeacherCache", stop)
+
+
+def test_ctrl_c_during_setup_removes_the_run_dir_this_command_created(tmp_path, tiny_doc, monkeypatch):
+    interrupt_setup(monkeypatch)
+    tiny_doc["output"] = str(tmp_path / "runs" / "new")
+    with pytest.raises(Interrupted, match=f"before anything was trained; removed {tmp_path / 'runs'}") as err:
+        train(spec_from_dict(tiny_doc), quiet=True)
+    assert err.value.run_dir is None and err.value.checkpoint is None
+    assert list(tmp_path.iterdir()) == []  # runs/ too: this command had created it
+
+
+def test_ctrl_c_during_setup_keeps_a_run_dir_that_existed_and_says_what_is_in_it(tmp_path, tiny_doc, monkeypatch):
+    interrupt_setup(monkeypatch)
+    (tmp_path / "run").mkdir()
+    tiny_doc["output"] = str(tmp_path / "run")
+    with pytest.raises(Interrupted) as err:
+        train(spec_from_dict(tiny_doc), quiet=True)
+    assert str(err.value) == (f"interrupted before the first checkpoint; {tmp_path / 'run'} existed before this "
+                              "command and is kept: it holds checkpoints/ (empty), spec.yaml")
+    assert err.value.run_dir == tmp_path / "run" and err.value.checkpoint is None
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "spec.yaml"]
+
+
+def test_a_failure_before_training_leaves_no_run_dir(tmp_path, tiny_doc, monkeypatch):
+    interrupt_setup(monkeypatch, error=MemoryError)
+    tiny_doc["output"] = str(tmp_path / "run")
+    with pytest.raises(MemoryError):
+        train(spec_from_dict(tiny_doc), quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_baseline_starts_removes_only_the_baseline_and_says_resume(tmp_path, tiny_doc, monkeypatch):
+    measure = loop.teachers_top1
+
+    def stop_in_baseline(teachers, *args, **kwargs):  # the baseline is the run without teachers
+        if not teachers:
+            raise KeyboardInterrupt
+        return measure(teachers, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "teachers_top1", stop_in_baseline)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=f"removed {run / 'baseline'}, which this command had created") as err:
+        train(baseline_spec(tiny_doc, run), quiet=True)
+    assert (err.value.run_dir, err.value.checkpoint) == (run, "ckpt-e0002-s000000")  # the distilled run is kept
+    assert not (run / "baseline").exists() and (run / "student.safetensors").is_file()

@@ -5,14 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 
 from kdgraph import __version__
+
+if TYPE_CHECKING:
+    from kdgraph.train.guard import Interrupted
 
 __all__ = ["main"]
 
@@ -70,6 +74,29 @@ def _print_warnings(plan) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def _train_command(spec_path: str, overrides: tuple[str, ...], quiet: bool, nproc: Optional[int],
+                   resume: bool) -> str:
+    """This ``train`` command line again, shell-quoted: every ``--set`` kept, so it names the same run directory."""
+    from kdgraph.train.launch import torchrun_env
+
+    ctx = click.get_current_context()
+    env = torchrun_env()
+    if env is not None and os.environ.get("LOCAL_WORLD_SIZE") == str(env["WORLD_SIZE"]):  # one node: --nproc N
+        nproc = env["WORLD_SIZE"]
+    words = ["train", *(["--debug"] if ctx.obj.get("debug") else []), spec_path,
+             *(word for override in overrides for word in ("--set", override)), *(["--quiet"] if quiet else []),
+             *(["--nproc", str(nproc)] if nproc else []), *(["--resume"] if resume else [])]
+    return " ".join([ctx.find_root().info_name or "kdgraph", *map(shlex.quote, words)])
+
+
+def _how_to_go_on(err: "Interrupted", command: Callable[[bool], str]) -> str:
+    """What to type after an interruption: resume from the checkpoint, or start again (in the kept run directory,
+    or afresh when nothing was left)."""
+    if err.checkpoint:
+        return f". Resume with: {command(True)}"
+    return f". Start again with: {command(err.run_dir is not None)}"
+
+
 def _is_spec(target: str) -> bool:
     return target.endswith((".yaml", ".yml")) or Path(target).is_file()
 
@@ -113,6 +140,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.train.loop import Interrupted
     from kdgraph.train.resolve import resolve_plan
 
     if overwrite and resume:
@@ -139,7 +167,11 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(argv[0], argv)
-    result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
+    try:
+        result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
+    except Interrupted as err:
+        err.message += _how_to_go_on(err, lambda again: _train_command(spec_path, overrides, quiet, nproc, again))
+        raise
     if is_main_process():
         print_summary(result)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from kdgraph.train.evaluate import embedding_metrics, head_top1, teachers_top1, 
 from kdgraph.train.optim import build_optimizer, build_scheduler, schedule_warning
 from kdgraph.train.prefetch import prefetch
 from kdgraph.train.progress import Reporter, epoch_line
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.train.resolve import ResolvedPlan, resolve_plan
 from kdgraph.train.rundir import RunDir
-from kdgraph.train.run_state import finished, previous_summary
+from kdgraph.train.run_state import finished, previous_summary, stopped_by, tidy_on_failure
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import TeacherCache, cache_is_exact, teachers_to_cache
 from kdgraph.train.views import make_views
@@ -331,14 +330,22 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     (``teacher`` may be a dict by teacher name).
 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
+    A run directory this call created is removed again if it fails or is interrupted before anything was trained.
     """
     dist = start_distributed(spec)  # LOCAL in one process; under torchrun: rank 0 prints and writes
     reporter = dist.reporter(reporter or Reporter(quiet=quiet))
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teachers, plan = resolved.data, resolved.student, resolved.teachers, resolved.graph_plan
-    rt = dist.runtime(resolved.runtime, reporter)
     run_dir = dist.run_dir(spec.run_dir) if write else None
+    with tidy_on_failure(run_dir if dist.is_main else None):
+        return _run(resolved, dist, reporter, run_dir, overwrite=overwrite, resume=resume, quiet=quiet)
+
+
+def _run(resolved: ResolvedPlan, dist: DistContext, reporter: Reporter, run_dir: Optional[RunDir], *,
+         overwrite: bool, resume: bool, quiet: bool) -> TrainResult:
+    spec, data, student, teachers, plan = (resolved.spec, resolved.data, resolved.student, resolved.teachers,
+                                           resolved.graph_plan)
+    rt = dist.runtime(resolved.runtime, reporter)
     wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None and dist.is_main
     if wants_tb:
         TensorBoardLogger.check_available()
@@ -395,9 +402,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
                     else:  # best.safetensors follows every epoch, not only the checkpointed ones
                         loop.update_best(epoch + 1, row.get(best_key))
             if stop and (row is None or epoch + 1 < spec.train.epochs):
-                where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
-                raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
-                                  f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
+                raise stopped_by(loop.stop_signal, run_dir)
     if tb is not None:
         tb.close()
     for metric in spec.eval.metrics:
@@ -411,7 +416,8 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         reporter.info("baseline: the same student trained without distillation, same budget")
         base_spec = _baseline_spec(spec)
         again = resume and Path(base_spec.run_dir).is_dir()  # a baseline already begun resumes; none yet: a fresh one
-        base = train(base_spec, overwrite=not again, resume=again, quiet=quiet, write=write, reporter=reporter)
+        base = train(base_spec, overwrite=not again, resume=again, quiet=quiet, write=run_dir is not None,
+                     reporter=reporter)
         summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
         if run_dir is not None:
             run_dir.write_json(run_dir.summary, summary)
