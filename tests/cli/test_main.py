@@ -142,6 +142,17 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the API writes nothing unless asked
 
 
+def test_errors_md_quotes_the_input_shape_error_as_kdgraph_prints_it(tmp_path):
+    # errors.md listed it under "Errors that still show a traceback"; it has long been a one-line error
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    assert "still show a traceback" not in doc
+    section = doc.split("### The model does not accept the data's input shape\n", 1)[1]
+    quoted = re.search(r"```\n(error: .*?)\n```", section, re.S).group(1)
+    code, out = run("validate", write_spec(tmp_path, SPEC.replace('"kdgraph:fmnist_resnet"', '"timm:resnet18"')))
+    assert code == 2 and "Traceback" not in out
+    assert out.startswith(quoted.split(" (torch.fx")[0]), out  # errors.md shortens the repeated cause
+
+
 @pytest.mark.parametrize("extra", [[], ["kdgraph:fmnist_cnn", "--suggest"]])
 def test_inspect_model_input_shape_the_model_rejects_exits_2(extra):
     # fmnist_cnn takes 1 channel: a 3-channel probe fails in the model's first conv
