@@ -153,6 +153,18 @@ def test_errors_md_quotes_the_input_shape_error_as_kdgraph_prints_it(tmp_path):
     assert out.startswith(quoted.split(" (torch.fx")[0]), out  # errors.md shortens the repeated cause
 
 
+def test_readme_says_how_a_cpu_only_machine_skips_the_cuda_build_of_torch():
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", setup, re.S)
+    # the two set-up commands CI runs stay as they are
+    assert blocks[:2] == ["python3 -m pip install -e . && kdgraph train specs/quickstart.yaml\n",
+                          "python3 -m pip install -e '.[test]' && python3 -m pytest\n"]
+    assert ("python3 -m pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu\n"
+            "python3 -m pip install -e .\n") in blocks[2:]
+    assert "CPU-only" in setup
+
+
 @pytest.mark.parametrize("extra", [[], ["kdgraph:fmnist_cnn", "--suggest"]])
 def test_inspect_model_input_shape_the_model_rejects_exits_2(extra):
     # fmnist_cnn takes 1 channel: a 3-channel probe fails in the model's first conv
