@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-__all__ = ["KdgraphError", "SpecError", "ModelError", "WeightsError", "RunDirError", "with_key"]
+__all__ = ["KdgraphError", "SpecError", "ModelError", "WeightsError", "RunDirError", "with_key", "located"]
+
+
+def located(key: str, line: int | str | None) -> str:
+    """``train.epochs (line 9)``, or ``train.epochs (--set train.epochs=x)`` when the value came from a ``--set``
+    override (then ``line`` is that override, as ``LineIndex`` gives it), or the bare key when neither is known."""
+    if not line:
+        return key
+    return f"{key} ({line})" if isinstance(line, str) else f"{key} (line {line})"
 
 
 class KdgraphError(Exception):
     """Base class of errors that are the user's to fix; the CLI prints them and exits with code 2.
 
-    ``key`` is the dotted spec path (``distill.pairs[0].teacher``) and ``line`` the YAML line, when known.
+    ``key`` is the dotted spec path (``distill.pairs[0].teacher``) and ``line`` the YAML line, when known (or the
+    ``--set KEY=VALUE`` text when the value came from an override).
     """
 
-    def __init__(self, message: str, *, key: str | None = None, line: int | None = None):
+    def __init__(self, message: str, *, key: str | None = None, line: int | str | None = None):
         super().__init__(message)
         self.message = message
         self.key = key
         self.line = line
 
     def __str__(self) -> str:
-        where = ""
-        if self.key:
-            where = f"{self.key}"
-            if self.line:
-                where += f" (line {self.line})"
-            where += ": "
-        return f"{where}{self.message}"
+        return f"{located(self.key, self.line)}: {self.message}" if self.key else self.message
 
 
 class SpecError(KdgraphError):
@@ -43,7 +46,7 @@ class RunDirError(KdgraphError):
     """The run directory exists and would be overwritten."""
 
 
-def with_key(err: Exception, key: str, line: int | None = None) -> KdgraphError:
+def with_key(err: Exception, key: str, line: int | str | None = None) -> KdgraphError:
     """Wrap any user-facing error with the spec key (and YAML line) it came from."""
     if isinstance(err, KdgraphError):
         if err.key is None:

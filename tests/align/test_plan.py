@@ -101,3 +101,26 @@ def test_error_text_names_shapes_reason_and_fix():
     assert msg.startswith("cannot align student map (256, 14, 14) with teacher vector (768,)")
     assert "no pool" in msg and msg.endswith("try pool: gap")
     assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("student, teacher, warned", [
+    ((8, 1, 1), (16, 8, 8), "1x1 map (one value per channel) is upsampled to the teacher's 8x8 grid"),
+    ((8, 3, 3), (16, 7, 7), "3x3 map is upsampled to the teacher's 7x7 grid"),
+    ((8, 4, 4), (16, 4, 9), "4x4 map is upsampled to the teacher's 4x9 grid"),
+    ((8, 4, 4), (16, 8, 8), None),  # twice per side: a common stride mismatch, not warned about
+    ((8, 14, 14), (16, 7, 7), None),  # downsampling loses nothing the teacher has
+    ((8, 1, 1), (16, 8, 8, "gap"), None),  # pooled: no resize at all
+])
+def test_upsampling_a_small_student_map_is_warned_about(student, teacher, warned):
+    pool = teacher[3] if len(teacher) > 3 else None
+    p = plan_pair(FeatureShape(student, "map"), FeatureShape(teacher[:3], "map"), pool=pool)
+    if warned is None:
+        assert p.warnings == []
+    else:
+        assert len(p.warnings) == 1 and p.warnings[0].startswith(f"the student's {warned}")
+        assert "pool: gap" in p.warnings[0]
+
+
+def test_tokens_resized_to_a_finer_teacher_grid_are_warned_about():
+    p = plan_pair(FeatureShape((5, 32), "tokens"), FeatureShape((65, 32), "tokens"))  # 2x2 (+cls) → 8x8 (+cls)
+    assert len(p.warnings) == 1 and "the student's 2x2 map is upsampled to the teacher's 8x8 grid" in p.warnings[0]

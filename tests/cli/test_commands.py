@@ -62,6 +62,20 @@ def test_suggest_prints_yaml_for_distill_pairs():
     assert code == 0 and json.loads(out) == pairs
 
 
+def test_suggest_gives_teacher_and_student_their_own_kwargs():
+    # a ViT at 32 px needs img_size, which a ResNet rejects: one --kwargs for both could not pair them
+    both = ("inspect", "timm:vit_tiny_patch16_224", "timm:resnet18", "--suggest", "--input-shape", "3,32,32", "--json")
+    code, out = run(*both, "--kwargs", '{"img_size": 32}')
+    assert code == 2 and "timm:resnet18 rejected kwargs {'img_size': 32}" in out
+    code, out = run(*both, "--teacher-kwargs", '{"img_size": 32}', "--kwargs", '{"num_classes": 10}')
+    assert code == 0, out
+    assert [p["teacher"] for p in json.loads(out)] == ["blocks.3", "blocks.7", "blocks.11"]
+    code, out = run(*both, "--student-kwargs", "[1]")
+    assert code == 2 and "--student-kwargs must be a JSON object" in out
+    code, out = run("inspect", "kdgraph:fmnist_cnn", "--teacher-kwargs", "{}")
+    assert code == 2 and "go with --suggest" in out
+
+
 def test_target_count_is_checked():
     code, out = run("inspect", "kdgraph:fmnist_resnet", "kdgraph:fmnist_cnn")
     assert code == 2 and "two models only with --suggest" in out

@@ -104,12 +104,65 @@ def test_corrupt_weights_and_debug_traceback(tmp_path):
     assert result.exit_code != 2 and result.exception is not None
 
 
+def test_debug_is_accepted_after_every_command(tmp_path):
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    path = write_spec(tmp_path, SPEC.replace('"kdgraph:fmnist_resnet"}', f'"kdgraph:fmnist_resnet", weights: {weights}}}'))
+    for command in ("train", "validate", "inspect"):
+        result = CliRunner().invoke(main, [command, "--debug", path, "--set", f"output={tmp_path / 'r'}"])
+        assert result.exit_code != 2 and "corrupted" in str(result.exception), (command, result.output)
+    for name, command in main.commands.items():
+        assert "--debug" in [opt for p in command.params for opt in p.opts], name
+
+
+def test_a_bad_set_value_is_blamed_on_the_set(tmp_path):
+    code, out = run("validate", write_spec(tmp_path, SPEC), "--set", "distill.pairs[0].teacher=layer33")
+    assert code == 2 and out.startswith(
+        "error: distill.pairs[0].teacher (--set distill.pairs[0].teacher=layer33): no layer 'layer33'"), out
+    code, out = run("validate", write_spec(tmp_path, SPEC), "--set", "train.epochs=x")
+    assert code == 2 and "train.epochs (--set train.epochs=x): " in out and "line 9" not in out, out
+
+
+def test_validate_inspect_and_dry_run_print_the_plan_warnings(tmp_path):
+    path = write_spec(tmp_path, SPEC)  # the teacher has no weights
+    needle = ("warning: teacher.weights (line 2): kdgraph:fmnist_resnet has no weights, so the teacher is randomly "
+              "initialised and teaches noise; set teacher.weights: builtin")
+    for args in (["validate", path], ["inspect", path], ["train", path, "--dry-run"]):
+        code, out = run(*args)
+        assert code == 0 and needle in out, (args, out)
+    code, out = run("validate", path, "--set", "teacher.weights=builtin")
+    assert code == 0 and "warning" not in out, out
+
+
 def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {})
     assert list(tmp_path.iterdir()) == []  # the API writes nothing unless asked
+
+
+def test_errors_md_quotes_the_input_shape_error_as_kdgraph_prints_it(tmp_path):
+    # errors.md listed it under "Errors that still show a traceback"; it has long been a one-line error
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    assert "still show a traceback" not in doc
+    section = doc.split("### The model does not accept the data's input shape\n", 1)[1]
+    quoted = re.search(r"```\n(error: .*?)\n```", section, re.S).group(1)
+    code, out = run("validate", write_spec(tmp_path, SPEC.replace('"kdgraph:fmnist_resnet"', '"timm:resnet18"')))
+    assert code == 2 and "Traceback" not in out
+    assert out.startswith(quoted.split(" (torch.fx")[0]), out  # errors.md shortens the repeated cause
+
+
+def test_readme_says_how_a_cpu_only_machine_skips_the_cuda_build_of_torch():
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", setup, re.S)
+    # the two set-up commands CI runs stay as they are
+    assert blocks[:2] == ["python3 -m pip install -e . && kdgraph train specs/quickstart.yaml\n",
+                          "python3 -m pip install -e '.[test]' && python3 -m pytest\n"]
+    assert ("python3 -m pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu\n"
+            "python3 -m pip install -e .\n") in blocks[2:]
+    assert "CPU-only" in setup
 
 
 @pytest.mark.parametrize("extra", [[], ["kdgraph:fmnist_cnn", "--suggest"]])

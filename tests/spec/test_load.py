@@ -128,6 +128,20 @@ def test_override_validation_error_names_key(tmp_path):
         load_spec(write(tmp_path, GOOD), ["train.epochs=-1"])
 
 
+def test_a_bad_override_is_blamed_on_the_set_not_on_the_file_line(tmp_path):
+    # train.epochs is on line 13 of the file, but the bad value came from --set
+    with pytest.raises(SpecError) as err:
+        load_spec(write(tmp_path, GOOD), ["train.epochs=x"])
+    assert "train.epochs (--set train.epochs=x): " in str(err.value) and "line 13" not in str(err.value)
+    # a key under an overridden mapping came from the --set too; a mapping with an overridden key inside names both;
+    # the file's other keys keep their lines
+    spec = load_spec(write(tmp_path, GOOD), ["distill.pairs[0]={teacher: layer9, student: block3}", "train.epochs=3"])
+    assert spec.line_of("distill", "pairs", 0, "teacher") == "--set distill.pairs[0]={teacher: layer9, student: block3}"
+    assert spec.line_of("train", "epochs") == "--set train.epochs=3"
+    assert spec.line_of("train") == "line 12, --set train.epochs=3"
+    assert spec.line_of("distill", "pairs", 1, "teacher") == 9 and spec.line_of("name") == 1
+
+
 def test_spec_from_dict_requires_mapping():
     with pytest.raises(SpecError, match="must be a mapping"):
         spec_from_dict([1, 2])

@@ -100,3 +100,56 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, reference):
     final = start(spec, "--resume")
     assert final.wait(timeout=300) == 0
     assert_same(weights, student(out))
+
+
+def resume_words(text: str) -> list[str]:
+    """The command after ``Resume with:`` / ``Start again with:``, as argv (``python -m kdgraph`` run by this
+    Python)."""
+    import re
+    import shlex
+
+    words = shlex.split(re.search(r"(?:Resume|Start again) with: (.*)", text).group(1))
+    assert words[:3] == ["python", "-m", "kdgraph"], words
+    return words[3:]
+
+
+def test_sigint_prints_the_exact_command_that_resumes_the_same_run(tmp_path, reference):
+    weights, _ = reference
+    spec, _ = write_spec(tmp_path, "file-output")
+    out = tmp_path / "set by --set" / "run"  # not the spec's `output:`, and it needs quoting
+    proc = start(spec, "--set", f"output={out}", "--set", "runtime.threads=1")
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/ckpt-*.json")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    code, text = proc.wait(timeout=120), proc.stdout.read().decode()
+    if code == 0:
+        pytest.skip("run finished before the signal arrived")
+    assert code == 130 and "Traceback" not in text, text
+    words = resume_words(text)
+    assert words == ["train", str(spec), "--set", f"output={out}", "--set", "runtime.threads=1", "--quiet",
+                     "--resume"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    final = subprocess.run([sys.executable, "-m", "kdgraph", *words], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert_same(weights, student(out))  # it continued this run, in this run dir
+    assert not (tmp_path / "file-output").exists()
+
+
+def test_sigint_during_setup_leaves_nothing_behind(tmp_path):
+    spec, out = write_spec(tmp_path, "setup")
+    # a long setup: the teacher's top-1 on 2,000 test images, then its outputs cached over 2,000 training images
+    proc = start(spec, "--set", "data.test_subset=2000", "--set", "data.train_subset=2000")
+    deadline = time.time() + 120
+    while not (out / "spec.yaml").is_file():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    code, text = proc.wait(timeout=120), proc.stdout.read().decode()
+    assert code == 130 and "Traceback" not in text, text
+    assert f"interrupted before anything was trained; removed {out}, which this command had created" in text
+    assert resume_words(text) == ["train", str(spec), "--set", "data.test_subset=2000", "--set",
+                                  "data.train_subset=2000", "--quiet"]
+    assert not out.exists()

@@ -119,8 +119,11 @@ def test_nproc_1_starts_torchrun_only_for_ddp_or_fsdp(tmp_path, monkeypatch, no_
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "data.batch_size=33"], "data.batch_size (line 2): data.batch_size 33 is the global batch"),
-    (["--set", "runtime.distributed=off"], "runtime.distributed: --nproc 2 needs data parallelism"),
+    # the bad values came from --set, not from the file's line 2 (data: {batch_size: 64})
+    (["--set", "data.batch_size=33"], "data.batch_size (--set data.batch_size=33): data.batch_size 33 is the global "
+                                      "batch"),
+    (["--set", "runtime.distributed=off"], "runtime.distributed (--set runtime.distributed=off): --nproc 2 needs data "
+                                           "parallelism"),
 ])
 def test_nproc_checks_before_launching(tmp_path, monkeypatch, no_torchrun, extra, message):
     monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("launched"))

@@ -85,7 +85,8 @@ class PairPlan:
 
     ``student`` is trainable and saved apart from the student model;
     ``teacher`` has no trainable parameters. Both map a batched feature to
-    ``(B, *out_shape)``.
+    ``(B, *out_shape)``. ``warnings`` say why a plan that works may still
+    not be what the user meant (a student map blown up to the teacher's grid).
     """
 
     student_steps: list[str]
@@ -93,6 +94,7 @@ class PairPlan:
     student: nn.Module
     teacher: nn.Module
     out_shape: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         s = " → ".join(self.student_steps) or "as is"
@@ -109,6 +111,7 @@ class _Side:
     shape: FeatureShape
     modules: list[tuple[str, nn.Module]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, key: str, module: nn.Module, step: str, new: FeatureShape) -> None:
         self.modules.append((key, module))
@@ -138,6 +141,12 @@ def _resize_student(st: _Side, hw: tuple[int, int], mode: str) -> None:
     if (h, w) == tuple(hw):
         return
     st.add("resize", Resize(hw, mode), f"resize {h}x{w}→{hw[0]}x{hw[1]} ({mode})", FeatureShape((c, *hw), "map"))
+    if h * w == 1 or hw[0] > 2 * h or hw[1] > 2 * w:
+        # a few student values spread over many teacher positions: the loss mostly compares interpolation
+        what = "1x1 map (one value per channel)" if h * w == 1 else f"{h}x{w} map"
+        st.warnings.append(f"the student's {what} is upsampled to the teacher's {hw[0]}x{hw[1]} grid, so most "
+                           "teacher positions are compared with interpolated values; pool both sides (pool: gap) "
+                           "or pair a student layer with a finer grid")
 
 
 def plan_pair(
@@ -313,4 +322,5 @@ def plan_pair(
         student=st.build(),
         teacher=te.build(),
         out_shape=te.shape.shape,
+        warnings=st.warnings,
     )

@@ -32,18 +32,20 @@ def parse_input_shape(input_shape: Optional[str], refs: tuple[str, ...]) -> tupl
     return shape
 
 
-def parse_kwargs(kwargs_json: Optional[str]) -> dict:
+def parse_kwargs(kwargs_json: Optional[str], option: str = "--kwargs") -> dict:
+    """The JSON object given to ``option``; {} when it was not given."""
     try:
         kwargs = json.loads(kwargs_json) if kwargs_json else {}
     except json.JSONDecodeError as err:
-        raise KdgraphError(f"--kwargs is not valid JSON: {err}") from None
+        raise KdgraphError(f"{option} is not valid JSON: {err}") from None
     if not isinstance(kwargs, dict):
-        raise KdgraphError(f"--kwargs must be a JSON object like '{{\"num_classes\": 10}}', got {kwargs_json!r}")
+        raise KdgraphError(f"{option} must be a JSON object like '{{\"num_classes\": 10}}', got {kwargs_json!r}")
     return kwargs
 
 
-def trace_ref(ref: str, kwargs: dict, shape: tuple[int, ...]):
-    """The layer map of model ``ref`` built with ``kwargs``, probed at ``shape``; a failing probe is a user error."""
+def trace_ref(ref: str, kwargs: dict, shape: tuple[int, ...], kwargs_option: str = "--kwargs"):
+    """The layer map of model ``ref`` built with ``kwargs``, probed at ``shape``; a failing probe is a user error
+    (naming ``kwargs_option``, the option that gives this model its kwargs)."""
     from kdgraph.models import create_model
     from kdgraph.trace import trace_model
 
@@ -54,19 +56,23 @@ def trace_ref(ref: str, kwargs: dict, shape: tuple[int, ...]):
         return trace_model(model, shape, ref)
     except ValueError as err:  # the probe forward failed: the input shape does not fit the model
         raise KdgraphError(f"{err}. Pass an --input-shape C,H,W the model accepts (now {','.join(map(str, shape))}), "
-                           "or --kwargs that fit it (in_chans, img_size)") from None
+                           f"or {kwargs_option} that fit it (in_chans, img_size)") from None
 
 
 def suggest_command(targets: tuple[str, ...], input_shape: Optional[str], kwargs_json: Optional[str],
-                    as_json: bool) -> None:
-    """``inspect TEACHER STUDENT --suggest``: print proposed pairs as YAML (or JSON)."""
+                    as_json: bool, teacher_kwargs: Optional[str] = None, student_kwargs: Optional[str] = None) -> None:
+    """``inspect TEACHER STUDENT --suggest``: print proposed pairs as YAML (or JSON).
+
+    Each model takes ``--kwargs`` updated by its own ``--teacher-kwargs`` / ``--student-kwargs`` (a ViT at 32 px needs
+    ``img_size``, which a ResNet rejects); both see one ``--input-shape``, as both see the same images in training."""
     from kdgraph.trace.suggest import format_pairs_yaml, suggest_pairs
 
     if len(targets) != 2:
         raise click.UsageError("--suggest takes two model references: kdgraph inspect TEACHER STUDENT --suggest")
     shape = parse_input_shape(input_shape, targets)
-    kwargs = parse_kwargs(kwargs_json)
-    teacher_map, student_map = (trace_ref(ref, kwargs, shape) for ref in targets)
+    both, options = parse_kwargs(kwargs_json), ("--teacher-kwargs", "--student-kwargs")
+    kwargs = [{**both, **parse_kwargs(own, option)} for own, option in zip((teacher_kwargs, student_kwargs), options)]
+    teacher_map, student_map = (trace_ref(ref, kw, shape, option) for ref, kw, option in zip(targets, kwargs, options))
     pairs = suggest_pairs(teacher_map, student_map)
     if as_json:
         click.echo(json.dumps(pairs, indent=1))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 
 from kdgraph import __version__
+
+if TYPE_CHECKING:
+    from kdgraph.train.guard import Interrupted
 
 __all__ = ["main"]
 
@@ -55,6 +59,42 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             ctx.exit(2)
 
     return wrapper
+
+
+def _debug_flag(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
+    """``--debug`` after a command (``kdgraph train --debug x.yaml``) does what it does before it."""
+    if debug:
+        ctx.ensure_object(dict)["debug"] = True
+        warnings.showwarning = _PYTHON_SHOWWARNING
+
+
+def _print_warnings(plan) -> None:
+    """The plan's warnings (a teacher without weights, a blown-up student map), as ``train`` prints them."""
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _train_command(spec_path: str, overrides: tuple[str, ...], quiet: bool, nproc: Optional[int],
+                   resume: bool) -> str:
+    """This ``train`` command line again, shell-quoted: every ``--set`` kept, so it names the same run directory."""
+    from kdgraph.train.launch import torchrun_env
+
+    ctx = click.get_current_context()
+    env = torchrun_env()
+    if env is not None and os.environ.get("LOCAL_WORLD_SIZE") == str(env["WORLD_SIZE"]):  # one node: --nproc N
+        nproc = env["WORLD_SIZE"]
+    words = ["train", *(["--debug"] if ctx.obj.get("debug") else []), spec_path,
+             *(word for override in overrides for word in ("--set", override)), *(["--quiet"] if quiet else []),
+             *(["--nproc", str(nproc)] if nproc else []), *(["--resume"] if resume else [])]
+    return " ".join([ctx.find_root().info_name or "kdgraph", *map(shlex.quote, words)])
+
+
+def _how_to_go_on(err: "Interrupted", command: Callable[[bool], str]) -> str:
+    """What to type after an interruption: resume from the checkpoint, or start again (in the kept run directory,
+    or afresh when nothing was left)."""
+    if err.checkpoint:
+        return f". Resume with: {command(True)}"
+    return f". Start again with: {command(err.run_dir is not None)}"
 
 
 def _is_spec(target: str) -> bool:
@@ -100,13 +140,16 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.train.loop import Interrupted
     from kdgraph.train.resolve import resolve_plan
 
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other")
     spec = load_spec(spec_path, overrides)
     if dry_run:
-        print_plan(resolve_plan(spec))
+        plan = resolve_plan(spec)
+        print_plan(plan)
+        _print_warnings(plan)
         return
     # one process needs torchrun only when ddp/fsdp is asked for (a 1-process group: e.g. to measure DDP's overhead)
     if nproc is not None and (nproc > 1 or spec.runtime.distributed in ("ddp", "fsdp")):
@@ -124,7 +167,11 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(argv[0], argv)
-    result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
+    try:
+        result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
+    except Interrupted as err:
+        err.message += _how_to_go_on(err, lambda again: _train_command(spec_path, overrides, quiet, nproc, again))
+        raise
     if is_main_process():
         print_summary(result)
 
@@ -141,6 +188,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 
     plan = resolve_plan(load_spec(spec_path, overrides))
     print_plan(plan, maps=False)
+    _print_warnings(plan)
     click.echo(f"{spec_path}: ok")
 
 
@@ -148,14 +196,20 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 @click.argument("targets", metavar="MODEL|SPEC [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")
-@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON.")
+@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON (with "
+              "--suggest: for both models).")
+@click.option("--teacher-kwargs", "teacher_kwargs", default=None, metavar="JSON",
+              help="With --suggest: the teacher's kwargs (over --kwargs).")
+@click.option("--student-kwargs", "student_kwargs", default=None, metavar="JSON",
+              help="With --suggest: the student's kwargs (over --kwargs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the layer map(s) as JSON.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @click.option("--plot", default=None, metavar="FILE", help="Also draw the layer map(s) and pairs (.png, .svg, .pdf).")
 @click.option("--suggest", is_flag=True, help="With two models TEACHER STUDENT: propose pairs stage by stage.")
 @handle_errors
-def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, as_json: bool,
-            overrides: tuple[str, ...], plot: str | None, suggest: bool) -> None:
+def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, teacher_kwargs: str | None,
+            student_kwargs: str | None, as_json: bool, overrides: tuple[str, ...], plot: str | None,
+            suggest: bool) -> None:
     """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs.
 
     `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
@@ -166,7 +220,10 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     from kdgraph.train.resolve import resolve_plan
 
     if suggest:
-        return commands.suggest_command(targets, input_shape, kwargs_json, as_json)
+        return commands.suggest_command(targets, input_shape, kwargs_json, as_json, teacher_kwargs, student_kwargs)
+    if teacher_kwargs or student_kwargs:
+        raise click.UsageError("--teacher-kwargs and --student-kwargs go with --suggest (two models); for one model "
+                               "use --kwargs")
     if len(targets) != 1:
         raise click.UsageError("inspect takes one MODEL or SPEC; two models only with --suggest")
     target = targets[0]
@@ -183,6 +240,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
                                   indent=1))
         else:
             print_plan(plan)
+        _print_warnings(plan)
         if plot:
             commands.plot_spec(plan, plot)
         return
@@ -200,6 +258,9 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
 
 
 from kdgraph.cli.commands import register; register(main)  # noqa: E402,E702 - schema, report, export
+for _command in main.commands.values():  # `--debug` is accepted after every command too
+    _command.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, callback=_debug_flag,
+                                        help="Show full tracebacks for errors."))
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

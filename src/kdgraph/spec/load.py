@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kdgraph.errors import SpecError
+from kdgraph.errors import SpecError, located
 from kdgraph.spec.schema import Spec
 
 __all__ = ["load_spec", "spec_from_dict", "parse_overrides", "apply_overrides", "LineIndex", "format_key"]
@@ -19,10 +19,30 @@ Path_ = tuple[Any, ...]
 
 
 class LineIndex(dict):
-    """Maps a key path (``("distill", "pairs", 0, "teacher")``) to its 1-based YAML line."""
+    """Maps a key path (``("distill", "pairs", 0, "teacher")``) to its 1-based YAML line.
 
-    def line(self, path: Iterable[Any]) -> int | None:
+    ``overrides`` maps the key paths that ``--set`` replaced to the override as typed (``train.epochs=x``): a value
+    there did not come from the file, so its line would point at the wrong culprit."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.overrides: dict[Path_, str] = {}
+
+    def line(self, path: Iterable[Any]) -> int | str | None:
+        """The YAML line of ``path`` (or of its nearest parent in the file). ``--set KEY=VALUE`` instead when the value
+        at ``path`` (or a parent of it) was set by an override; ``line N, --set KEY=VALUE`` when overrides changed
+        keys inside it."""
         path = tuple(path)
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.overrides:
+                return f"--set {self.overrides[path[:end]]}"
+        line = self._file_line(path)
+        inside = [f"--set {text}" for key, text in self.overrides.items() if path and key[:len(path)] == path]
+        if not inside:
+            return line
+        return ", ".join(([f"line {line}"] if line else []) + inside)
+
+    def _file_line(self, path: Path_) -> int | None:
         while path:
             if path in self:
                 return self[path]
@@ -262,9 +282,7 @@ def _is_model_name(part: str) -> bool:
 
 
 def _explain(err: dict, loc: Path_, index: LineIndex, also: list[dict] = ()) -> str:
-    key = format_key(loc) or "(top level)"
-    line = index.line(loc)
-    where = f"{key}" + (f" (line {line})" if line else "")
+    where = located(format_key(loc) or "(top level)", index.line(loc))
     kind = err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(loc)
@@ -339,5 +357,9 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> Spec:
         raise SpecError(f"cannot read spec file {str(path)!r}: {err}") from None
     data, index = _read_yaml(text, str(path))
     if isinstance(data, dict):
-        apply_overrides(data, parse_overrides(overrides))
+        overrides = list(overrides)
+        parsed = parse_overrides(overrides)
+        apply_overrides(data, parsed)
+        for item, (parts, _) in zip(overrides, parsed):
+            index.overrides[tuple(parts)] = item.strip()
     return spec_from_dict(data, index, source=str(path))

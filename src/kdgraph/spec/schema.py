@@ -386,8 +386,8 @@ class Spec(_Section):
     output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
     _lines: Any = PrivateAttr(default=None)
 
-    def line_of(self, *path: Any) -> Optional[int]:
-        """The YAML line of a key path, when the spec came from a file."""
+    def line_of(self, *path: Any) -> Optional[Union[int, str]]:
+        """The YAML line of a key path, when the spec came from a file (``--set KEY=VALUE`` when set by one)."""
         return self._lines.line(path) if self._lines is not None else None
 
     @field_validator("eval", mode="before")

@@ -18,9 +18,10 @@ from kdgraph.spec.schema import Spec
 from kdgraph.train.runtime import Runtime
 
 if TYPE_CHECKING:
+    from kdgraph.data import DataBundle
     from kdgraph.train.distributed import DistContext
 
-__all__ = ["top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
+__all__ = ["top1", "teachers_top1", "is_classifier", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
@@ -66,6 +67,32 @@ def _accuracies(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, t
 def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Optional["DistContext"] = None) -> float:
     """Fraction of ``dataset`` whose arg-max logit is the label; the model's train/eval mode is restored."""
     return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
+
+
+def teachers_top1(teachers: dict[str, nn.Module], data: "DataBundle", spec: Spec, rt: Runtime,
+                  dist: Optional["DistContext"] = None, known: Optional[dict] = None) -> dict[str, float]:
+    """Test top-1 of every teacher that classifies this data set, by summary key (``teacher_top1``, or
+    ``teacher_top1/NAME`` with several teachers); a value already in ``known`` (a finished run's summary) is reused."""
+    known, scores = known or {}, {}
+    for name, teacher in teachers.items():
+        key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
+        if key in known or is_classifier(teacher, data):
+            scores[key] = known[key] if key in known else top1(teacher.to(rt.device), data.test, spec, rt, dist)
+    return scores
+
+
+def is_classifier(model: nn.Module, data: "DataBundle") -> bool:
+    """True when the model's output is one logit per class of this data set."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
+        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
+    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
+        return False
+    finally:
+        model.train(was_training)
 
 
 def head_top1(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -227,4 +228,10 @@ def stop_on_signals(loop: Any) -> Iterator[None]:
 
 
 class Interrupted(KdgraphError):
-    """The run was stopped by a signal after writing a checkpoint."""
+    """The run was stopped by a signal (or a Ctrl-C). ``run_dir`` is the run directory left behind (None when nothing
+    was left) and ``checkpoint`` the name of its newest checkpoint (None when there is none): what a caller needs
+    to say how to go on (the CLI prints the command)."""
+
+    def __init__(self, message: str, *, run_dir: Optional[Path] = None, checkpoint: Optional[str] = None):
+        super().__init__(message)
+        self.run_dir, self.checkpoint = run_dir, checkpoint

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,13 @@ from kdgraph.train.checkpoint import (CheckpointMismatch, latest_checkpoint, loa
 from kdgraph.train.distributed import LOCAL, DistContext
 from kdgraph.train.launch import start_distributed
 from kdgraph.train.guard import Interrupted, NumericalError, StepGuard, stop_on_signals, total_norm
-from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
+from kdgraph.train.evaluate import embedding_metrics, head_top1, teachers_top1, top1
 from kdgraph.train.optim import build_optimizer, build_scheduler, schedule_warning
 from kdgraph.train.prefetch import prefetch
-from kdgraph.train.progress import Reporter
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.train.progress import Reporter, epoch_line
+from kdgraph.train.resolve import ResolvedPlan, resolve_plan
 from kdgraph.train.rundir import RunDir
+from kdgraph.train.run_state import finished, previous_summary, stopped_by, tidy_on_failure
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import TeacherCache, cache_is_exact, teachers_to_cache
 from kdgraph.train.views import make_views
@@ -144,6 +144,8 @@ class _Loop:
     def resume(self) -> tuple[int, list[dict[str, Any]]]:
         last = latest_checkpoint(self.run_dir.checkpoints) if self.run_dir else None
         if last is None:
+            self.reporter.warn(f"no checkpoint in {self.run_dir.path if self.run_dir else 'memory'}: starting from "
+                               "scratch")
             return 0, []
         position = read_meta(last)
         owner = self._optimizer_owner(position["epoch"], position["step_in_epoch"])
@@ -226,7 +228,8 @@ class _Loop:
         self.loader.set_epoch(epoch)
         self.loader.skip(self.start_step)
         start, seen_before = time.perf_counter(), self.seen
-        lr = self.optimizer.param_groups[0]["lr"]
+        # the rate at the epoch's first step, also when resuming in its middle (the scheduler counts every step)
+        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch - self.start_step)
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
@@ -321,6 +324,7 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
+<<<<<<< HEAD
 def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
     """True when the model's output is one logit per class of this data set."""
     was_training = model.training
@@ -345,6 +349,8 @@ def _format_row(row: dict[str, Any]) -> str:
     return f"epoch {row['epoch']}{stage}: {losses}{train}{evals}  {row['images_per_s']:.0f} img/s"
 
 
+=======
+>>>>>>> fresh-resume
 def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers = None,
           overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
           reporter: Optional[Reporter] = None) -> TrainResult:
@@ -352,14 +358,22 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     (``teacher`` may be a dict by teacher name).
 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
+    A run directory this call created is removed again if it fails or is interrupted before anything was trained.
     """
     dist = start_distributed(spec)  # LOCAL in one process; under torchrun: rank 0 prints and writes
     reporter = dist.reporter(reporter or Reporter(quiet=quiet))
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, student, teacher)
-    data, student, teachers, plan = resolved.data, resolved.student, resolved.teachers, resolved.graph_plan
-    rt = dist.runtime(resolved.runtime, reporter)
     run_dir = dist.run_dir(spec.run_dir) if write else None
+    with tidy_on_failure(run_dir if dist.is_main else None):
+        return _run(resolved, dist, reporter, run_dir, overwrite=overwrite, resume=resume, quiet=quiet)
+
+
+def _run(resolved: ResolvedPlan, dist: DistContext, reporter: Reporter, run_dir: Optional[RunDir], *,
+         overwrite: bool, resume: bool, quiet: bool) -> TrainResult:
+    spec, data, student, teachers, plan = (resolved.spec, resolved.data, resolved.student, resolved.teachers,
+                                           resolved.graph_plan)
+    rt = dist.runtime(resolved.runtime, reporter)
     wants_tb = "tensorboard" in spec.runtime.log and run_dir is not None and dist.is_main
     if wants_tb:
         TensorBoardLogger.check_available()
@@ -369,6 +383,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
         except KdgraphError as err:
             err.line = err.line or spec.line_of("output")
             raise
+    done = resume and run_dir is not None and finished(run_dir, spec.train.epochs)  # nothing left to train
     tb = TensorBoardLogger(run_dir.path / "tensorboard") if wants_tb else None
     masks = prune_masks(plan.pairs)
     if masks and run_dir is not None:
@@ -378,29 +393,34 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     for report in plan.pairs:
         steps = " → ".join(report.plan.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
+    for warning in resolved.warnings:
+        reporter.warn(warning)
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name, "data": data.description}
-    for name, teacher in teachers.items():
-        if _is_classifier(teacher, data):
-            key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
-            summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
-            reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")
+    known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
+    for key, score in teachers_top1(teachers, data, spec, rt, dist, known).items():
+        summary[key] = score
+        reporter.info(f"  {key.removeprefix('teacher_top1/') if '/' in key else 'teacher'} top-1 {score:.2%}")
     if warning := schedule_warning(spec.train.schedule, spec.train.epochs):
         reporter.warn(warning)
-    loop.start_cache()
+    if done:
+        reporter.info(f"  {run_dir.path}: all {spec.train.epochs} epochs are done; nothing to train")
+    else:
+        loop.start_cache()
     if loop.cache is not None and not cache_is_exact(spec, data.train):
         reporter.warn("teacher.cache: outputs: cached teachers saw each training image once (un-augmented, or one "
                       "random crop of imagefolder's), so they no longer share the student's view (the fixed-teacher "
                       "ablation)")
     best_key = "val_" + spec.eval.metrics[0]
     start_epoch, rows = loop.resume() if resume else (0, [])
+    weights = {term.label: term.weight for term in plan.graph.terms}
     with stop_on_signals(loop):
         for epoch in range(start_epoch, spec.train.epochs):
             row = loop.epoch(epoch)
             stop = dist.stop_agreed(loop)  # collective under torchrun: every rank asks once per epoch
             if row is not None:
                 rows.append(row)
-                reporter.info(_format_row(row))
+                reporter.info(epoch_line(row, weights))
                 if tb is not None:
                     tb.log(row, step=row["epoch"])
                 if run_dir is not None:
@@ -410,9 +430,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
                     else:  # best.safetensors follows every epoch, not only the checkpointed ones
                         loop.update_best(epoch + 1, row.get(best_key))
             if stop and (row is None or epoch + 1 < spec.train.epochs):
-                where = f" --set output={spec.run_dir}" if spec.output.dir is None else ""
-                raise Interrupted(f"stopped by {signal.Signals(loop.stop_signal).name}; checkpoint written. Resume "
-                                  f"with: kdgraph train SPEC --resume{where}" if run_dir else "stopped by a signal")
+                raise stopped_by(loop.stop_signal, run_dir)
     if tb is not None:
         tb.close()
     for metric in spec.eval.metrics:
@@ -421,12 +439,16 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     if run_dir is not None:
         dist.save_module(run_dir.student, student)
         dist.save_module(run_dir.adapters, loop._modules()["adapters"])
+        run_dir.write_json(run_dir.summary, summary)  # now, so a run resumed during its baseline can reuse it
     if spec.train.baseline and (spec.teacher is not None or spec.teachers):
         reporter.info("baseline: the same student trained without distillation, same budget")
-        base = train(_baseline_spec(spec), overwrite=True, quiet=quiet, write=write, reporter=reporter)
+        base_spec = _baseline_spec(spec)
+        again = resume and Path(base_spec.run_dir).is_dir()  # a baseline already begun resumes; none yet: a fresh one
+        base = train(base_spec, overwrite=not again, resume=again, quiet=quiet, write=run_dir is not None,
+                     reporter=reporter)
         summary.update({f"baseline_{m}": base.summary[f"student_{m}"] for m in spec.eval.metrics})
-    if run_dir is not None:
-        run_dir.write_json(run_dir.summary, summary)
+        if run_dir is not None:
+            run_dir.write_json(run_dir.summary, summary)
     del loop  # its DDP/FSDP wrapper holds the process group that finish() closes
     dist.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,

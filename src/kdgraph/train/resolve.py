@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
-from kdgraph.errors import KdgraphError, with_key
+from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import GraphPlan, build_graph
 from kdgraph.graph.build import Teachers, logit_count, named_teachers
 from kdgraph.models import build_model
+from kdgraph.models.weights import BUILTIN_DIR
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.runtime import Runtime, resolve_runtime
 
-__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models", "has_conv"]
+__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ResolvedPlan:
     teachers: dict[str, nn.Module]
     graph_plan: GraphPlan
     runtime: Runtime
+    warnings: list[str] = field(default_factory=list)  # what resolves but is probably a mistake (plan_warnings)
 
     @property
     def teacher(self) -> Optional[nn.Module]:
@@ -84,6 +86,33 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
     return student, teachers
 
 
+def plan_warnings(spec: Spec, graph_plan: GraphPlan, live_teachers: frozenset[str] = frozenset()) -> list[str]:
+    """What resolves but is almost always a mistake, each naming its spec key and line: a teacher built from the
+    spec without weights (random init; live modules from Python and ``teacher: self`` are the user's own), and a
+    pair whose student map is upsampled onto a much finer teacher grid."""
+    warnings = []
+    for name, tspec in spec.teacher_specs.items():
+        if tspec.weights is None and name not in live_teachers:
+            key, path = spec.teacher_key(name)
+            warnings.append(f"{located(f'{key}.weights', spec.line_of(*path, 'weights'))}: {tspec.model} has no "
+                            f"weights, so the teacher is randomly initialised and teaches noise; "
+                            f"{_weights_hint(tspec.model, tspec.kwargs, key)}")
+    for report in graph_plan.pairs:
+        where = located(f"distill.pairs[{report.index}]", spec.line_of("distill", "pairs", report.index))
+        warnings += [f"{where}: {report.label}: {text}" for text in report.plan.warnings]
+    return warnings
+
+
+def _weights_hint(model: str, kwargs: dict, key: str) -> str:
+    scheme, _, name = model.partition(":")
+    if scheme == "kdgraph" and not kwargs and (BUILTIN_DIR / f"{name}.safetensors").is_file():
+        return f"set {key}.weights: builtin (the zoo's trained weights)"
+    if scheme in ("timm", "torchvision"):
+        return f"set {key}.weights to a safetensors file of your trained teacher, or pretrained (published weights)"
+    own = " (if the factory loads its own weights, this warning does not apply)" if scheme == "python" else ""
+    return f"set {key}.weights to a safetensors file of your trained teacher{own}"
+
+
 def has_conv(*models: Optional[nn.Module]) -> bool:
     """Whether any of the models holds a Conv2d (channels_last pays only for conv nets)."""
     return any(isinstance(m, nn.Conv2d) for model in models if model is not None for m in model.modules())
@@ -126,4 +155,5 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
-    return ResolvedPlan(spec, data, student, teachers, graph_plan, runtime)
+    live = frozenset(named_teachers(spec, teacher))
+    return ResolvedPlan(spec, data, student, teachers, graph_plan, runtime, plan_warnings(spec, graph_plan, live))

@@ -1,0 +1,59 @@
+"""resolve_plan's warnings: what resolves but is almost always a mistake, named by spec key and YAML line."""
+
+from kdgraph.models import create_model
+from kdgraph.spec import load_spec, spec_from_dict
+from kdgraph.train.resolve import resolve_plan
+
+SPEC = """\
+name: warned
+teacher: {model: "kdgraph:fmnist_resnet"}
+student: {model: "kdgraph:fmnist_cnn", kwargs: {widths: [4, 8, 16]}}
+data: {dataset: fashion-mnist, source: embedded, batch_size: 32, train_subset: 64, test_subset: 32}
+distill:
+  pairs:
+    - {teacher: layer3, student: block3}
+    - {teacher: layer3, student: pool}
+"""
+
+
+def resolved(tmp_path, text, *overrides):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return resolve_plan(load_spec(path, overrides))
+
+
+def test_a_teacher_without_weights_and_an_upsampled_pair_are_warned_about(tmp_path):
+    warnings = resolved(tmp_path, SPEC).warnings
+    assert warnings == [
+        "teacher.weights (line 2): kdgraph:fmnist_resnet has no weights, so the teacher is randomly initialised and "
+        "teaches noise; set teacher.weights: builtin (the zoo's trained weights)",
+        "distill.pairs[1] (line 8): pair:pool->layer3: the student's 1x1 map (one value per channel) is upsampled "
+        "to the teacher's 7x7 grid, so most teacher positions are compared with interpolated values; pool both sides "
+        "(pool: gap) or pair a student layer with a finer grid"]
+
+
+def test_teachers_with_weights_or_pooled_pairs_are_not_warned_about(tmp_path):
+    text = SPEC.replace('"kdgraph:fmnist_resnet"}', '"kdgraph:fmnist_resnet", weights: builtin}')
+    assert resolved(tmp_path, text, "distill.pairs[1].pool=gap").warnings == []
+
+
+def test_each_of_several_teachers_is_named_by_its_own_key(tmp_path):
+    text = SPEC.replace('teacher: {model: "kdgraph:fmnist_resnet"}',
+                        'teachers:\n  - {name: a, model: "kdgraph:fmnist_resnet", weights: builtin}\n'
+                        '  - {name: b, model: "timm:resnet18", kwargs: {in_chans: 1, num_classes: 10}}')
+    text = text.replace("- {teacher: layer3, student: block3}", "- {teacher: layer3, student: block3, teacher_model: a}")
+    text = text.replace("- {teacher: layer3, student: pool}", "- {teacher: layer3, student: block3, teacher_model: b}")
+    warnings = resolved(tmp_path, text).warnings
+    assert len(warnings) == 1 and warnings[0].startswith("teachers[1].weights (line 4): timm:resnet18 has no weights")
+    assert "pretrained" in warnings[0]
+
+
+def test_self_distillation_and_live_teachers_are_not_warned_about():
+    doc = {"student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16]}},
+           "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 64,
+                    "test_subset": 32},
+           "distill": {"pairs": [{"teacher": "layer3", "student": "block3"}]}}
+    live = create_model("kdgraph:fmnist_resnet")
+    assert resolve_plan(spec_from_dict(dict(doc, teacher={"model": "live:teacher"})), teacher=live).warnings == []
+    self_doc = dict(doc, teacher="self", distill={}, self_distill={"heads": ["block1", "block2"]})
+    assert resolve_plan(spec_from_dict(self_doc)).warnings == []
