@@ -87,7 +87,8 @@ def is_classifier(model: nn.Module, data: "DataBundle") -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
+            param = next(model.parameters())
+            probe = model(torch.zeros((1, *data.input_shape), device=param.device, dtype=param.dtype))
         return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
     except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
         return False

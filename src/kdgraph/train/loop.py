@@ -324,33 +324,6 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-<<<<<<< HEAD
-def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
-    """True when the model's output is one logit per class of this data set."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters())
-            probe = model(torch.zeros((1, *data.input_shape), device=param.device, dtype=param.dtype))
-        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
-    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
-        return False
-    finally:
-        model.train(was_training)
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
-    stage = f" [{row['stage']}]" if "stage" in row else ""
-    names = {"val_top1": "val", "val_knn": "val k-NN", "val_linear_probe": "val linear probe"}
-    evals = "".join(f"  {name} {row[k]:.2%}" for k, name in names.items() if k in row)
-    train = f"  train {row['train_top1']:.2%}" if "train_top1" in row else ""
-    return f"epoch {row['epoch']}{stage}: {losses}{train}{evals}  {row['images_per_s']:.0f} img/s"
-
-
-=======
->>>>>>> fresh-resume
 def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers = None,
           overwrite: bool = False, resume: bool = False, quiet: bool = False, write: bool = True,
           reporter: Optional[Reporter] = None) -> TrainResult:
