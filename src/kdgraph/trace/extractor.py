@@ -31,8 +31,9 @@ def trace_model(model: nn.Module, input_shape: tuple[int, ...], model_name: str 
     torch.fx first (eval-mode graph, timm's leaf modules); on any tracing or
     graph-probing failure, forward hooks, with a ``TraceFallbackWarning``. The
     probe is one forward of a batch of 2 under ``torch.no_grad()`` in eval
-    mode; every module's train/eval flag is restored and nothing is updated
-    (eval-mode BatchNorm keeps its statistics).
+    mode, on meta tensors unless they cannot run the model
+    (``kdgraph.trace.probe``); every module's train/eval flag is restored and
+    nothing is updated (eval-mode BatchNorm keeps its statistics).
     """
     input_shape = tuple(int(s) for s in input_shape)
     try:

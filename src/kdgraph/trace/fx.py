@@ -2,8 +2,9 @@
 
 One job, like timm's ``_features_fx.py``: trace a model with torchvision's
 ``NodePathTracer`` configured with timm's leaf modules and autowrapped
-functions, then (a) describe every node with one probe forward, or (b) rewrite
-the graph so that the tapped nodes are its outputs.
+functions, then (a) describe every node with one probe forward (on the meta
+device, see ``kdgraph.trace.probe``), or (b) rewrite the graph so that the
+tapped nodes are its outputs.
 
 Names are torchvision's ``get_graph_node_names`` names (eval mode), plus every
 submodule path that owns nodes; a submodule's output is its last node in
@@ -35,15 +36,8 @@ import torchvision
 from torch import fx, nn
 from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer
 
-from kdgraph.trace.layer_map import (
-    LayerInfo,
-    LayerMap,
-    UnknownLayerError,
-    describe,
-    preserved_modes,
-    probe_input,
-    split_name,
-)
+from kdgraph.trace.layer_map import LayerInfo, LayerMap, UnknownLayerError, describe, preserved_modes, split_name
+from kdgraph.trace.probe import probe
 
 __all__ = ["tracer_kwargs", "trace_graph", "NodeIndex", "fx_layer_map", "build_feature_graph"]
 
@@ -183,7 +177,7 @@ def _kind(node: fx.Node, prefix: str | None, root: nn.Module) -> str:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph once, keeping only a description of every node's value."""
+    """Runs the graph once, keeping only a description of every node's value (the output node's included)."""
 
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]):
         super().__init__(gm)
@@ -197,28 +191,31 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def fx_layer_map(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerMap:
-    """Trace in eval mode and describe every layer with ONE probe forward of the graph.
+    """Trace in eval mode and describe every layer with ONE probe of the graph (see ``kdgraph.trace.probe``).
 
     Raises on any tracing or probing failure (``trace_model`` then falls back to hooks).
     """
     graph, qualnames = trace_graph(model, training=False)
     index = NodeIndex(graph, qualnames)
     gm = fx.GraphModule(model, graph)  # shares the model's submodules and parameters
-    recorder = _ShapeRecorder(gm, input_shape)
-    x = probe_input(model, input_shape)
-    with preserved_modes(model), torch.no_grad():
-        model.eval()
-        recorder.run(x)
 
+    def describe_nodes(x: torch.Tensor) -> dict[fx.Node, tuple]:
+        recorder = _ShapeRecorder(gm, input_shape)
+        recorder.run(x)
+        return recorder.described
+
+    described = probe(gm, input_shape, describe_nodes)
     layers: list[LayerInfo] = []
     inputs: dict[str, LayerInfo] = {}
     for name, node, is_prefix in index.entries():
         kind = _kind(node, name if is_prefix else None, model)
-        layers.append(LayerInfo(name, kind, *recorder.described[node]))
+        layers.append(LayerInfo(name, kind, *described[node]))
         source = index.input(name)
-        if source is not None and source in recorder.described:
-            inputs[name] = LayerInfo(f"{name}:input", kind, *recorder.described[source])
-    return LayerMap(model_name, "fx", input_shape, layers, inputs)
+        if source is not None and source in described:
+            inputs[name] = LayerInfo(f"{name}:input", kind, *described[source])
+    out_node = next(n for n in reversed(graph.nodes) if n.op == "output")
+    output = LayerInfo("output", type(model).__name__, *described[out_node])
+    return LayerMap(model_name, "fx", input_shape, layers, inputs, output=output)
 
 
 def _match_modes(gm: nn.Module, model: nn.Module) -> None:

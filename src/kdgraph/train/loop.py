@@ -320,20 +320,6 @@ class _Loop:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-def _is_classifier(model: nn.Module, data: DataBundle) -> bool:
-    """True when the model's output is one logit per class of this data set."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            probe = model(torch.zeros((1, *data.input_shape), device=next(model.parameters()).device))
-        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
-    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
-        return False
-    finally:
-        model.train(was_training)
-
-
 def _format_row(row: dict[str, Any]) -> str:
     losses = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
     stage = f" [{row['stage']}]" if "stage" in row else ""
@@ -379,7 +365,7 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name, "data": data.description}
     for name, teacher in teachers.items():
-        if _is_classifier(teacher, data):
+        if plan.teacher_maps[name].logit_count == data.num_classes:  # one logit per class: a classifier
             key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
             summary[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist)
             reporter.info(f"  {'teacher' if len(teachers) == 1 else name} top-1 {summary[key]:.2%}")

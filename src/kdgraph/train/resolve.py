@@ -10,7 +10,7 @@ from torch import nn
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, with_key
 from kdgraph.graph import GraphPlan, build_graph
-from kdgraph.graph.build import Teachers, logit_count, named_teachers
+from kdgraph.graph.build import Teachers, named_teachers
 from kdgraph.models import build_model
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.runtime import Runtime, resolve_runtime
@@ -103,7 +103,7 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            line=spec.line_of("data", "batch_size"))
     student, teachers = build_models(spec, student, teacher)
     graph_plan = build_graph(spec, student, teachers, data.input_shape)
-    classes = logit_count(student, data.input_shape)
+    classes = graph_plan.student_map.logit_count
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
