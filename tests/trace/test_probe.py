@@ -19,9 +19,9 @@ CASES = [
 
 
 def everything(layer_map):
-    """Every description a layer map holds: how it was traced, layers, ``:input`` infos, the model output."""
+    """Every description a layer map holds: layers, ``:input`` infos, the model output, how it was traced."""
     inputs = [layer_map[f"{name}:input"] for name in layer_map.names() if f"{name}:input" in layer_map]
-    return layer_map.method, layer_map.layers, inputs, layer_map.output
+    return layer_map.method, layer_map.layers, inputs, layer_map.output, layer_map.fixed_args
 
 
 @pytest.fixture()

@@ -195,7 +195,9 @@ class LayerMap:
     ``layers`` lists plain names in execution order; ``map[name]`` also accepts
     ``NAME:input`` / ``NAME:output`` and raises ``UnknownLayerError`` with the
     nearest names otherwise. ``output`` describes the model's own output (read
-    from the same probe, so nothing else needs a forward to count logits).
+    from the same probe, so nothing else needs a forward to count logits);
+    ``fixed_args`` are the ``forward`` arguments the fx graph was traced with
+    fixed at their defaults (``{"feats": False}``), empty when none were.
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class LayerMap:
         layers: list[LayerInfo],
         inputs: dict[str, LayerInfo] | None = None,
         output: LayerInfo | None = None,
+        fixed_args: dict[str, Any] | None = None,
     ):
         if method not in ("fx", "hooks"):
             raise ValueError(f"method must be 'fx' or 'hooks', got {method!r}")
@@ -219,6 +222,7 @@ class LayerMap:
         # The ``NAME:input`` infos, keyed by plain name (absent: the layer has no tensor input).
         self._inputs = dict(inputs or {})
         self.output = output
+        self.fixed_args = dict(fixed_args or {})
 
     def __repr__(self) -> str:
         return (
