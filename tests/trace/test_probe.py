@@ -118,3 +118,22 @@ def test_hooks_probe_on_meta_equals_real(meta_runs, monkeypatch):
     assert meta_runs == [True]
     real_only(monkeypatch)
     assert everything(on_meta) == everything(hooks_layer_map(model, (3, 64, 64), "r18"))
+
+
+class Tied(nn.Module):
+    """A weight shared by two layers (as in a language model's embedding and head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_tied_weights_probe_on_meta(meta_runs):
+    model = Tied()
+    layer_map = trace_model(model, (8,), "tied")
+    assert meta_runs == [True] and layer_map.names() == ["a", "b"] and layer_map.logit_count == 8
+    assert model.b.weight is model.a.weight and model.a.weight.device.type == "cpu"

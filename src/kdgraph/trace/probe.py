@@ -53,7 +53,8 @@ def _on_meta(module: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor
     named = itertools.chain(
         call.named_parameters(remove_duplicate=False), call.named_buffers(remove_duplicate=False)
     )
-    twins = {name: torch.empty_like(t, device="meta") for name, t in named}
+    twin_of: dict[int, torch.Tensor] = {}  # one twin per tensor: tied weights stay tied, as functional_call checks
+    twins = {name: twin_of.setdefault(id(t), torch.empty_like(t, device="meta")) for name, t in named}
     return functional_call(call, twins, (x.to("meta"),), tie_weights=True, strict=True)
 
 
