@@ -57,6 +57,36 @@ def test_synthetic_deterministic_and_learnable(check_bundle):
     assert abs(b.train.images.mean().item()) < 0.3 and 0.6 < b.train.images.std().item() < 1.4
 
 
+def test_synthetic_up_to_32_px_is_drawn_at_full_size():
+    """Prototypes (4x4 noise upsampled, scaled to unit std) plus 0.75 noise, over 1.25: nothing is resized."""
+    b = build_datasets("synthetic", image_size=16, num_classes=4, synthetic_size=200, channels=2, seed=3)
+    g = torch.Generator().manual_seed(3)
+    protos = torch.nn.functional.interpolate(torch.randn(4, 2, 4, 4, generator=g), size=(16, 16), mode="bilinear")
+    protos = protos / protos.flatten(1).std(dim=1).view(4, 1, 1, 1)
+    y = (torch.arange(200) % 4)[torch.randperm(200, generator=g)]
+    x = (protos[y] + 0.75 * torch.randn(200, 2, 16, 16, generator=g)) / 1.25
+    assert torch.equal(b.train.labels, y) and torch.equal(b.train.images, x)
+    assert torch.equal(b.train.get_batch(torch.arange(5))[0], x[:5])
+
+
+def test_synthetic_large_images_are_drawn_at_32_px_and_resized_on_access():
+    """specs/examples' 1000 classes at 224 px: 12 MB drawn in milliseconds instead of 1.2 GB in seconds."""
+    big = build_datasets("synthetic", image_size=224, num_classes=1000, synthetic_size=64, channels=3, seed=0)
+    assert big.input_shape == (3, 224, 224) and big.test.sample_shape == (3, 224, 224)
+    assert big.train.images.shape == (64, 3, 32, 32) and big.test.images.shape == (1000, 3, 32, 32)
+    small = build_datasets("synthetic", image_size=32, num_classes=1000, synthetic_size=64, channels=3, seed=0)
+    assert torch.equal(big.test.images, small.test.images)  # the same draw ...
+    x, y = big.test.get_batch(torch.arange(8))
+    resized = torch.nn.functional.interpolate(small.test.images[:8], size=(224, 224), mode="bilinear", antialias=True)
+    assert x.shape == (8, 3, 224, 224) and torch.equal(x, resized)  # ... resized on access
+    assert torch.equal(y, small.test.labels[:8])
+    # still learnable: the nearest class mean (estimated on train) classifies the test split
+    b = build_datasets("synthetic", image_size=64, num_classes=4, synthetic_size=200, channels=2, seed=3)
+    (xtr, ytr), (xte, yte) = b.train.get_batch(torch.arange(200)), b.test.get_batch(torch.arange(40))
+    means = torch.stack([xtr.flatten(1)[ytr == k].mean(0) for k in range(4)])
+    assert (torch.cdist(xte.flatten(1), means).argmin(1) == yte).float().mean() > 0.9
+
+
 def test_synthetic_defaults(check_bundle):
     b = build_datasets("synthetic", synthetic_size=20)
     check_bundle(b, 10, (3, 32, 32))

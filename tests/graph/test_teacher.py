@@ -65,3 +65,28 @@ def test_frozen_teacher_stays_in_eval_and_without_grad():
     assert not frozen.training and not any(m.training for m in frozen.modules())
     out = frozen(torch.randn(2, 1, 28, 28, requires_grad=True))
     assert not out["layer3"].requires_grad
+
+
+def test_fold_is_fuse_conv_bn_eval_exactly_and_shares_nothing_with_the_user():
+    """The fold computes each convolution as torch's ``fuse_conv_bn_eval`` does, bit for bit; the folded teacher
+    holds no tensor of the user's model, whose ``requires_grad`` flags stay as they were."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    model = create_model("timm:resnet18")
+    randomise_bn(model)
+    model.eval()
+    model.layer4.requires_grad_(False)  # a mixed state the fold must not flatten
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    frozen = FrozenTeacher(FeatureExtractor(model, ["layer4"], trace_model(model, (3, 64, 64)), keep_output=True))
+    convs = {name: m for name, m in frozen.module.named_modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == frozen.folded == 20  # every conv of resnet18 is followed by its own BatchNorm
+    for name, fused in convs.items():
+        bn_name = name.replace("conv", "bn") if "conv" in name else name[:-1] + "1"  # downsample.0 -> downsample.1
+        reference = fuse_conv_bn_eval(copy.deepcopy(model.get_submodule(name)), model.get_submodule(bn_name))
+        assert torch.equal(fused.weight, reference.weight) and torch.equal(fused.bias, reference.bias), name
+    ours = {t.data_ptr() for t in frozen.module.state_dict().values()}
+    assert not ours & {t.data_ptr() for t in model.state_dict().values()}
+    assert flags == {name: p.requires_grad for name, p in model.named_parameters()}

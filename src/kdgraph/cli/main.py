@@ -214,7 +214,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
 
     `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
     from kdgraph.cli import commands
-    from kdgraph.cli.render import print_layer_map, print_plan
+    from kdgraph.cli.render import print_layer_map, print_plan, traced_json
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
     from kdgraph.train.resolve import resolve_plan
@@ -236,7 +236,8 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
             maps = {name: m.to_json() for name, m in gp.teacher_maps.items()}
             click.echo(json.dumps({"student": gp.student_map.to_json(),
                                    "teacher": gp.teacher_map.to_json() if gp.teacher_map else None,
-                                   **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json()},
+                                   **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json(),
+                                   "traced": traced_json(gp)},
                                   indent=1))
         else:
             print_plan(plan)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from kdgraph.trace import LayerMap
 
-__all__ = ["print_layer_map", "print_plan", "print_summary"]
+__all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json"]
 
 console = Console(highlight=False, width=160)
 
@@ -20,8 +20,10 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def layer_table(layer_map: LayerMap, marks: Optional[dict[str, str]] = None) -> Table:
     marks = marks or {}
+    fixed = ", ".join(f"{name}={value!r}" for name, value in layer_map.fixed_args.items())
     table = Table(title=f"{layer_map.model} — {len(layer_map.layers)} layers (traced with {layer_map.method}, "
-                        f"input {_shape(layer_map.input_shape)})", title_justify="left")
+                        f"input {_shape(layer_map.input_shape)}{', fixed ' + fixed if fixed else ''})",
+                  title_justify="left")
     for column in ("name", "kind", "shape", "channels", "stride", "pair"):
         table.add_column(column, no_wrap=column == "name")
     for info in layer_map.layers:
@@ -34,6 +36,15 @@ def layer_table(layer_map: LayerMap, marks: Optional[dict[str, str]] = None) -> 
 
 def print_layer_map(layer_map: LayerMap, marks: Optional[dict[str, str]] = None) -> None:
     console.print(layer_table(layer_map, marks))
+
+
+def traced_json(graph_plan) -> dict:
+    """How each model of a plan was traced: ``{"student": {"method", "fixed_args"}, "teachers": {name: ...}}``."""
+    def one(layer_map: LayerMap) -> dict:
+        return {"method": layer_map.method, "fixed_args": layer_map.fixed_args}
+
+    return {"student": one(graph_plan.student_map),
+            "teachers": {name: one(m) for name, m in graph_plan.teacher_maps.items()}}
 
 
 def print_plan(plan, maps: bool = True) -> None:

@@ -104,19 +104,6 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, where: tup
                         line=spec.line_of(*path)) from None
 
 
-def logit_count(model: nn.Module, input_shape: tuple[int, ...]) -> Optional[int]:
-    """Width of the model's output on a probe batch (None when it is not a (B, K) tensor)."""
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            out = model(torch.zeros((2, *input_shape), device=param.device, dtype=param.dtype))
-        return out.shape[-1] if torch.is_tensor(out) and out.ndim == 2 else None
-    finally:
-        model.train(was_training)
-
-
 def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) -> LayerInfo:
     try:
         return layer_map[name]
@@ -232,7 +219,7 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
     if spec.distill.logits is not None:
         lg = spec.distill.logits
         logits_from = _pair_teacher(spec, lg.teacher_model)
-        k_s, k_t = logit_count(student, input_shape), logit_count(teachers[logits_from], input_shape)
+        k_s, k_t = student_map.logit_count, teacher_maps[logits_from].logit_count
         if k_s is None or k_t is None or k_s != k_t:
             raise SpecError(f"logit distillation needs (B, K) outputs of equal width; the student gives {k_s} and "
                             f"the teacher {k_t} classes. Set num_classes in the models' kwargs, or remove "

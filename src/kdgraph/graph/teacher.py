@@ -1,7 +1,7 @@
 """The frozen teacher made cheaper: an eval-only fx graph with BatchNorm folded into the preceding convolution.
 
 The teacher never trains, so its BatchNorm layers are fixed affine maps; folding them into the convolution before
-them removes a whole pass over every feature map. The fold works on a deep copy: the user's teacher module is never
+them removes a whole pass over every feature map. The fold works on a copy: the user's teacher module is never
 changed in memory or on disk. Models on the hooks path (fx could not trace them) are used as they are.
 """
 
@@ -11,7 +11,7 @@ import copy
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from kdgraph.trace import FeatureExtractor
 
@@ -23,15 +23,30 @@ def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
+def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``fuse_conv_bn_eval(conv, bn)``, the same numbers, without first copying the weight it then replaces."""
+    with torch.no_grad():
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+    fused = copy.deepcopy(conv, {id(conv.weight): weight})
+    fused.bias = bias
+    return fused
+
+
 def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
-    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` used once; returns (copy, count)."""
-    gm = copy.deepcopy(gm)
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` used once; returns (copy, count).
+
+    The copy is made last: the folded convolutions are new modules, the BatchNorms are gone, and only what is
+    left of ``gm`` is deep-copied, so a ResNet's weights are written once instead of three times (a copy of the
+    model, a copy of each convolution, the fold).
+    """
+    gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # its own graph and containers; leaf modules still gm's
     modules = dict(gm.named_modules())
     uses: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             uses[node.target] = uses.get(node.target, 0) + 1
-    folded = 0
+    fused: list[nn.Module] = []
     for node in list(gm.graph.nodes):
         bn = modules.get(node.target) if node.op == "call_module" else None
         if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or uses[node.target] != 1:
@@ -41,16 +56,19 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         # the conv's raw output must feed only this BN (a tap on it would otherwise change meaning)
         if not isinstance(conv, nn.Conv2d) or len(prev.users) != 1 or uses[prev.target] != 1:
             continue
-        _set_module(gm, prev.target, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        fused.append(_fused_conv(conv, bn))
+        _set_module(gm, prev.target, fused[-1])
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
-        folded += 1
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
+    # What is left is still the user's (a Linear head, unfolded layers): copy it, but not the new convolutions.
+    ours = {id(t): t for module in fused for t in (*module.parameters(), *module.buffers())}
+    gm = copy.deepcopy(gm, ours)
     gm.requires_grad_(False)
-    return gm.eval(), folded
+    return gm.eval(), len(fused)
 
 
 class FrozenTeacher(nn.Module):

@@ -28,11 +28,13 @@ class TraceFallbackWarning(UserWarning):
 def trace_model(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerMap:
     """The ``LayerMap`` of ``model`` for inputs of ``input_shape`` (no batch dim).
 
-    torch.fx first (eval-mode graph, timm's leaf modules); on any tracing or
-    graph-probing failure, forward hooks, with a ``TraceFallbackWarning``. The
-    probe is one forward of a batch of 2 under ``torch.no_grad()`` in eval
-    mode; every module's train/eval flag is restored and nothing is updated
-    (eval-mode BatchNorm keeps its statistics).
+    torch.fx first (eval-mode graph, timm's leaf modules, flag arguments fixed at
+    their defaults when the plain trace fails); on any tracing or graph-probing
+    failure, forward hooks, with a ``TraceFallbackWarning``. The probe is one
+    forward of a batch of 2 under ``torch.no_grad()`` in eval mode, on meta
+    tensors unless they cannot run the model (``kdgraph.trace.probe``); every
+    module's train/eval flag is restored and nothing is updated (eval-mode
+    BatchNorm keeps its statistics).
     """
     input_shape = tuple(int(s) for s in input_shape)
     try:
@@ -70,9 +72,10 @@ class FeatureExtractor(nn.Module):
     so an optimizer over ``model.parameters()`` trains through the extractor.
 
     - fx (``layer_map.method == "fx"``): ``self.graph_module`` is the model's fx
-      graph (train and eval variants, switched by ``.train()``/``.eval()``)
-      whose outputs are the taps; with ``keep_output=False`` every node after
-      the last tap is removed, so e.g. a classifier head is never run.
+      graph (train and eval variants, switched by ``.train()``/``.eval()``,
+      traced with the map's ``fixed_args``) whose outputs are the taps; with
+      ``keep_output=False`` every node after the last tap is removed, so e.g. a
+      classifier head is never run.
     - hooks: ``self.model`` is the wrapped model; hooks are attached for the
       duration of each forward; only module names are valid taps.
     """
@@ -90,7 +93,7 @@ class FeatureExtractor(nn.Module):
         self.layer_map = layer_map
         self.training = model.training
         if self.method == "fx":
-            self.graph_module = build_feature_graph(model, taps, keep_output, layer_map.model)
+            self.graph_module = build_feature_graph(model, taps, keep_output, layer_map.model, layer_map.fixed_args)
         else:
             self.model = model
             self._hooks = HookTaps(model, taps)

@@ -2,8 +2,17 @@
 
 One job, like timm's ``_features_fx.py``: trace a model with torchvision's
 ``NodePathTracer`` configured with timm's leaf modules and autowrapped
-functions, then (a) describe every node with one probe forward, or (b) rewrite
-the graph so that the tapped nodes are its outputs.
+functions, then (a) describe every node with one probe forward (on the meta
+device, see ``kdgraph.trace.probe``), or (b) rewrite the graph so that the
+tapped nodes are its outputs.
+
+A ``forward(self, x, feats=False)`` whose flag picks what to return cannot be
+traced as it is: fx would have to branch on a traced value. kdgraph only ever
+calls a model with its input, so such arguments can be fixed at their defaults
+(fx's ``concrete_args``); when the plain trace fails, the trace is tried once
+more with every plain-valued default fixed (``fixable_defaults``), and the
+layer map records which were (``LayerMap.fixed_args``) so the extractor traces
+the same graph.
 
 Names are torchvision's ``get_graph_node_names`` names (eval mode), plus every
 submodule path that owns nodes; a submodule's output is its last node in
@@ -35,20 +44,23 @@ import torchvision
 from torch import fx, nn
 from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer
 
-from kdgraph.trace.layer_map import (
-    LayerInfo,
-    LayerMap,
-    UnknownLayerError,
-    describe,
-    preserved_modes,
-    probe_input,
-    split_name,
-)
+from kdgraph.trace.layer_map import LayerInfo, LayerMap, UnknownLayerError, describe, preserved_modes, split_name
+from kdgraph.trace.probe import probe
 
-__all__ = ["tracer_kwargs", "trace_graph", "NodeIndex", "fx_layer_map", "build_feature_graph"]
+__all__ = [
+    "tracer_kwargs",
+    "fixable_defaults",
+    "trace_graph",
+    "NodeIndex",
+    "fx_layer_map",
+    "build_feature_graph",
+]
 
 # Node ops that are never layer names (see the module docstring for why).
 _NOT_LAYERS = ("placeholder", "get_attr", "output")
+
+# Defaults fx can fix with ``concrete_args``: plain values that it can compare against at a call, as it does.
+_FIXABLE = (bool, int, float, str, type(None))
 
 
 def tracer_kwargs() -> dict[str, Any]:
@@ -84,8 +96,50 @@ def tracer_kwargs() -> dict[str, Any]:
     }
 
 
-def trace_graph(model: nn.Module, training: bool = False) -> tuple[fx.Graph, dict[fx.Node, str]]:
-    """Trace ``model`` in train or eval mode; returns the graph and node -> layer name.
+def fixable_defaults(model: nn.Module) -> dict[str, Any]:
+    """The ``forward`` parameters after the input whose default is a plain value (bool, int, float, str, None).
+
+    Tensors are never fixed (a tensor default is data, not an option); nor are
+    ``*args``/``**kwargs`` or values fx could not check (lists, objects).
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # a forward without a signature (a builtin): nothing to fix
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind in kinds and p.default is not inspect.Parameter.empty and isinstance(p.default, _FIXABLE)
+    }
+
+
+def _drop_guards(graph: fx.Graph, fixed: dict[str, Any]) -> None:
+    """Erase the placeholder fx keeps for each fixed argument, and the checks hanging off it.
+
+    fx adds ``NAME_1`` placeholders and asserts at every call that they still
+    hold the fixed values. kdgraph calls its graphs with the input alone, so the
+    checks cannot fail; left in, they would be listed as layers (``eq``,
+    ``_assert``), and the graph would accept arguments it ignores.
+    """
+    targets = {f"{name}_1" for name in fixed}
+    doomed: set[fx.Node] = set()
+    todo = [node for node in graph.nodes if node.op == "placeholder" and node.target in targets]
+    while todo:
+        node = todo.pop()
+        if node not in doomed:
+            doomed.add(node)
+            todo.extend(node.users)
+    for node in reversed(list(graph.nodes)):  # users before what they use
+        if node in doomed:
+            graph.erase_node(node)
+
+
+def trace_graph(
+    model: nn.Module, training: bool = False, fixed: dict[str, Any] | None = None
+) -> tuple[fx.Graph, dict[fx.Node, str]]:
+    """Trace ``model`` in train or eval mode, with the ``fixed`` arguments at those values; returns the graph and
+    node -> layer name.
 
     Every module's own ``training`` flag is restored afterwards. Raises whatever
     fx raises (``TraceError``, ``TypeError``, ...) when the model is not traceable.
@@ -93,12 +147,16 @@ def trace_graph(model: nn.Module, training: bool = False) -> tuple[fx.Graph, dic
     with preserved_modes(model):
         model.train(training)
         tracer = NodePathTracer(**tracer_kwargs())
-        graph = tracer.trace(model)
-    names = list(tracer.node_to_qualname.values())
+        graph = tracer.trace(model, concrete_args=dict(fixed) if fixed else None)
+    if fixed:
+        _drop_guards(graph, fixed)
+    alive = set(graph.nodes)
+    qualnames = {node: name for node, name in tracer.node_to_qualname.items() if node in alive}
+    names = list(qualnames.values())
     if len(set(names)) != len(names):
         # torchvision treats this as impossible too; refuse rather than guess.
         raise RuntimeError(f"fx tracing of {type(model).__name__} produced duplicate node names")
-    return graph, dict(tracer.node_to_qualname)
+    return graph, qualnames
 
 
 def _under(name: str | None, prefix: str) -> bool:
@@ -183,7 +241,7 @@ def _kind(node: fx.Node, prefix: str | None, root: nn.Module) -> str:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph once, keeping only a description of every node's value."""
+    """Runs the graph once, keeping only a description of every node's value (the output node's included)."""
 
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...]):
         super().__init__(gm)
@@ -197,28 +255,45 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def fx_layer_map(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerMap:
-    """Trace in eval mode and describe every layer with ONE probe forward of the graph.
+    """Trace in eval mode and describe every layer with ONE probe of the graph (see ``kdgraph.trace.probe``).
 
-    Raises on any tracing or probing failure (``trace_model`` then falls back to hooks).
+    When the plain trace or its probe fails and ``forward`` has defaults that can be
+    fixed, both are tried once more with those fixed. Raises on any remaining
+    failure (``trace_model`` then falls back to hooks).
     """
-    graph, qualnames = trace_graph(model, training=False)
+    try:
+        return _traced_layer_map(model, input_shape, model_name, {})
+    except Exception:  # noqa: BLE001 - a flag argument (``feats=False``) is the usual reason; fix it and retry
+        fixed = fixable_defaults(model)
+        if not fixed:
+            raise
+    return _traced_layer_map(model, input_shape, model_name, fixed)
+
+
+def _traced_layer_map(
+    model: nn.Module, input_shape: tuple[int, ...], model_name: str, fixed: dict[str, Any]
+) -> LayerMap:
+    graph, qualnames = trace_graph(model, training=False, fixed=fixed)
     index = NodeIndex(graph, qualnames)
     gm = fx.GraphModule(model, graph)  # shares the model's submodules and parameters
-    recorder = _ShapeRecorder(gm, input_shape)
-    x = probe_input(model, input_shape)
-    with preserved_modes(model), torch.no_grad():
-        model.eval()
-        recorder.run(x)
 
+    def describe_nodes(x: torch.Tensor) -> dict[fx.Node, tuple]:
+        recorder = _ShapeRecorder(gm, input_shape)
+        recorder.run(x)
+        return recorder.described
+
+    described = probe(gm, input_shape, describe_nodes)
     layers: list[LayerInfo] = []
     inputs: dict[str, LayerInfo] = {}
     for name, node, is_prefix in index.entries():
         kind = _kind(node, name if is_prefix else None, model)
-        layers.append(LayerInfo(name, kind, *recorder.described[node]))
+        layers.append(LayerInfo(name, kind, *described[node]))
         source = index.input(name)
-        if source is not None and source in recorder.described:
-            inputs[name] = LayerInfo(f"{name}:input", kind, *recorder.described[source])
-    return LayerMap(model_name, "fx", input_shape, layers, inputs)
+        if source is not None and source in described:
+            inputs[name] = LayerInfo(f"{name}:input", kind, *described[source])
+    out_node = next(n for n in reversed(graph.nodes) if n.op == "output")
+    output = LayerInfo("output", type(model).__name__, *described[out_node])
+    return LayerMap(model_name, "fx", input_shape, layers, inputs, output=output, fixed_args=fixed)
 
 
 def _match_modes(gm: nn.Module, model: nn.Module) -> None:
@@ -235,11 +310,16 @@ def _match_modes(gm: nn.Module, model: nn.Module) -> None:
 
 
 def build_feature_graph(
-    model: nn.Module, taps: list[str], keep_output: bool = True, model_name: str = "model"
+    model: nn.Module,
+    taps: list[str],
+    keep_output: bool = True,
+    model_name: str = "model",
+    fixed: dict[str, Any] | None = None,
 ) -> DualGraphModule:
     """A ``DualGraphModule`` returning ``{tap: value, ..., "output": model output}``.
 
-    The model is traced in train and in eval mode (like torchvision); in each
+    The model is traced in train and in eval mode (like torchvision), with the
+    ``fixed`` arguments of its layer map (``LayerMap.fixed_args``); in each
     graph the output node is replaced by a dict of the tapped nodes (plus the
     original output when ``keep_output``) and dead code is eliminated, so with
     ``keep_output=False`` nothing after the last tap runs (a pruned head is not
@@ -249,7 +329,7 @@ def build_feature_graph(
     graphs: dict[str, fx.Graph] = {}
     with preserved_modes(model):
         for mode in ("train", "eval"):
-            graph, qualnames = trace_graph(model, training=mode == "train")
+            graph, qualnames = trace_graph(model, training=mode == "train", fixed=fixed)
             index = NodeIndex(graph, qualnames)
             outputs: dict[str, Any] = {}
             for tap in taps:

@@ -21,21 +21,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdgraph.trace.layer_map import (
-    LayerInfo,
-    LayerMap,
-    describe,
-    first_tensor,
-    preserved_modes,
-    probe_input,
-    split_name,
-)
+from kdgraph.trace.layer_map import LayerInfo, LayerMap, describe, first_tensor, split_name
+from kdgraph.trace.probe import probe
 
 __all__ = ["hooks_layer_map", "HookTaps"]
 
 
 def hooks_layer_map(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerMap:
-    """Describe every submodule that runs, in order of completion, with one probe forward."""
+    """Describe every submodule that runs, in order of completion, with one probe forward (see
+    ``kdgraph.trace.probe``: meta tensors first, a real batch when they fail)."""
+    outputs, inputs, output = probe(model, input_shape, lambda x: _describe_modules(model, x, input_shape))
+    # Dicts keep insertion order: outputs are in order of completion.
+    layers = list(outputs.values())
+    return LayerMap(
+        model_name,
+        "hooks",
+        input_shape,
+        layers,
+        {k: v for k, v in inputs.items() if k in outputs},
+        output=LayerInfo("output", type(model).__name__, *output),
+    )
+
+
+def _describe_modules(
+    model: nn.Module, x: torch.Tensor, input_shape: tuple[int, ...]
+) -> tuple[dict[str, LayerInfo], dict[str, LayerInfo], tuple]:
+    """One forward with a hook on every submodule: ``(outputs, inputs, description of the model output)``."""
     outputs: dict[str, LayerInfo] = {}
     inputs: dict[str, LayerInfo] = {}
     handles = []
@@ -63,17 +74,12 @@ def hooks_layer_map(model: nn.Module, input_shape: tuple[int, ...], model_name: 
         kind = type(module).__name__
         handles.append(module.register_forward_pre_hook(pre_hook(name, kind), with_kwargs=True))
         handles.append(module.register_forward_hook(post_hook(name, kind)))
-    x = probe_input(model, input_shape)
     try:
-        with preserved_modes(model), torch.no_grad():
-            model.eval()
-            model(x)
+        output = model(x)
     finally:
         for handle in handles:
             handle.remove()
-    # Dicts keep insertion order: outputs are in order of completion.
-    layers = list(outputs.values())
-    return LayerMap(model_name, "hooks", input_shape, layers, {k: v for k, v in inputs.items() if k in outputs})
+    return outputs, inputs, describe(output, input_shape)
 
 
 class _StopForward(Exception):

@@ -194,7 +194,10 @@ class LayerMap:
 
     ``layers`` lists plain names in execution order; ``map[name]`` also accepts
     ``NAME:input`` / ``NAME:output`` and raises ``UnknownLayerError`` with the
-    nearest names otherwise.
+    nearest names otherwise. ``output`` describes the model's own output (read
+    from the same probe, so nothing else needs a forward to count logits);
+    ``fixed_args`` are the ``forward`` arguments the fx graph was traced with
+    fixed at their defaults (``{"feats": False}``), empty when none were.
     """
 
     def __init__(
@@ -204,6 +207,8 @@ class LayerMap:
         input_shape: tuple[int, ...],
         layers: list[LayerInfo],
         inputs: dict[str, LayerInfo] | None = None,
+        output: LayerInfo | None = None,
+        fixed_args: dict[str, Any] | None = None,
     ):
         if method not in ("fx", "hooks"):
             raise ValueError(f"method must be 'fx' or 'hooks', got {method!r}")
@@ -216,6 +221,8 @@ class LayerMap:
             raise ValueError(f"duplicate layer names in the layer map of {model}")
         # The ``NAME:input`` infos, keyed by plain name (absent: the layer has no tensor input).
         self._inputs = dict(inputs or {})
+        self.output = output
+        self.fixed_args = dict(fixed_args or {})
 
     def __repr__(self) -> str:
         return (
@@ -225,6 +232,12 @@ class LayerMap:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    @property
+    def logit_count(self) -> int | None:
+        """K when the model returns one (B, K) tensor (its logits), else None."""
+        out = self.output
+        return out.channels if out is not None and out.layout == "vector" else None
 
     def __iter__(self) -> Iterator[LayerInfo]:
         return iter(self.layers)

@@ -19,9 +19,10 @@ from kdgraph.train.runtime import Runtime
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle
+    from kdgraph.trace import LayerMap
     from kdgraph.train.distributed import DistContext
 
-__all__ = ["top1", "teachers_top1", "is_classifier", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
+__all__ = ["top1", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
@@ -69,31 +70,17 @@ def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Opti
     return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
 
 
-def teachers_top1(teachers: dict[str, nn.Module], data: "DataBundle", spec: Spec, rt: Runtime,
-                  dist: Optional["DistContext"] = None, known: Optional[dict] = None) -> dict[str, float]:
-    """Test top-1 of every teacher that classifies this data set, by summary key (``teacher_top1``, or
-    ``teacher_top1/NAME`` with several teachers); a value already in ``known`` (a finished run's summary) is reused."""
+def teachers_top1(teachers: dict[str, nn.Module], maps: dict[str, "LayerMap"], data: "DataBundle", spec: Spec,
+                  rt: Runtime, dist: Optional["DistContext"] = None, known: Optional[dict] = None) -> dict[str, float]:
+    """Test top-1 of every teacher that classifies this data set (its layer map's probe gives one logit per class),
+    by summary key (``teacher_top1``, or ``teacher_top1/NAME`` with several teachers); a value already in ``known``
+    (a finished run's summary) is reused."""
     known, scores = known or {}, {}
     for name, teacher in teachers.items():
         key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
-        if key in known or is_classifier(teacher, data):
+        if key in known or maps[name].logit_count == data.num_classes:
             scores[key] = known[key] if key in known else top1(teacher.to(rt.device), data.test, spec, rt, dist)
     return scores
-
-
-def is_classifier(model: nn.Module, data: "DataBundle") -> bool:
-    """True when the model's output is one logit per class of this data set."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters())
-            probe = model(torch.zeros((1, *data.input_shape), device=param.device, dtype=param.dtype))
-        return torch.is_tensor(probe) and probe.shape == (1, data.num_classes)
-    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is simply not evaluated
-        return False
-    finally:
-        model.train(was_training)
 
 
 def head_top1(graph: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,

@@ -371,7 +371,7 @@ def _run(resolved: ResolvedPlan, dist: DistContext, reporter: Reporter, run_dir:
     loop = _Loop(spec, plan, data, rt, reporter, run_dir, student, dist)
     summary: dict[str, Any] = {"name": spec.name, "data": data.description}
     known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
-    for key, score in teachers_top1(teachers, data, spec, rt, dist, known).items():
+    for key, score in teachers_top1(teachers, plan.teacher_maps, data, spec, rt, dist, known).items():
         summary[key] = score
         reporter.info(f"  {key.removeprefix('teacher_top1/') if '/' in key else 'teacher'} top-1 {score:.2%}")
     if warning := schedule_warning(spec.train.schedule, spec.train.epochs):

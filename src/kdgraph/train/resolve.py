@@ -11,7 +11,7 @@ from torch import nn
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import GraphPlan, build_graph
-from kdgraph.graph.build import Teachers, logit_count, named_teachers
+from kdgraph.graph.build import Teachers, named_teachers
 from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
 from kdgraph.spec.schema import DataSpec, Spec
@@ -149,7 +149,7 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     graph_plan = build_graph(spec, student, teachers, data.input_shape)
     if spec.runtime.precision == "fp64":
         graph_plan.graph.to(torch.float64)  # the adapters
-    classes = logit_count(student, data.input_shape)
+    classes = graph_plan.student_map.logit_count
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
