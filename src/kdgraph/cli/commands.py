@@ -81,11 +81,12 @@ def suggest_command(targets: tuple[str, ...], input_shape: Optional[str], kwargs
 
 
 def check_plot_target(path: str) -> None:
-    """Fail fast, before any model is traced: matplotlib installed and a known picture suffix."""
+    """Fail fast, before any model is traced: a known picture suffix (a mistake in the command line, reported with or
+    without matplotlib), then matplotlib installed."""
     from kdgraph.cli.plot import check_path, require_matplotlib
 
-    require_matplotlib()
     check_path(path)
+    require_matplotlib()
 
 
 def plot_spec(plan, path: str) -> None:
