@@ -23,8 +23,8 @@ features.
 Reference code followed: RepDistiller ``crd/criterion.py`` and ``crd/memory.py`` (the official code; mdistiller's
 ``CRD.py`` is a copy): bank initialised uniformly in ``[-s, s]``, ``s = 1 / sqrt(d / 3)``; ``Z`` from the first
 batch's scores times ``N``; ``eps = 1e-7``; the positive at column 0; the update after the scores, renormalised.
-Sampling: the brief of this module is uniform negatives by data-set index (the positive itself may be drawn, as
-in the reference's ``AliasMethod`` path with ``contrast_idx=None``). The published CIFAR-100 runs draw the
+Sampling: by default the negatives are drawn uniformly by data-set index (the positive itself may be drawn, as in
+the reference's ``AliasMethod`` path with ``contrast_idx=None``). The published CIFAR-100 runs draw the
 negatives in the *data loader* from the other classes only (``CIFAR100InstanceSample``, ``mode="exact"``);
 passing the data set's ``labels`` to :class:`CRDMemory` reproduces that (uniform over the examples of the other
 classes). Every draw takes an explicit ``torch.Generator``, so the same generator state gives the same negatives

@@ -54,7 +54,9 @@ def standardise(logits: Tensor, eps: float = 1e-7, *, unbiased: bool = True) -> 
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"standardise: expected (B, K) logits, got {tuple(logits.shape)}")
     if logits.shape[1] < 2:
-        raise ValueError(f"standardise: needs at least 2 classes to have a standard deviation, got K = {logits.shape[1]}")
+        raise ValueError(
+            f"standardise: needs at least 2 classes to have a standard deviation, got K = {logits.shape[1]}"
+        )
     if not eps > 0:
         raise ValueError(f"standardise: eps must be > 0, got {eps}")
     centred = logits - logits.mean(dim=1, keepdim=True)
