@@ -1,0 +1,71 @@
+"""Correlation Congruence (CC).
+
+Peng, Jin, Liu, Li, Wu, Liu, Zhou & Zhang, "Correlation Congruence for Knowledge Distillation", ICCV 2019.
+
+Beyond each instance, the student matches the teacher's *correlation between instances* of the batch, measured
+with a Gaussian RBF kernel approximated by its Taylor series of order ``P``::
+
+    k(x, y) = exp(-gamma ||x - y||^2) ~ exp(-2 gamma) sum_{p=0}^{P} (2 gamma)^p / p! (x . y)^p
+    C[i, j] = k(f_i, f_j)                     (B, B), f the embedded features
+    L = (1/B^2) || C^t - C^s ||_F^2
+
+The expansion equals the RBF kernel (as ``P`` grows) for unit-norm features, where
+``||x - y||^2 = 2 - 2 x . y``; the features are used as given, so an L2-normalising adapter makes the kernel the
+RBF's truncation (torchdistill and the paper apply it to the outputs of a linear embedding). Defaults: the
+Gaussian-RBF kernel with ``P = 2``, ``gamma = 0.4``, as torchdistill's ImageNet sample configuration
+(``configs/sample/ilsvrc2012/cckd/resnet18_from_resnet50.yaml``: ``gamma: 0.4, max_p: 2``, a linear embedding of
+the pooled feature to 128 dims on both sides, term weight 0.003).
+
+Reference code followed: torchdistill ``torchdistill/losses/mid_level.py`` ``CCKDLoss`` (the Taylor series
+including the ``p = 0`` term, times ``exp(-2 gamma)``; ``reduction="batchmean"`` divides by ``B^2``).
+torchdistill takes the Frobenius norm itself (``torch.dist``), not its square; this function squares it, as the
+paper's ``||.||_2^2``. RepDistiller's ``distiller_zoo/CC.py`` is a different, author-provided variant (products
+of neighbouring samples' absolute differences), not this kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kdgraph.losses.checks import check_batch, check_positive
+from kdgraph.losses.feature import fp32_compute
+
+__all__ = ["NEEDS", "cc", "rbf_taylor_kernel"]
+
+#: What the engine must give each loss of this module.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "cc": (
+        "pooled vectors (B, D), any widths (batch relations); the paper embeds each model's feature with a "
+        "trainable linear layer (a projector adapter on both sides) and the RBF reading assumes unit-norm vectors",
+    ),
+}
+
+
+def rbf_taylor_kernel(x: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """``C[i, j] = exp(-2 gamma) sum_{p=0}^{order} (2 gamma)^p / p! (x_i . x_j)^p`` for ``x`` ``(B, ...)``."""
+    f = x.reshape(x.shape[0], -1)
+    dot = f @ f.T
+    total = torch.ones_like(dot)
+    power = torch.ones_like(dot)
+    for p in range(1, order + 1):
+        power = power * dot
+        total = total + (2.0 * gamma) ** p / math.factorial(p) * power
+    return math.exp(-2.0 * gamma) * total
+
+
+@fp32_compute
+def cc(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng et al., ICCV 2019): ``L = (1/B^2) ||C^t - C^s||_F^2``.
+
+    ``C`` = :func:`rbf_taylor_kernel` (the Gaussian RBF's Taylor expansion of order ``order`` = ``P``) of the
+    flattened features; student and teacher need only the same batch.
+    """
+    check_batch("cc", student, teacher)
+    check_positive("cc", gamma=gamma)
+    if order < 0 or int(order) != order:
+        raise ValueError(f"cc: order must be an integer >= 0, got {order}")
+    diff = rbf_taylor_kernel(teacher, gamma=gamma, order=order) - rbf_taylor_kernel(student, gamma=gamma, order=order)
+    return (diff * diff).sum() / student.shape[0] ** 2

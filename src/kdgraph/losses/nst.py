@@ -1,0 +1,56 @@
+"""Neuron Selectivity Transfer (NST).
+
+Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer", arXiv:1707.01219, 2017.
+
+Each channel of a feature map is a sample of "where this neuron fires": its flattened spatial map, L2-normalised.
+The student's channels and the teacher's channels are two sets of such samples, and NST minimises their squared
+maximum mean discrepancy (MMD) under the polynomial kernel ``k(x, y) = (x . y)^2``::
+
+    f_i = F[i, :] / ||F[i, :]||_2                   i over the C channels, F[i, :] the H*W positions
+    MMD^2 = (1/Ct^2) sum_{i,j} k(t_i, t_j) + (1/Cs^2) sum_{i,j} k(s_i, s_j) - (2/(Cs Ct)) sum_{i,j} k(s_i, t_j)
+    L = (1/B) sum_b MMD^2_b
+
+The channels are samples, so the widths may differ; the spatial grids must match. Paper default: polynomial
+kernel of degree 2 with c = 0 (its best kernel); loss weight 50 in RepDistiller's and mdistiller's CIFAR-100
+scripts (``-b 50``, ``NST.LOSS.FEAT_WEIGHT = 50``).
+
+Reference code followed: RepDistiller ``distiller_zoo/NST.py`` and mdistiller ``mdistiller/distillers/NST.py``
+(``F.normalize`` over the spatial positions with eps 1e-12, the full three-term MMD averaged over channel pairs and
+batch). The reference codes pool the larger map to the smaller grid inside the loss; here that is the layout
+adapter's job, and a grid mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdgraph.losses.checks import check_maps
+from kdgraph.losses.feature import fp32_compute
+
+__all__ = ["NEEDS", "nst"]
+
+#: What the engine must give each loss of this module.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "nst": ("pair of maps (B, C, H, W) with equal spatial grid, widths may differ",),
+}
+
+
+def _poly_mean(a: Tensor, b: Tensor) -> Tensor:
+    """``mean_{b,i,j} (a[b, i] . b[b, j])^2`` for ``(B, Ca, N)`` and ``(B, Cb, N)``."""
+    return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+
+@fp32_compute
+def nst(student: Tensor, teacher: Tensor) -> Tensor:
+    """NST (Huang & Wang, 2017): squared MMD between the channel sets, polynomial kernel ``(x . y)^2``.
+
+    ``L = mean_b [ mean_{i,j} (t_i . t_j)^2 + mean_{i,j} (s_i . s_j)^2 - 2 mean_{i,j} (s_i . t_j)^2 ]`` where
+    ``s_i``/``t_j`` are the channels' flattened spatial maps, each L2-normalised (eps 1e-12). Maps are
+    ``(B, C, *grid)``; widths may differ, grids must match. ``L >= 0``; ``0`` when the two channel sets coincide.
+    """
+    check_maps("nst", student, teacher, same_channels=False)
+    s = F.normalize(student.reshape(student.shape[0], student.shape[1], -1), dim=2)
+    t = F.normalize(teacher.reshape(teacher.shape[0], teacher.shape[1], -1), dim=2)
+    return _poly_mean(t, t) + _poly_mean(s, s) - 2.0 * _poly_mean(s, t)
