@@ -37,6 +37,7 @@ from kdgraph.align.layout import (
 from kdgraph.align.normalizers import build_normalizer, parse_normalizer
 from kdgraph.align.projectors import build_projector, parse_projector
 from kdgraph.align.prune import ChannelSelect
+from kdgraph.errors import KdgraphError
 
 __all__ = ["FeatureShape", "PairPlan", "AlignmentError", "plan_pair", "POOLS"]
 
@@ -44,8 +45,9 @@ POOLS = (None, "gap", "tokens-mean", "cls")
 _NDIM = {"map": 3, "tokens": 2, "vector": 1}
 
 
-class AlignmentError(ValueError):
-    """A student feature cannot be made comparable to a teacher feature with the given options.
+class AlignmentError(KdgraphError, ValueError):
+    """A student feature cannot be made comparable to a teacher feature with the given options (also a
+    ``ValueError``).
 
     The message names both shapes, the reason, and what to try.
     """

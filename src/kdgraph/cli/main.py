@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import click
 
 from kdgraph import __version__
+from kdgraph.cli.errors import handle_errors
 
 if TYPE_CHECKING:
     from kdgraph.train.guard import Interrupted
@@ -21,44 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _PYTHON_SHOWWARNING = warnings.showwarning
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kdgraph.align import AlignmentError
-    from kdgraph.data import DataError
-    from kdgraph.errors import KdgraphError
-    from kdgraph.losses import UnknownLossError
-    from kdgraph.trace import UnknownLayerError
-
-    return KdgraphError, DataError, AlignmentError, UnknownLayerError, UnknownLossError
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print user errors as one clear message and exit 2; ``--debug`` shows the traceback instead."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except _user_errors() as err:
-            from kdgraph.train.loop import Interrupted
-
-            if isinstance(err, Interrupted):
-                click.echo(str(err), err=True)
-                ctx.exit(130)
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            message = str(err)
-            if isinstance(err, KeyError) and message.startswith(("'", '"')):
-                message = message[1:-1]
-            click.echo(f"error: {message}", err=True)
-            ctx.exit(2)
-
-    return wrapper
 
 
 def _debug_flag(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
@@ -140,7 +102,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
-    from kdgraph.train.loop import Interrupted
+    from kdgraph.train.guard import Interrupted
     from kdgraph.train.resolve import resolve_plan
 
     if overwrite and resume:

@@ -2,7 +2,7 @@
 
 Public API::
 
-    DataError                      # user-facing data problems (a ValueError)
+    DataError                      # user-facing data problems (a KdgraphError and a ValueError)
     load_fashion_mnist(root, split, source=...)   -> FashionMNISTSplit
     build_datasets(name, root, ...)               -> DataBundle
     take(dataset, n)                              # first n samples (train_subset)
@@ -14,8 +14,11 @@ Public API::
 from __future__ import annotations
 
 
-class DataError(ValueError):
-    """A data source is missing, malformed or misconfigured.
+from kdgraph.errors import KdgraphError
+
+
+class DataError(KdgraphError, ValueError):
+    """A data source is missing, malformed or misconfigured (also a ``ValueError``).
 
     Messages say what went wrong, where kdgraph looked, and what to try.
     """

@@ -22,7 +22,6 @@ python-batch reader in ``cifar``.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from kdgraph.errors import suggest
 
 from . import DataError
 from .cifar import CIFAR_LAYOUTS, read_cifar
@@ -85,7 +86,7 @@ def _canonical(name: str) -> str:
     key = name.strip().lower()
     if key in _ALIASES:
         return _ALIASES[key]
-    near = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.5)
+    near = suggest(key, _ALIASES, n=3, cutoff=0.5)
     near = list(dict.fromkeys(_ALIASES[n] for n in near))
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
     raise DataError(f"unknown data set {name!r}.{hint} Valid names: {', '.join(DATASET_NAMES)}.")

@@ -108,7 +108,7 @@ def _layer(layer_map: LayerMap, name: str, key: str, spec: Spec, path: tuple) ->
     try:
         return layer_map[name]
     except UnknownLayerError as err:
-        raise with_key(SpecError(str(err).strip("'\"")), key, spec.line_of(*path)) from None
+        raise with_key(SpecError(str(err)), key, spec.line_of(*path)) from None
 
 
 def _feature(layer_map: LayerMap, info: LayerInfo, key: str, spec: Spec, path: tuple) -> LayerInfo:
@@ -246,7 +246,7 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
         try:
             fn = get_loss(pair.loss.name, kind="feature")
         except UnknownLossError as err:
-            raise with_key(SpecError(str(err).strip("'\"")), f"distill.pairs[{i}].loss",
+            raise with_key(SpecError(str(err)), f"distill.pairs[{i}].loss",
                            spec.line_of(*base, "loss")) from None
         student_adapters[str(i)] = plan.student
         teacher_adapters[str(i)] = plan.teacher

@@ -6,11 +6,12 @@ extra keys are validated against :func:`loss_params`.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Callable, Literal
 
 from torch import Tensor
+
+from kdgraph.errors import KdgraphError, suggest
 
 from kdgraph.losses.feature import cosine, l1, logsum, logsum_corr, mse
 from kdgraph.losses.logits import kl_div, soft_cross_entropy
@@ -39,23 +40,19 @@ LOGIT_LOSSES: dict[str, LossFn] = {
 _TABLES: dict[str, dict[str, LossFn]] = {"feature": FEATURE_LOSSES, "logit": LOGIT_LOSSES}
 
 
-class UnknownLossError(KeyError):
-    """Unknown loss name; the message lists valid names and the closest match."""
+class UnknownLossError(KdgraphError, KeyError):
+    """Unknown loss name (also a ``KeyError``); the message lists valid names and the closest match."""
 
     def __init__(self, name: str, choices: list[str] | tuple[str, ...], kind: str = "") -> None:
         self.name = name
         self.choices = sorted(choices)
-        close = difflib.get_close_matches(name, self.choices, n=1)
+        close = suggest(name, self.choices)
         self.suggestion: str | None = close[0] if close else None
         what = f"{kind} loss" if kind else "loss"
         msg = f"unknown {what} {name!r}; valid names: {', '.join(self.choices)}"
         if self.suggestion is not None:
             msg += f"; did you mean {self.suggestion!r}?"
-        self.message = msg
         super().__init__(msg)
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.message
 
 
 def _table(kind: str) -> dict[str, LossFn]:

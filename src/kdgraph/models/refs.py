@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from typing import Any
 
 from torch import nn
 
-from kdgraph.errors import ModelError
+from kdgraph.errors import ModelError, suggest
 from kdgraph.models.weights import BUILTIN_DIR, load_weights
 from kdgraph.models.zoo import ZOO
 
@@ -22,7 +21,7 @@ SCHEMES = ("timm", "torchvision", "python", "kdgraph", "live")
 
 
 def _nearest(name: str, choices: list[str]) -> str:
-    near = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    near = suggest(name, choices, n=3)
     return f"; nearest: {', '.join(near)}" if near else ""
 
 

@@ -6,11 +6,12 @@ Validators normalise what users write into one shape (``loss: mse`` and ``loss: 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
 from pydantic import PrivateAttr, field_validator, model_validator
+
+from kdgraph.errors import did_you_mean
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
@@ -20,9 +21,8 @@ __all__ = [
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
-    """``; did you mean 'x'?`` for the closest of ``known``, or nothing."""
-    near = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    """``; did you mean 'x'?`` for the closest of ``known`` (a loose match: names the user chose), or nothing."""
+    return did_you_mean(name, known, cutoff=0.4)
 
 
 class _Section(BaseModel):
@@ -153,7 +153,7 @@ class LossSpec(_Section):
         try:
             get_loss(self.name, kind="feature")
         except UnknownLossError as err:
-            raise ValueError(str(err).strip("'\"")) from None
+            raise ValueError(str(err)) from None
         allowed = loss_params(self.name)
         for key in self.params:
             if key not in allowed:

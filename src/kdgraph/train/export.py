@@ -64,12 +64,11 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 
 def _input_shape(spec: Spec) -> tuple[int, ...]:
-    from kdgraph.data import DataError
     from kdgraph.train.resolve import build_data
 
     try:
         return tuple(build_data(spec.data, spec.runtime.seed).input_shape)
-    except (DataError, KdgraphError) as err:
+    except KdgraphError as err:
         raise KdgraphError(f"the ONNX export needs an example input and the run's data is not available here "
                            f"({err}); pass --input-shape C,H,W") from None
 
