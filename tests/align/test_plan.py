@@ -124,3 +124,40 @@ def test_upsampling_a_small_student_map_is_warned_about(student, teacher, warned
 def test_tokens_resized_to_a_finer_teacher_grid_are_warned_about():
     p = plan_pair(FeatureShape((5, 32), "tokens"), FeatureShape((65, 32), "tokens"))  # 2x2 (+cls) → 8x8 (+cls)
     assert len(p.warnings) == 1 and "the student's 2x2 map is upsampled to the teacher's 8x8 grid" in p.warnings[0]
+
+
+# -- what the loss record says the loss needs -------------------------------------------------------------------
+def test_a_relational_loss_gets_no_projector_or_layout_change():
+    p = plan_pair(FeatureShape((32, 7, 7), "map"), FeatureShape((64, 4, 4), "map"), loss="pkt")
+    assert p.student_steps == [] and p.teacher_steps == []
+    p = plan_pair(FeatureShape((32,), "vector"), FeatureShape((64,), "vector"), loss="pkt", projector="none")
+    assert p.student_steps == []
+
+
+def test_a_relational_loss_still_takes_an_explicit_projector():
+    p = plan_pair(FeatureShape((32,), "vector"), FeatureShape((64,), "vector"), loss="pkt", projector="linear")
+    assert p.student_steps == ["linear 32→64"]
+
+
+def test_same_grid_keeps_the_width_and_aligns_the_grid():
+    from kdgraph.losses import LossKind, LossRecord, Needs, mse
+
+    grid = LossRecord("grid", mse, LossKind.FEATURE, needs=Needs.SAME_GRID, layouts=frozenset({"map"}))
+    p = plan_pair(FeatureShape((32, 14, 14), "map"), FeatureShape((64, 7, 7), "map"), loss=grid)
+    assert p.student_steps == ["resize 14x14→7x7 (bilinear)"] and p.out_shape == (64, 7, 7)
+    with pytest.raises(AlignmentError, match=r"loss 'grid' compares \(C, H, W\) maps, but the student side is "
+                                             r"vector \(32,\)"):
+        plan_pair(FeatureShape((32, 14, 14), "map"), FeatureShape((64, 7, 7), "map"), loss=grid, pool="gap")
+
+
+def test_vectors_pools_what_is_no_vector():
+    from kdgraph.losses import LossKind, LossRecord, Needs, mse
+
+    vec = LossRecord("vec", mse, LossKind.RELATIONAL, needs=Needs.VECTORS, layouts=frozenset({"vector"}))
+    p = plan_pair(FeatureShape((49, 32), "tokens"), FeatureShape((64, 7, 7), "map"), loss=vec)
+    assert p.student_steps == ["mean over 49 tokens"] and p.teacher_steps == ["gap (64, 7, 7)→(64,)"]
+
+
+def test_same_shape_is_the_default():
+    p = plan_pair(FeatureShape((32, 7, 7), "map"), FeatureShape((64, 7, 7), "map"), loss="mse")
+    assert p.student_steps == ["conv1x1 32→64"]

@@ -38,6 +38,7 @@ from kdgraph.align.normalizers import build_normalizer, parse_normalizer
 from kdgraph.align.projectors import build_projector, parse_projector
 from kdgraph.align.prune import ChannelSelect
 from kdgraph.errors import KdgraphError
+from kdgraph.losses.registry import PAIR_KINDS, LossRecord, Needs, get_loss
 
 __all__ = ["FeatureShape", "PairPlan", "AlignmentError", "plan_pair", "POOLS"]
 
@@ -151,6 +152,24 @@ def _resize_student(st: _Side, hw: tuple[int, int], mode: str) -> None:
                            "or pair a student layer with a finer grid")
 
 
+_LAYOUT_NAMES = {"map": "(C, H, W) maps", "tokens": "(N, D) tokens", "vector": "(D,) vectors"}
+
+
+def _check_result(s: FeatureShape, t: FeatureShape, needs: Needs, fail: Any) -> None:
+    """What the loss needs holds after the adapters (every step above should have made it so)."""
+    if needs is Needs.SAME_SHAPE:
+        ok = s == t
+    elif needs is Needs.SAME_GRID:
+        ch = 1 if t.layout == "tokens" else 0
+        ok = s.layout == t.layout and s.shape[:ch] + s.shape[ch + 1:] == t.shape[:ch] + t.shape[ch + 1:]
+    elif needs is Needs.VECTORS:
+        ok = s.layout == t.layout == "vector"
+    else:
+        ok = True
+    if not ok:
+        raise fail(f"planned outputs still differ: student {s}, teacher {t}")
+
+
 def plan_pair(
     student: FeatureShape,
     teacher: FeatureShape,
@@ -160,13 +179,16 @@ def plan_pair(
     pool: str | None = None,
     resize: str = "bilinear",
     prune_indices: torch.Tensor | None = None,
-    relational: bool = False,
+    loss: LossRecord | str | None = None,
 ) -> PairPlan:
     """Choose the adapters for one student/teacher feature pair.
 
-    Raises :class:`AlignmentError` when the shapes cannot be aligned with
-    these options; the message says what to try.
+    ``loss`` (a record or a pair-loss name; None: any same-shape loss) says what the loss needs
+    (:class:`kdgraph.losses.Needs`) and which layouts it accepts. Raises :class:`AlignmentError` when the shapes
+    cannot be aligned with these options; the message says what to try.
     """
+    record = loss if isinstance(loss, LossRecord) else get_loss(loss, PAIR_KINDS) if loss is not None else None
+    needs = record.needs if record is not None else Needs.SAME_SHAPE
 
     def fail(why: str, hint: str | None = None) -> AlignmentError:
         msg = f"cannot align student {student} with teacher {teacher}: {why}"
@@ -186,18 +208,22 @@ def plan_pair(
 
     st, te = _Side(student), _Side(teacher)
 
-    # 1. pool both sides
+    # 1. pool both sides (a loss that needs vectors pools with gap when no pool was set)
+    if pool is None and needs is Needs.VECTORS:
+        pool = "gap"
     if pool is not None:
         _pool(st, pool)
         _pool(te, pool)
 
-    # 2. layout: bring the student to the teacher's layout and grid
+    # 2. layout: bring the student to the teacher's layout and grid (a loss that takes any shapes: nothing)
     s, t = st.shape, te.shape
-    if (s.layout == "vector") != (t.layout == "vector"):
+    if needs is Needs.ANY:
+        pass
+    elif (s.layout == "vector") != (t.layout == "vector"):
         other = s if t.layout == "vector" else t
         hint = "pool: gap" if other.layout == "map" else "pool: gap (mean over tokens) or pool: cls"
         raise fail(f"one side is a vector and the other a {other.layout}, and no pool was set to reduce it", hint)
-    if s.layout == "map" and t.layout == "map":
+    elif s.layout == "map" and t.layout == "map":
         _resize_student(st, t.shape[1:], resize)
     elif s.layout == "tokens" and t.layout == "map":
         g = token_grid(s.shape[0])
@@ -267,7 +293,7 @@ def plan_pair(
 
     # 3. projector (student) or channel selection (teacher)
     s, t = st.shape, te.shape
-    layout = t.layout
+    layout = t.layout if needs is not Needs.ANY else s.layout
     if proj_name == "prune":
         if prune_indices is None:
             raise fail(
@@ -297,8 +323,8 @@ def plan_pair(
             f"select {idx.numel()} of {t.channels} channels (pruned filters)",
             FeatureShape(tuple(new), layout),
         )
-    elif relational and proj_name in ("auto", "none") and s.layout == t.layout == "vector":
-        pass  # relational losses (PKT) compare sample-to-sample similarities: the widths may differ, no projector
+    elif needs is not Needs.SAME_SHAPE and proj_name in ("auto", "none"):
+        pass  # the loss compares features of any width (its record says so): no projector
     else:
         try:
             mod, step = build_projector(projector, layout, s.channels, t.channels)
@@ -315,9 +341,13 @@ def plan_pair(
         if mod is not None:
             side.add("norm", mod, step, side.shape)
 
-    widths_may_differ = relational and st.shape.layout == te.shape.layout == "vector"
-    if st.shape != te.shape and not widths_may_differ:  # every branch above should have prevented this
-        raise fail(f"planned outputs still differ: student {st.shape}, teacher {te.shape}")
+    _check_result(st.shape, te.shape, needs, fail)
+    if record is not None:
+        for which, side in (("student", st.shape), ("teacher", te.shape)):
+            if side.layout not in record.layouts:
+                want = " or ".join(f"{_LAYOUT_NAMES[layout]}" for layout in sorted(record.layouts))
+                raise fail(f"loss {record.name!r} compares {want}, but the {which} side is {side} after the adapters",
+                           "pool: gap" if "vector" in record.layouts else "a pair of (C, H, W) maps")
     return PairPlan(
         student_steps=st.steps,
         teacher_steps=te.steps,

@@ -63,7 +63,7 @@ def print_plan(plan, maps: bool = True) -> None:
         if term.kind == "pair":
             continue
         if term.kind == "logits":
-            table.add_row(term.label, "output", "output", "", "", f"{term.params['loss']} T={term.params['temperature']}",
+            table.add_row(term.label, "output", "output", "", "", f"{term.record.name} T={term.params.get('temperature')}",
                           f"{term.weight:g}")
         elif term.kind.startswith("head_"):
             detail = {"head_soft": f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",

@@ -13,7 +13,8 @@ from kdgraph.align import AlignmentError, FeatureShape, PairPlan, find_producing
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph, Term
 from kdgraph.graph.teacher import FrozenTeacher
-from kdgraph.losses import UnknownLossError, get_loss
+from kdgraph.losses import PAIR_KINDS, LossKind, LossRecord, get_loss
+from kdgraph.spec.load import format_key
 from kdgraph.spec.schema import PairSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerInfo, LayerMap, UnknownLayerError, trace_model
 from kdgraph.trace.layer_map import channels_last
@@ -32,9 +33,6 @@ class PairReport:
     student: LayerInfo
     teacher: LayerInfo
     plan: PairPlan
-
-
-RELATIONAL_LOSSES = ("pkt", "pkt_combined")  # compare similarities within the batch: widths may differ
 
 
 def prune_masks(reports: list["PairReport"]) -> dict[str, list[int]]:
@@ -154,6 +152,19 @@ def _prune_indices(pair: PairSpec, teacher: nn.Module, s_info: LayerInfo) -> tor
     return l1_channel_mask(conv.weight.detach(), keep=s_info.channels, criterion=pair.prune_criterion)
 
 
+def _pair_loss(pair: PairSpec, spec: Spec, base: tuple) -> LossRecord:
+    """The pair's loss record; a record asking for what pairs cannot give yet is refused with its spec key."""
+    record = get_loss(pair.loss.name, PAIR_KINDS)
+    missing = [what for what, wanted in (("several taps per model", record.taps != 1),
+                                         ("a loss-side module", record.module is not None),
+                                         (f"step inputs ({', '.join(sorted(record.inputs))})", bool(record.inputs)))
+               if wanted]
+    if missing:
+        raise SpecError(f"loss {record.name!r} needs {' and '.join(missing)}, which kdgraph's pairs do not provide "
+                        "yet", key=format_key((*base, "loss")), line=spec.line_of(*base, "loss"))
+    return record
+
+
 def _unique_labels(pairs: list[PairSpec]) -> list[str]:
     labels = [p.label for p in pairs]
     return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
@@ -224,8 +235,10 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
             raise SpecError(f"logit distillation needs (B, K) outputs of equal width; the student gives {k_s} and "
                             f"the teacher {k_t} classes. Set num_classes in the models' kwargs, or remove "
                             "distill.logits", key="distill.logits", line=spec.line_of("distill", "logits"))
-        terms.append(Term(label="logits", kind="logits", weight=lg.weight, teacher_name=logits_from,
-                          params={"loss": lg.loss, "temperature": lg.temperature}))
+        record = get_loss(lg.loss.name, LossKind.LOGIT)
+        params = dict(lg.loss.params, **({"temperature": lg.temperature} if "temperature" in record.params else {}))
+        terms.append(Term(label="logits", kind="logits", weight=lg.weight, teacher_name=logits_from, fn=record.fn,
+                          params=params, record=record))
     for i, (pair, label) in enumerate(zip(spec.distill.pairs, _unique_labels(spec.distill.pairs))):
         base = ("distill", "pairs", i)
         t_name = _pair_teacher(spec, pair.teacher_model)
@@ -234,24 +247,21 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
                           spec, base + ("student",))
         t_info = _feature(teacher_maps[t_name], _layer(teacher_maps[t_name], pair.teacher, t_key, spec,
                                                        base + ("teacher",)), t_key, spec, base + ("teacher",))
+        record = _pair_loss(pair, spec, base)
         try:
             prune = (_prune_indices(pair, teachers[t_name], s_info) if _projector_name(pair.projector) == "prune"
                      else None)
             plan = plan_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
                              projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize,
-                             prune_indices=prune, relational=pair.loss.name in RELATIONAL_LOSSES)
+                             prune_indices=prune, loss=record)
         except AlignmentError as err:
             raise with_key(SpecError(f"{pair.student} {s_info.shape} cannot be matched to {pair.teacher} "
                                      f"{t_info.shape}: {err}"), f"distill.pairs[{i}]", spec.line_of(*base)) from None
-        try:
-            fn = get_loss(pair.loss.name, kind="feature")
-        except UnknownLossError as err:
-            raise with_key(SpecError(str(err)), f"distill.pairs[{i}].loss",
-                           spec.line_of(*base, "loss")) from None
         student_adapters[str(i)] = plan.student
         teacher_adapters[str(i)] = plan.teacher
-        terms.append(Term(label=label, kind="pair", weight=pair.weight, fn=fn, params=pair.loss.params,
-                          student_tap=pair.student, teacher_tap=pair.teacher, index=i, teacher_name=t_name))
+        terms.append(Term(label=label, kind="pair", weight=pair.weight, fn=record.fn, params=pair.loss.params,
+                          student_tap=pair.student, teacher_tap=pair.teacher, index=i, teacher_name=t_name,
+                          record=record))
         reports.append(PairReport(i, label, pair, t_name, s_info, t_info, plan))
     if spec.teacher == "self":
         _add_heads(spec, student, student_map, terms, student_adapters)

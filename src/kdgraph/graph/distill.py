@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from kdgraph.losses import cross_entropy, feature_distance, kl_div, soft_cross_entropy
+from kdgraph.losses import LossRecord, cross_entropy, feature_distance, soft_cross_entropy
 
 __all__ = ["DistillGraph", "Term", "StepOutput"]
 
@@ -30,6 +30,7 @@ class Term:
     teacher_tap: Optional[str] = None
     index: int = -1
     teacher_name: Optional[str] = None
+    record: Optional[LossRecord] = None  # the loss record behind ``fn`` (logits and pair terms)
 
 
 @dataclass
@@ -111,9 +112,7 @@ class DistillGraph(nn.Module):
             elif term.kind == "ce":
                 value = cross_entropy(logits, y)
             elif term.kind == "logits":
-                fn = kl_div if term.params.get("loss", "kl") == "kl" else soft_cross_entropy
-                value = fn(logits, feats_t[term.teacher_name]["output"].detach(),
-                           temperature=term.params["temperature"])
+                value = term.fn(logits, feats_t[term.teacher_name]["output"].detach(), **term.params)
             else:
                 key = str(term.index)
                 s = self.student_adapters[key](feats_s[term.student_tap])

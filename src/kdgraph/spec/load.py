@@ -198,6 +198,7 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[Any], Any]]:
 # Keys whose value may be written short (`mix: cutmix`, `output: DIR`, `eval: [top1]`, `loss: mse`): the mapping key
 # the short value stands for, so that `--set data.mix.alpha=0.2` extends `mix: cutmix` instead of dropping it.
 _SHORTHANDS = {("data", "mix"): "name", ("output",): "dir", ("eval",): "metrics", ("distill", "pairs", "loss"): "name",
+               ("distill", "logits", "loss"): "name",
                ("distill", "pairs", "projector"): "name", ("distill", "pairs", "normalize"): "name"}
 
 

@@ -6,7 +6,7 @@ Validators normalise what users write into one shape (``loss: mse`` and ``loss: 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
 from pydantic import PrivateAttr, field_validator, model_validator
@@ -16,7 +16,7 @@ from kdgraph.errors import did_you_mean
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
     "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
-    "TeacherSpec", "MixSpec", "EvalSpec",
+    "TeacherSpec", "MixSpec", "EvalSpec", "LogitLossSpec",
 ]
 
 
@@ -140,30 +140,60 @@ class MixSpec(_Section):
     alpha: PositiveFloat = Field(default=1.0, description="p of Beta(p, p) for the mixing ratio.")
 
 
-class LossSpec(_Section):
-    """A feature loss by name with its keyword parameters (`{name: logsum, alpha: 4}`)."""
+def _loss_names(kinds: tuple[str, ...]) -> str:
+    from kdgraph.losses import losses
+
+    return ", ".join(f"`{r.name}`" for r in losses(kinds))
+
+
+class _LossChoice(_Section):
+    """A loss by name with its keyword parameters, checked against the loss's record (``kdgraph.losses``)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(description="One of kdgraph.losses.FEATURE_LOSSES.")
+    _kinds: ClassVar[tuple[str, ...]] = ()
+    _own_keys: ClassVar[tuple[str, ...]] = ()  # parameters the enclosing section sets itself (logits: temperature)
+    name: str
 
     @model_validator(mode="after")
-    def _known(self) -> "LossSpec":
-        from kdgraph.losses import UnknownLossError, get_loss, loss_params
+    def _known(self) -> "_LossChoice":
+        from kdgraph.losses import REQUIRED, UnknownLossError, get_loss
 
         try:
-            get_loss(self.name, kind="feature")
+            record = get_loss(self.name, self._kinds)
         except UnknownLossError as err:
             raise ValueError(str(err)) from None
-        allowed = loss_params(self.name)
+        allowed = [k for k in record.params if k not in self._own_keys]
         for key in self.params:
+            if key in self._own_keys:
+                raise ValueError(f"loss {self.name!r}: {key} is set by its own key next to `loss:`, not inside it")
             if key not in allowed:
                 valid = ", ".join(allowed) or "none"
                 raise ValueError(f"loss {self.name!r} has no parameter {key!r} (valid: {valid})")
+        missing = [k for k in allowed if record.params[k] is REQUIRED and k not in self.params]
+        if missing:
+            raise ValueError(f"loss {self.name!r} needs {', '.join(missing)}: write loss: "
+                             f"{{name: {self.name}, {missing[0]}: ...}}")
         return self
 
     @property
     def params(self) -> dict[str, Any]:
+        """The keyword parameters given (the loss's own defaults apply to the rest)."""
         return dict(self.model_extra or {})
+
+
+class LossSpec(_LossChoice):
+    """A pair's loss by name with its keyword parameters (`{name: logsum, alpha: 4}`; every loss: Losses, below)."""
+
+    _kinds: ClassVar[tuple[str, ...]] = ("feature", "relational")
+    name: str = Field(description=f"A feature or relational loss: {_loss_names(('feature', 'relational'))}.")
+
+
+class LogitLossSpec(_LossChoice):
+    """The logits term's loss by name with its keyword parameters (`{name: kl, t_squared: false}`)."""
+
+    _kinds: ClassVar[tuple[str, ...]] = ("logit",)
+    _own_keys: ClassVar[tuple[str, ...]] = ("temperature",)
+    name: str = Field(description=f"A logit loss: {_loss_names(('logit',))}.")
 
 
 def _as_named(v: Any) -> Any:
@@ -209,12 +239,20 @@ class PairSpec(_Section):
 class LogitsSpec(_Section):
     """Distillation on the output logits."""
 
-    loss: Literal["kl", "ce_soft"] = Field(default="kl", description="KL(p_t || p_s) at temperature T, scaled by T^2.")
+    loss: LogitLossSpec = Field(
+        default_factory=lambda: LogitLossSpec(name="kl"),
+        description="`kl`: KL(p_t || p_s) at temperature T, scaled by T^2; `ce_soft`: cross-entropy to p_t (the same "
+        "gradients); or `{name: ..., param: ...}`.")
     temperature: PositiveFloat = Field(default=4.0, description="Softmax temperature T.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of the logit term.")
     teacher_model: Optional[str] = Field(
         default=None, description="Which of `teachers:` gives the logits (needed when there are several)."
     )
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_named(cls, v: Any) -> Any:
+        return _as_named(v)
 
 
 class DistillSpec(_Section):

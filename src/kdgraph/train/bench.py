@@ -161,7 +161,7 @@ class HandStep:
                 value = F.cross_entropy(logits, y)
             elif term.kind == "logits":
                 temp = term.params["temperature"]
-                if term.params.get("loss", "kl") == "kl":
+                if term.record.name == "kl":
                     value = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
                                      reduction="batchmean", log_target=True) * temp * temp
                 else:
