@@ -33,7 +33,7 @@ def test_terms_adapters_and_weighted_total():
     plan = build_graph(spec, student, teacher, (1, 28, 28))
     graph = plan.graph
     assert [t.label for t in graph.terms] == ["ce", "logits", "pair:block3->layer3", "pair:block2->layer2"]
-    assert "conv1x1" in " ".join(plan.pairs[0].plan.student_steps)
+    assert "conv1x1" in " ".join(plan.pairs[0].adapters.student_steps)
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     graph.train()
     out = graph(x, y)

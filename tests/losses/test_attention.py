@@ -70,6 +70,6 @@ def test_at_in_a_spec_pair_resizes_the_student_and_adds_no_projector(tmp_path):
     result = train(spec, quiet=True, write=False)
     report = result.plan.pairs[0]
     assert report.student.shape == (8, 14, 14) and report.teacher.shape == (32, 7, 7)
-    assert report.plan.student_steps == ["resize 14x14→7x7 (bilinear)"]  # the widths stay: no projector
-    assert report.plan.teacher_steps == []
+    assert report.adapters.student_steps == ["resize 14x14→7x7 (bilinear)"]  # the widths stay: no projector
+    assert report.adapters.teacher_steps == []
     assert math.isfinite(result.metrics[0]["loss/pair:block1->layer3"])

@@ -171,7 +171,7 @@ def plot_plan(plan, path: str | Path) -> Path:
     gp = plan.graph_plan
     first = next(iter(gp.teacher_maps), None)
     pairs = [PlotPair(r.teacher.name, r.student.name,
-                      pair_label(r.plan.student_steps, r.plan.teacher_steps, r.spec.loss.name, r.spec.weight))
+                      pair_label(r.adapters.student_steps, r.adapters.teacher_steps, r.spec.loss.name, r.spec.weight))
              for r in gp.pairs if r.teacher_name == first]
     which = f" (teacher {first!r} of {len(gp.teacher_maps)})" if len(gp.teacher_maps) > 1 else ""
     return plot_layer_maps(path, gp.student_map, gp.teacher_map, pairs,

@@ -77,7 +77,7 @@ def print_plan(plan, maps: bool = True) -> None:
     for r in gp.pairs:
         teacher = f"{r.teacher_name}: " * several + f"{r.teacher.name} {_shape(r.teacher.shape)}"
         table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", teacher,
-                      " → ".join(r.plan.student_steps) or "identity", " → ".join(r.plan.teacher_steps) or "identity",
+                      " → ".join(r.adapters.student_steps) or "identity", " → ".join(r.adapters.teacher_steps) or "identity",
                       r.spec.loss.name, f"{r.spec.weight:g}")
     console.print(table)
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from kdgraph.align.heads import AuxHead
-from kdgraph.align import AlignmentError, FeatureShape, PairPlan, find_producing_conv, l1_channel_mask, plan_pair
+from kdgraph.align import (AlignmentError, ChannelSelect, FeatureShape, PairAdapters, align_pair, find_producing_conv,
+                           l1_channel_mask, parse_projector)
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph, Term
 from kdgraph.graph.teacher import FrozenTeacher
@@ -19,7 +20,7 @@ from kdgraph.spec.schema import PairSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerInfo, LayerMap, UnknownLayerError, trace_model
 from kdgraph.trace.layer_map import channels_last
 
-__all__ = ["PairReport", "GraphPlan", "trace_pair_models", "build_graph"]
+__all__ = ["PairReport", "BuiltGraph", "trace_pair_models", "build_graph"]
 
 
 @dataclass
@@ -32,19 +33,19 @@ class PairReport:
     teacher_name: str
     student: LayerInfo
     teacher: LayerInfo
-    plan: PairPlan
+    adapters: PairAdapters
 
 
 def prune_masks(reports: list["PairReport"]) -> dict[str, list[int]]:
     """The kept teacher channels of every pruned pair (InDistill), by pair label."""
-    from kdgraph.align import ChannelSelect
-
-    return {r.label: m.indices.tolist() for r in reports for m in r.plan.teacher.modules()
+    return {r.label: m.indices.tolist() for r in reports for m in r.adapters.teacher.modules()
             if isinstance(m, ChannelSelect)}
 
 
 @dataclass
-class GraphPlan:
+class BuiltGraph:
+    """What :func:`build_graph` returns: the graph, what was decided for each pair, and the layer maps it checked."""
+
     graph: DistillGraph
     pairs: list[PairReport]
     student_map: LayerMap
@@ -136,10 +137,6 @@ def _nearest_feature(layer_map: LayerMap, name: str) -> Optional[str]:
     return before[-1] if before else (after[0] if after else None)
 
 
-def _projector_name(projector: object) -> object:
-    return projector.get("name") if isinstance(projector, dict) else projector
-
-
 def _prune_indices(pair: PairSpec, teacher: nn.Module, s_info: LayerInfo) -> torch.Tensor:
     """InDistill: keep the teacher filters with the largest L1 (or L2) norm, as many as the student has channels."""
     try:
@@ -216,7 +213,7 @@ def _pair_teacher(spec: Spec, pair_ref: Optional[str]) -> str:
 
 
 def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: tuple[int, ...],
-                student_map: Optional[LayerMap] = None, teacher_maps: Optional[dict[str, LayerMap]] = None) -> GraphPlan:
+                student_map: Optional[LayerMap] = None, teacher_maps: Optional[dict[str, LayerMap]] = None) -> BuiltGraph:
     """Check every pair against the layer maps and assemble the graph; errors name the spec key and YAML line."""
     teachers = named_teachers(spec, teacher)
     if student_map is None or teacher_maps is None:
@@ -249,20 +246,20 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
                                                        base + ("teacher",)), t_key, spec, base + ("teacher",))
         record = _pair_loss(pair, spec, base)
         try:
-            prune = (_prune_indices(pair, teachers[t_name], s_info) if _projector_name(pair.projector) == "prune"
+            prune = (_prune_indices(pair, teachers[t_name], s_info) if parse_projector(pair.projector)[0] == "prune"
                      else None)
-            plan = plan_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
+            adapters = align_pair(FeatureShape(s_info.shape, s_info.layout), FeatureShape(t_info.shape, t_info.layout),
                              projector=pair.projector, normalize=pair.normalize, pool=pair.pool, resize=pair.resize,
                              prune_indices=prune, loss=record)
         except AlignmentError as err:
             raise with_key(SpecError(f"{pair.student} {s_info.shape} cannot be matched to {pair.teacher} "
                                      f"{t_info.shape}: {err}"), f"distill.pairs[{i}]", spec.line_of(*base)) from None
-        student_adapters[str(i)] = plan.student
-        teacher_adapters[str(i)] = plan.teacher
+        student_adapters[str(i)] = adapters.student
+        teacher_adapters[str(i)] = adapters.teacher
         terms.append(Term(label=label, kind="pair", weight=pair.weight, fn=record.fn, params=pair.loss.params,
                           student_tap=pair.student, teacher_tap=pair.teacher, index=i, teacher_name=t_name,
                           record=record))
-        reports.append(PairReport(i, label, pair, t_name, s_info, t_info, plan))
+        reports.append(PairReport(i, label, pair, t_name, s_info, t_info, adapters))
     if spec.teacher == "self":
         _add_heads(spec, student, student_map, terms, student_adapters)
     if not terms:
@@ -282,7 +279,7 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
                                                               keep_output=logits_from == name))
     graph = DistillGraph(student_ex, extractors, student_adapters, teacher_adapters, terms,
                          embedding=embedding)
-    return GraphPlan(graph, reports, student_map, teacher_maps)
+    return BuiltGraph(graph, reports, student_map, teacher_maps)
 
 
 def embedding_layer(spec: Spec, student: nn.Module, student_map: LayerMap) -> str:

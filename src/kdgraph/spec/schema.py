@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, N
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from kdgraph.errors import did_you_mean
+from kdgraph.named import as_named
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
@@ -123,7 +124,7 @@ class DataSpec(_Section):
     @field_validator("mix", mode="before")
     @classmethod
     def _mix_named(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
+        return as_named(v)
 
     @field_validator("crop_scale")
     @classmethod
@@ -196,10 +197,6 @@ class LogitLossSpec(_LossChoice):
     name: str = Field(description=f"A logit loss: {_loss_names(('logit',))}.")
 
 
-def _as_named(v: Any) -> Any:
-    return {"name": v} if isinstance(v, str) else v
-
-
 class PairSpec(_Section):
     """One student layer matched to one teacher layer."""
 
@@ -210,9 +207,11 @@ class PairSpec(_Section):
         default=None, description="Which of `teachers:` this pair reads (needed when there are several)."
     )
     projector: Union[str, dict[str, Any]] = Field(
-        default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, or `{name: mlp, hidden: [...]}`."
+        default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, `prune`, or `{name: mlp, hidden: "
+        "[...]}`; checked (name and options) when the spec loads."
     )
-    normalize: Union[str, dict[str, Any]] = Field(default="none", description="`none`, `bn`, `l2` or `layernorm`.")
+    normalize: Union[str, dict[str, Any]] = Field(
+        default="none", description="`none`, `bn`, `l2` or `layernorm` (or `{name: bn, eps: 1e-4}`).")
     pool: Optional[Literal["gap", "tokens-mean", "cls"]] = Field(default=None, description="Pool both features first.")
     resize: Literal["bilinear", "nearest", "avgpool"] = Field(
         default="bilinear", description="How a student map is resized to the teacher's spatial size."
@@ -226,7 +225,23 @@ class PairSpec(_Section):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss_named(cls, v: Any) -> Any:
-        return _as_named(v)
+        return as_named(v)
+
+    @field_validator("projector")
+    @classmethod
+    def _projector_known(cls, v: Any) -> Any:
+        from kdgraph.align.projectors import parse_projector
+
+        parse_projector(v)  # the planner's own check, now: a typo is reported with its line before models are built
+        return v
+
+    @field_validator("normalize")
+    @classmethod
+    def _normalize_known(cls, v: Any) -> Any:
+        from kdgraph.align.normalizers import parse_normalizer
+
+        parse_normalizer(v)
+        return v
 
     @property
     def label(self) -> str:
@@ -252,7 +267,7 @@ class LogitsSpec(_Section):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss_named(cls, v: Any) -> Any:
-        return _as_named(v)
+        return as_named(v)
 
 
 class DistillSpec(_Section):

@@ -13,7 +13,7 @@ from torch import nn
 
 from kdgraph.data import DataBundle, WithIndex, make_loader
 from kdgraph.errors import KdgraphError
-from kdgraph.graph import GraphPlan
+from kdgraph.graph import BuiltGraph
 from kdgraph.graph.build import Teachers, prune_masks
 from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import (CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta,
@@ -44,7 +44,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
     run_dir: Optional[Path]
-    plan: GraphPlan = field(repr=False)
+    plan: BuiltGraph = field(repr=False)
 
 
 def _baseline_spec(spec: Spec) -> Spec:
@@ -58,7 +58,7 @@ def _baseline_spec(spec: Spec) -> Spec:
 class _Loop:
     """One run's state. Kept small: the step, an epoch, and the bookkeeping around them (checkpoints, signals)."""
 
-    def __init__(self, spec: Spec, plan: GraphPlan, data: DataBundle, rt: Runtime, reporter: Reporter,
+    def __init__(self, spec: Spec, plan: BuiltGraph, data: DataBundle, rt: Runtime, reporter: Reporter,
                  run_dir: Optional[RunDir], student: nn.Module, dist: DistContext = LOCAL):
         self.spec, self.plan, self.data, self.rt, self.reporter, self.run_dir = spec, plan, data, rt, reporter, run_dir
         self.student, self.dist = student, dist
@@ -364,7 +364,7 @@ def _run(resolved: ResolvedPlan, dist: DistContext, reporter: Reporter, run_dir:
     reporter.info(Text.assemble((spec.name, "bold"), f": {data.description}; device {rt.device}, {rt.precision}"
                                 f"{', compiled' if rt.compile_mode else ''}"))
     for report in plan.pairs:
-        steps = " → ".join(report.plan.student_steps) or "identity"
+        steps = " → ".join(report.adapters.student_steps) or "identity"
         reporter.info(f"  {report.label}: {report.student.shape} → {report.teacher.shape} via {steps}")
     for warning in resolved.warnings:
         reporter.warn(warning)

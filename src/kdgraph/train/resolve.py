@@ -10,7 +10,7 @@ from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, located, with_key
-from kdgraph.graph import GraphPlan, build_graph
+from kdgraph.graph import BuiltGraph, build_graph
 from kdgraph.graph.build import Teachers, named_teachers
 from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
@@ -26,7 +26,7 @@ class ResolvedPlan:
     data: DataBundle
     student: nn.Module
     teachers: dict[str, nn.Module]
-    graph_plan: GraphPlan
+    graph_plan: BuiltGraph
     runtime: Runtime
     warnings: list[str] = field(default_factory=list)  # what resolves but is probably a mistake (plan_warnings)
 
@@ -38,7 +38,7 @@ class ResolvedPlan:
     def pairs_json(self) -> list[dict[str, Any]]:
         return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name, "teacher_model": r.teacher_name,
                  "student_shape": list(r.student.shape), "teacher_shape": list(r.teacher.shape),
-                 "student_steps": r.plan.student_steps, "teacher_steps": r.plan.teacher_steps,
+                 "student_steps": r.adapters.student_steps, "teacher_steps": r.adapters.teacher_steps,
                  "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.graph_plan.pairs]
 
 
@@ -86,7 +86,7 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
     return student, teachers
 
 
-def plan_warnings(spec: Spec, graph_plan: GraphPlan, live_teachers: frozenset[str] = frozenset()) -> list[str]:
+def plan_warnings(spec: Spec, graph_plan: BuiltGraph, live_teachers: frozenset[str] = frozenset()) -> list[str]:
     """What resolves but is almost always a mistake, each naming its spec key and line: a teacher built from the
     spec without weights (random init; live modules from Python and ``teacher: self`` are the user's own), and a
     pair whose student map is upsampled onto a much finer teacher grid."""
@@ -99,7 +99,7 @@ def plan_warnings(spec: Spec, graph_plan: GraphPlan, live_teachers: frozenset[st
                             f"{_weights_hint(tspec.model, tspec.kwargs, key)}")
     for report in graph_plan.pairs:
         where = located(f"distill.pairs[{report.index}]", spec.line_of("distill", "pairs", report.index))
-        warnings += [f"{where}: {report.label}: {text}" for text in report.plan.warnings]
+        warnings += [f"{where}: {report.label}: {text}" for text in report.adapters.warnings]
     return warnings
 
 
