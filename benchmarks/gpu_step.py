@@ -166,7 +166,7 @@ def run_pair(pair: str, batch: int, args, variants: list[str]) -> list[tuple[str
     seed_everything(0)
     resolved = resolve_plan(make_spec(pair, args.device, args.image_size, batch))
     rt = resolved.runtime
-    adapter = resolved.graph_plan.graph.student_adapters["0"]
+    adapter = resolved.graph_plan.graph.student_adapters[resolved.graph_plan.pairs[0].label]
     proj = copy.deepcopy(adapter[0]) if len(adapter) else nn.Identity()
     templates = (copy.deepcopy(resolved.student), copy.deepcopy(resolved.teacher), proj)
     g = torch.Generator().manual_seed(0)

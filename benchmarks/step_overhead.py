@@ -188,8 +188,9 @@ def build(args):
     student, teacher, plan = resolved.student, resolved.teacher, resolved.graph_plan
     # (B) fresh copies, taken before anything is moved, converted or stepped: identical weights.
     b_student, b_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
-    b_proj = copy.deepcopy(plan.graph.student_adapters["0"])
-    assert len(plan.graph.teacher_adapters["0"]) == 0, "teacher adapter expected to be the identity"
+    key = plan.graph.terms[-1].adapter  # the one pair's adapters
+    b_proj = copy.deepcopy(plan.graph.student_adapters[key])
+    assert len(plan.graph.teacher_adapters[key]) == 0, "teacher adapter expected to be the identity"
     rt = resolve_runtime(spec.runtime, conv_net=has_conv(student, teacher))
     loop = _Loop(spec, plan, resolved.data, rt, Reporter(quiet=True), None, student)
     loop.graph.train()  # as loop.epoch() does
@@ -247,6 +248,7 @@ def profile(loop, hand, x, y, steps: int) -> None:
 
     g, fmt = loop.graph, torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
     bsz = x.shape[0]
+    pair = g.terms[-1].adapter  # the one pair's adapters
 
     def feat(c: int, grad: bool) -> torch.Tensor:
         t = torch.randn(bsz, c, 7, 7, device=x.device)
@@ -262,7 +264,7 @@ def profile(loop, hand, x, y, steps: int) -> None:
 
     pairs = {
         "MSE pair loss, fwd+bwd (B,64,7,7)": (
-            fwd_bwd(lambda: mse(s_feat.float(), g.teacher_adapters["0"](t_feat.detach()).float())),
+            fwd_bwd(lambda: mse(s_feat.float(), g.teacher_adapters[pair](t_feat.detach()).float())),
             fwd_bwd(lambda: F.mse_loss(s_feat, t_feat))),
         "KL T=4 logits loss, fwd+bwd": (
             fwd_bwd(lambda: kl_div(logits, t_logits.detach(), temperature=4.0)),

@@ -72,7 +72,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, tmp_
     plan = resolve_plan(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(teacher))
     adapter = ref.make_adapter(variant).double()
     if variant != "kd":
-        adapter.load_state_dict(plan.graph_plan.graph.student_adapters["0"].proj.state_dict())
+        adapter.load_state_dict(plan.graph_plan.graph.student_adapters[plan.graph_plan.pairs[0].label].proj.state_dict())
 
     result = train(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), write=False, quiet=True)
     ours = [row["loss/total"] for row in result.metrics]

@@ -51,7 +51,7 @@ def test_terms_adapters_and_weighted_total():
     ce = F.cross_entropy(s_logits, y)
     p_t = F.softmax(t_logits / 2, 1)
     kl = (p_t * (p_t.log() - F.log_softmax(s_logits / 2, 1))).sum(1).mean() * 4
-    proj = graph.student_adapters["0"]
+    proj = graph.student_adapters[[t.adapter for t in graph.terms if t.kind == "pair"][0]]
     mse = ((proj(s3) - t3) ** 2).mean()
     s2 = F.interpolate(s2, size=(14, 14), mode="bilinear", align_corners=False)  # student 7x7 resized to 14x14
     a = F.normalize(s2, dim=1).flatten(1)

@@ -7,6 +7,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from kdgraph.graph.terms import TermKind
 from kdgraph.trace import LayerMap
 
 __all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json"]
@@ -60,15 +61,16 @@ def print_plan(plan, maps: bool = True) -> None:
     for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
         table.add_column(column)
     for term in gp.graph.terms:
-        if term.kind == "pair":
+        if term.kind is TermKind.PAIR:
             continue
-        if term.kind == "logits":
+        if term.kind is TermKind.LOGITS:
             table.add_row(term.label, "output", "output", "", "", f"{term.record.name} T={term.params.get('temperature')}",
                           f"{term.weight:g}")
-        elif term.kind.startswith("head_"):
-            detail = {"head_soft": f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
-                      "head_ce": "CE on labels", "head_feat": f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
-            head = gp.graph.student_adapters[f"head{term.index}"]
+        elif term.kind.is_head:
+            detail = {TermKind.HEAD_SOFT: f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
+                      TermKind.HEAD_CE: "CE on labels",
+                      TermKind.HEAD_FEATURE: f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
+            head = gp.graph.student_adapters[term.adapter]
             table.add_row(term.label, term.student_tap, "self", f"aux head ({sum(p.numel() for p in head.parameters())}"
                           " params)", "", detail, f"{term.weight:g}")
         else:

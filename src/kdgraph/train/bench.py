@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgraph.errors import KdgraphError
+from kdgraph.graph.terms import TermKind
 from kdgraph.losses.feature import mse
 from kdgraph.losses.logits import soft_cross_entropy
 from kdgraph.spec.schema import Spec
@@ -123,14 +124,14 @@ class HandStep:
         self.teacher = teacher.to(rt.device, **fmt).eval().requires_grad_(False) if teacher is not None else None
         self.s_adapt = copy.deepcopy(graph.student_adapters).to(rt.device, **fmt).train()
         self.t_adapt = copy.deepcopy(graph.teacher_adapters).to(rt.device, **fmt).train()  # as DistillGraph.train()
-        self.terms = [t for t in graph.terms if graph.active is None or t.kind == "ce" or t.label in graph.active]
+        self.terms = [t for t in graph.terms if graph.active is None or t.kind is TermKind.CE or t.label in graph.active]
         self.s_feats: dict[str, torch.Tensor] = {}
         self.t_feats: dict[str, torch.Tensor] = {}
         for i, term in enumerate(self.terms):
-            if term.kind.startswith("head_"):
+            if term.kind.is_head:
                 raise KdgraphError("kdgraph bench times teacher distillation; self_distill heads have no "
                                    "hand-written baseline here", key="self_distill")
-            if term.kind == "pair":
+            if term.kind is TermKind.PAIR:
                 _hook_module(self.student, term.student_tap, self.s_feats, f"distill.pairs[{term.index}].student")
                 _hook_module(self.teacher, term.teacher_tap, self.t_feats, f"distill.pairs[{term.index}].teacher")
         params = [p for p in (*self.student.parameters(), *self.s_adapt.parameters()) if p.requires_grad]
@@ -157,9 +158,9 @@ class HandStep:
         logits = self.student(x)
         total = logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
-            if term.kind == "ce":
+            if term.kind is TermKind.CE:
                 value = F.cross_entropy(logits, y)
-            elif term.kind == "logits":
+            elif term.kind is TermKind.LOGITS:
                 temp = term.params["temperature"]
                 if term.record.name == "kl":
                     value = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
@@ -167,9 +168,8 @@ class HandStep:
                 else:
                     value = soft_cross_entropy(logits, t_logits, temperature=temp)
             else:
-                key = str(term.index)
-                s = self.s_adapt[key](self.s_feats[term.student_tap])
-                t = self.t_adapt[key](self.t_feats[term.teacher_tap])
+                s = self.s_adapt[term.adapter](self.s_feats[term.student_tap])
+                t = self.t_adapt[term.adapter](self.t_feats[term.teacher_tap])
                 value = F.mse_loss(s.float(), t.float()) if term.fn is mse else term.fn(s.float(), t.float(),
                                                                                        **term.params)
             total = total + term.weight * value

@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -162,13 +162,24 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _renamed(tensors: dict[str, torch.Tensor], renames: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Tensor names under an old prefix moved to its new one, where the checkpoint has nothing under the new."""
+    for old, new in renames.items():
+        if any(k.startswith(old) for k in tensors) and not any(k.startswith(new) for k in tensors):
+            tensors = {new + k[len(old):] if k.startswith(old) else k: v for k, v in tensors.items()}
+    return tensors
+
+
 def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
-                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore modules, optimizer and RNG from a checkpoint; returns its JSON metadata."""
+                    optimizer: torch.optim.Optimizer | None, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Restore modules, optimizer and RNG from a checkpoint; returns its JSON metadata.
+
+    ``renames`` maps old tensor-name prefixes to new ones (adapters were keyed by pair index before they were keyed
+    by term label), applied where the checkpoint holds only the old names."""
     meta_path = Path(meta_path)
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(meta_path.parent / meta["tensors"]))
+        tensors = _renamed(load_file(str(meta_path.parent / meta["tensors"])), renames or {})
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
         raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({err})") from None
     try:

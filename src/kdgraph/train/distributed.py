@@ -22,6 +22,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from kdgraph.graph.terms import TermKind
 from kdgraph.train.checkpoint import save_tensors
 from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
@@ -190,7 +191,7 @@ class DistContext:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.local_rank] if self.backend == "nccl" else None
-            find_unused = find_unused or not any(term.kind in ("ce", "logits") for term in graph.terms)
+            find_unused = find_unused or not any(term.kind in (TermKind.CE, TermKind.LOGITS) for term in graph.terms)
             return DistributedDataParallel(graph, device_ids=ids, find_unused_parameters=find_unused)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -108,14 +108,20 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
 
 
 def _heads(run: RunDir, spec) -> dict:
-    """The self-distillation heads saved beside the student (``adapters.safetensors``: ``student.headN.*``)."""
-    from safetensors.torch import load_file
+    """The self-distillation heads saved beside the student (``adapters.safetensors``: ``student.head:LAYER.*``, or
+    ``student.headN.*`` from runs made before adapters were keyed by label), as ``heads.headN.*`` in
+    ``self_distill.heads`` order."""
+    from kdgraph.graph.terms import adapter_key
 
     if spec.teacher != "self" or not run.adapters.is_file():
         raise RunDirError(f"--with-heads needs a self-distillation run (teacher: self) with adapters.safetensors; "
                           f"{str(run.path)!r} has none")
     adapters = load_file(str(run.adapters))
-    return {"heads." + k[len("student."):]: v for k, v in adapters.items() if k.startswith("student.head")}
+    out = {}
+    for i, name in enumerate(spec.self_distill.heads):
+        for prefix in (f"student.{adapter_key(f'head:{name}')}.", f"student.head{i}."):
+            out.update({f"heads.head{i}." + k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)})
+    return out
 
 
 def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Path] = None,

@@ -14,7 +14,10 @@ from torch import nn
 from kdgraph.data import DataBundle, WithIndex, make_loader
 from kdgraph.errors import KdgraphError
 from kdgraph.graph import BuiltGraph
-from kdgraph.graph.build import Teachers, prune_masks
+from kdgraph.graph import TermKind
+from kdgraph.graph.terms import legacy_adapter_renames
+from kdgraph.graph.build import prune_masks
+from kdgraph.graph.lookup import Teachers
 from kdgraph.spec.schema import Spec
 from kdgraph.train.checkpoint import (CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta,
                                       save_checkpoint)
@@ -123,7 +126,7 @@ class _Loop:
         if index is None:
             return None
         stage = self.spec.train.stages[index]
-        labels = {t.label for t in self.graph.terms if t.kind == "pair" and
+        labels = {t.label for t in self.graph.terms if t.kind is TermKind.PAIR and
                   (t.label in stage.pairs or t.label.removeprefix("pair:") in stage.pairs)}
         if stage.logits:
             labels.add("logits")
@@ -154,7 +157,8 @@ class _Loop:
         changed = self.run_dir.spec_changes(self.spec.model_dump(mode="json"))
         listed = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         try:
-            meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer))
+            meta = load_checkpoint(last, *self.dist.loadable(self._modules(), self.optimizer),
+                                   renames=legacy_adapter_renames(self.graph.terms))
         except CheckpointMismatch as err:
             since = (f"this spec differs from {self.run_dir.spec} in: {listed}" if changed else
                      f"the spec is the one in {self.run_dir.spec}")
@@ -294,7 +298,7 @@ class _Loop:
         if "top1" in self.spec.eval.metrics:
             row["val_top1"] = top1(self.dist.eval_module(self.student, self.graph), self.data.test, self.spec,
                                    self.rt, self.dist)
-            if any(t.kind == "head_ce" for t in self.graph.terms):
+            if any(t.kind is TermKind.HEAD_CE for t in self.graph.terms):
                 row.update(head_top1(self.graph, self.data.test, self.spec, self.rt, self.dist))
         row.update(embedding_metrics(self.graph, self.data.train, self.data.test, self.spec, self.rt))
         return row

@@ -11,7 +11,7 @@ from torch import nn
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import BuiltGraph, build_graph
-from kdgraph.graph.build import Teachers, named_teachers
+from kdgraph.graph.lookup import Teachers, named_teachers
 from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
 from kdgraph.spec.schema import DataSpec, Spec

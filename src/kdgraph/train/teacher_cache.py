@@ -10,6 +10,7 @@ device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory. Under torc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -33,9 +34,9 @@ def _image_bytes(outputs: dict[str, torch.Tensor]) -> int:
     return sum(v[0].numel() * 4 for v in outputs.values())
 
 
-def _bytes_per_image(teacher: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
-    with torch.no_grad():
-        return _image_bytes(teacher(torch.zeros((1, *input_shape), device=device)))
+def _bytes_per_image(teacher: nn.Module) -> int:
+    """Cache bytes of one image's outputs, from the shapes the layer map's probe gave (no forward here)."""
+    return sum(math.prod(shape) * 4 for shape in teacher.output_shapes.values())
 
 
 def cache_is_exact(spec: Spec, dataset: Any) -> bool:
@@ -53,7 +54,7 @@ def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], dataset: Any, 
     for name, teacher in teachers.items():
         mode = spec.teacher_specs[name].cache
         if mode == "outputs" or (mode == "auto" and exact and
-                                 _bytes_per_image(teacher, input_shape, device) * images <= AUTO_LIMIT):
+                                 _bytes_per_image(teacher) * images <= AUTO_LIMIT):
             chosen[name] = teacher
     return chosen
 
