@@ -2,7 +2,7 @@
 
 from kdgraph.models import create_model
 from kdgraph.spec import load_spec, spec_from_dict
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.plan import resolve_plan
 
 SPEC = """\
 name: warned

@@ -29,7 +29,7 @@ def test_pruned_pair_keeps_top_filters_of_the_teacher_tap(criterion, order):
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         full = teacher.layer3(teacher.layer2(teacher.layer1(teacher.stem(x))))
-    t = plan.graph.teacher_adapters[report.label](plan.graph.teacher(x)["layer3"])
+    t = plan.graph.teacher_adapters[report.key](plan.graph.teacher(x)["layer3"])
     torch.testing.assert_close(t, full[:, expected], rtol=1e-5, atol=1e-5)
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key

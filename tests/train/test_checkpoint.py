@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdgraph.errors import KdgraphError
-from kdgraph.train.checkpoint import atomic_write_text, save_tensors
+from kdgraph.files import atomic_write_text, save_tensors
 
 
 @pytest.fixture

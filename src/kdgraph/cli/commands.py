@@ -113,7 +113,7 @@ def register(main: click.Group) -> None:
         """Print the JSON Schema of a spec file (for editors: yaml-language-server, VS Code)."""
         from kdgraph.spec.jsonschema import spec_json_schema
         from kdgraph.spec.reference import spec_reference
-        from kdgraph.train.checkpoint import atomic_write_text
+        from kdgraph.files import atomic_write_text
 
         text = spec_reference() if markdown else json.dumps(spec_json_schema(), indent=2) + "\n"
         if out:

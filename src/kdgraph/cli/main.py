@@ -103,7 +103,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
     from kdgraph.train.guard import Interrupted
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other")
@@ -146,7 +146,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC: schema, models, weights, data and every pair, without training."""
     from kdgraph.cli.render import print_plan
     from kdgraph.spec import load_spec
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     plan = resolve_plan(load_spec(spec_path, overrides))
     print_plan(plan, maps=False)
@@ -179,7 +179,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     from kdgraph.cli.render import print_layer_map, print_plan, traced_json
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     if suggest:
         return commands.suggest_command(targets, input_shape, kwargs_json, as_json, teacher_kwargs, student_kwargs)
@@ -194,12 +194,11 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     if _is_spec(target):
         plan = resolve_plan(load_spec(target, overrides))
         if as_json:
-            gp = plan.graph_plan
-            maps = {name: m.to_json() for name, m in gp.teacher_maps.items()}
-            click.echo(json.dumps({"student": gp.student_map.to_json(),
-                                   "teacher": gp.teacher_map.to_json() if gp.teacher_map else None,
+            maps = {name: m.to_json() for name, m in plan.teacher_maps.items()}
+            click.echo(json.dumps({"student": plan.student_map.to_json(),
+                                   "teacher": plan.teacher_map.to_json() if plan.teacher_map else None,
                                    **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json(),
-                                   "traced": traced_json(gp)},
+                                   "traced": traced_json(plan)},
                                   indent=1))
         else:
             print_plan(plan)

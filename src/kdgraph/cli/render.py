@@ -39,28 +39,26 @@ def print_layer_map(layer_map: LayerMap, marks: Optional[dict[str, str]] = None)
     console.print(layer_table(layer_map, marks))
 
 
-def traced_json(graph_plan) -> dict:
+def traced_json(plan) -> dict:
     """How each model of a plan was traced: ``{"student": {"method", "fixed_args"}, "teachers": {name: ...}}``."""
     def one(layer_map: LayerMap) -> dict:
         return {"method": layer_map.method, "fixed_args": layer_map.fixed_args}
 
-    return {"student": one(graph_plan.student_map),
-            "teachers": {name: one(m) for name, m in graph_plan.teacher_maps.items()}}
+    return {"student": one(plan.student_map), "teachers": {name: one(m) for name, m in plan.teacher_maps.items()}}
 
 
 def print_plan(plan, maps: bool = True) -> None:
     """Both layer maps with the tapped layers marked, then one row per pair with the adapters inserted."""
-    gp = plan.graph_plan
     if maps:
-        s_marks = {r.student.name: f"← {r.label}" for r in gp.pairs}
-        for name, teacher_map in gp.teacher_maps.items():
-            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in gp.pairs if r.teacher_name == name})
-        print_layer_map(gp.student_map, s_marks)
+        s_marks = {r.student.name: f"← {r.label}" for r in plan.pairs}
+        for name, teacher_map in plan.teacher_maps.items():
+            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in plan.pairs if r.teacher_name == name})
+        print_layer_map(plan.student_map, s_marks)
     console.print(f"data: {plan.data.description}")
     table = Table(title=f"{plan.spec.name}: loss terms", title_justify="left")
     for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
         table.add_column(column)
-    for term in gp.graph.terms:
+    for term in plan.graph.terms:
         if term.kind is TermKind.PAIR:
             continue
         if term.kind is TermKind.LOGITS:
@@ -70,13 +68,13 @@ def print_plan(plan, maps: bool = True) -> None:
             detail = {TermKind.HEAD_SOFT: f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
                       TermKind.HEAD_CE: "CE on labels",
                       TermKind.HEAD_FEATURE: f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
-            head = gp.graph.student_adapters[term.adapter]
+            head = plan.graph.student_adapters[term.adapter]
             table.add_row(term.label, term.student_tap, "self", f"aux head ({sum(p.numel() for p in head.parameters())}"
                           " params)", "", detail, f"{term.weight:g}")
         else:
             table.add_row(term.label, "output", "-", "", "", "labels", f"{term.weight:g}")
-    several = len(gp.teacher_maps) > 1
-    for r in gp.pairs:
+    several = len(plan.teacher_maps) > 1
+    for r in plan.pairs:
         teacher = f"{r.teacher_name}: " * several + f"{r.teacher.name} {_shape(r.teacher.shape)}"
         table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", teacher,
                       " → ".join(r.adapters.student_steps) or "identity", " → ".join(r.adapters.teacher_steps) or "identity",

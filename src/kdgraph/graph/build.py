@@ -26,7 +26,8 @@ __all__ = ["PairReport", "BuiltGraph", "build_graph", "prune_masks"]
 
 @dataclass
 class PairReport:
-    """What was decided for one pair: the layers it taps and the adapters inserted on each side."""
+    """What was decided for one pair: the layers it taps and the adapters inserted on each side (kept in the graph's
+    ``student_adapters`` / ``teacher_adapters`` under ``key``)."""
 
     index: int
     label: str
@@ -35,6 +36,7 @@ class PairReport:
     student: LayerInfo
     teacher: LayerInfo
     adapters: PairAdapters
+    key: str = ""
 
 
 def prune_masks(reports: list[PairReport]) -> dict[str, list[int]]:
@@ -131,7 +133,7 @@ def _pair_term(spec: Spec, i: int, label: str, key: str, student_map: LayerMap, 
     term = Term(label=label, kind=TermKind.PAIR, weight=pair.weight, fn=record.fn, params=pair.loss.params,
                 student_tap=pair.student, teacher_tap=pair.teacher, index=i, teacher_name=t_name, record=record,
                 adapter=key)
-    return term, PairReport(i, label, pair, t_name, s_info, t_info, adapters)
+    return term, PairReport(i, label, pair, t_name, s_info, t_info, adapters, key)
 
 
 def _unique_keys(labels: list[str]) -> list[str]:

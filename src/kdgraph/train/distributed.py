@@ -23,10 +23,10 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from kdgraph.graph.terms import TermKind
-from kdgraph.train.checkpoint import save_tensors
+from kdgraph.files import save_tensors
 from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
-from kdgraph.train.runtime import Runtime
+from kdgraph.runtime import Runtime
 
 __all__ = ["DistContext", "LOCAL"]
 

@@ -23,7 +23,8 @@ from kdgraph.models import build_model, read_state_dict
 from kdgraph.models.weights import state_mismatch
 from kdgraph.spec import load_spec
 from kdgraph.spec.schema import Spec
-from kdgraph.train.checkpoint import latest_checkpoint, save_tensors
+from kdgraph.files import save_tensors
+from kdgraph.train.checkpoint import latest_checkpoint
 from kdgraph.train.rundir import RunDir
 
 __all__ = ["export_student", "student_weights", "export_onnx"]
@@ -64,7 +65,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 
 def _input_shape(spec: Spec) -> tuple[int, ...]:
-    from kdgraph.train.resolve import build_data
+    from kdgraph.plan import build_data
 
     try:
         return tuple(build_data(spec.data, spec.runtime.seed).input_shape)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdgraph.data import make_loader
+from kdgraph.data import DataBundle, make_loader
 from kdgraph.data.loader import supports_batching
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
@@ -39,17 +39,16 @@ def _bytes_per_image(teacher: nn.Module) -> int:
     return sum(math.prod(shape) * 4 for shape in teacher.output_shapes.values())
 
 
-def cache_is_exact(spec: Spec, dataset: Any) -> bool:
+def cache_is_exact(spec: Spec, data: DataBundle) -> bool:
     """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a data set
     without per-sample transforms (imagefolder draws a random crop and flip per image on every access)."""
-    return spec.data.augment == "none" and spec.data.mix.name == "none" and supports_batching(dataset)
+    return spec.data.augment == "none" and spec.data.mix.name == "none" and supports_batching(data.train)
 
 
-def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], dataset: Any, input_shape: tuple[int, ...],
-                      device: torch.device) -> dict[str, nn.Module]:
-    """The teachers whose outputs are cached over ``dataset``: ``cache: outputs``, and ``auto`` where caching is
-    exact (:func:`cache_is_exact`) and costs at most ``AUTO_LIMIT`` bytes."""
-    exact, images = cache_is_exact(spec, dataset), len(dataset)
+def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], data: DataBundle) -> dict[str, nn.Module]:
+    """The teachers whose outputs are cached over the training split: ``cache: outputs``, and ``auto`` where caching
+    is exact (:func:`cache_is_exact`) and costs at most ``AUTO_LIMIT`` bytes."""
+    exact, images = cache_is_exact(spec, data), len(data.train)
     chosen = {}
     for name, teacher in teachers.items():
         mode = spec.teacher_specs[name].cache
