@@ -153,6 +153,10 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
         err.line = err.line or spec.line_of(*err.key.split("."))
         raise
     data = build_data(spec.data, spec.runtime.seed, spec.line_of("data"))
+    if not data.provides.indexable:
+        raise KdgraphError(f"{data.description}: kdgraph trains on data it can index by position (the seeded order, "
+                           "resuming mid-epoch, data-parallel shards and the teacher cache all need it); this source "
+                           "streams its samples", key="data.dataset", line=spec.line_of("data", "dataset"))
     if len(data.train) < spec.data.batch_size:
         raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
                            f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size",

@@ -10,7 +10,6 @@ the group and checking the environment against the spec is ``kdgraph.train.launc
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
+from kdgraph.data.datasets import select
 from kdgraph.graph.terms import TermKind
 from kdgraph.files import save_tensors
 from kdgraph.train.progress import Reporter
@@ -279,7 +279,7 @@ class DistContext:
         idx = torch.arange(start, stop)
         if len(idx) < per:
             idx = torch.cat([idx, torch.full((per - len(idx),), max(stop - 1, 0), dtype=torch.long)])
-        return _select(dataset, idx), stop - start
+        return select(dataset, idx), stop - start
 
     def gather_shards(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's ``eval_shard`` rows of a per-sample tensor joined in data set order (collective): the first
@@ -354,19 +354,6 @@ class DistContext:
 
 
 LOCAL = DistContext()
-
-
-def _select(dataset: Dataset, idx: torch.Tensor) -> Dataset:
-    """The samples ``idx`` of ``dataset``; tensor-backed data sets stay tensor-backed (batched fast path)."""
-    from kdgraph.data import TensorImageDataset
-
-    if isinstance(dataset, TensorImageDataset):
-        out = copy.copy(dataset)
-        out.images, out.labels = dataset.images[idx], dataset.labels[idx]
-        return out
-    if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(t[idx] for t in dataset.tensors))
-    return Subset(dataset, idx.tolist())
 
 
 def destroy() -> None:

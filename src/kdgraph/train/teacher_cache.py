@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from kdgraph.data import DataBundle, make_loader
-from kdgraph.data.loader import supports_batching
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
 from kdgraph.train.distributed import LOCAL, DistContext
@@ -40,9 +39,10 @@ def _bytes_per_image(teacher: nn.Module) -> int:
 
 
 def cache_is_exact(spec: Spec, data: DataBundle) -> bool:
-    """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a data set
-    without per-sample transforms (imagefolder draws a random crop and flip per image on every access)."""
-    return spec.data.augment == "none" and spec.data.mix.name == "none" and supports_batching(data.train)
+    """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a source
+    whose samples are the same on every access (``data.provides.exact``: imagefolder draws a random crop and flip
+    per image on every access)."""
+    return spec.data.augment == "none" and spec.data.mix.name == "none" and data.provides.exact
 
 
 def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], data: DataBundle) -> dict[str, nn.Module]:
