@@ -7,8 +7,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
-from kdgraph.named import as_named
-from kdgraph.spec.section import Section
+from kdgraph.spec.section import Section, short_form
 
 __all__ = ["LossSpec", "LogitLossSpec", "PairSpec", "LogitsSpec", "DistillSpec", "SelfDistillSpec"]
 
@@ -94,10 +93,7 @@ class PairSpec(Section):
     loss: LossSpec = Field(default_factory=lambda: LossSpec(name="mse"), description="Feature loss.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of this term in the total loss.")
 
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss_named(cls, v: Any) -> Any:
-        return as_named(v)
+    _loss_named = short_form("loss")
 
     @field_validator("projector")
     @classmethod
@@ -136,10 +132,7 @@ class LogitsSpec(Section):
         default=None, description="Which of `teachers:` gives the logits (needed when there are several)."
     )
 
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss_named(cls, v: Any) -> Any:
-        return as_named(v)
+    _loss_named = short_form("loss")
 
 
 class DistillSpec(Section):

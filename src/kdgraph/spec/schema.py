@@ -12,9 +12,8 @@ from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeF
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from kdgraph.errors import did_you_mean
-from kdgraph.named import as_named
 from kdgraph.spec.distill import DistillSpec, LogitLossSpec, LogitsSpec, LossSpec, PairSpec, SelfDistillSpec
-from kdgraph.spec.section import Section
+from kdgraph.spec.section import Section, short_form
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
@@ -118,10 +117,7 @@ class DataSpec(Section):
     num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Used when dataset is `synthetic`.")
 
-    @field_validator("mix", mode="before")
-    @classmethod
-    def _mix_named(cls, v: Any) -> Any:
-        return as_named(v)
+    _mix_named = short_form("mix")
 
     @field_validator("crop_scale")
     @classmethod

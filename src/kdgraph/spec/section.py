@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
-__all__ = ["Section"]
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from kdgraph.named import as_named
+
+__all__ = ["Section", "short_form"]
+
+
+def short_form(*fields: str) -> Any:
+    """A before-validator letting each of ``fields`` be written as a bare name: ``loss: mse`` for ``{name: mse}``
+    (the JSON Schema export sees it and accepts the string too)."""
+
+    def named(cls: type, value: Any) -> Any:
+        return as_named(value)
+
+    return field_validator(*fields, mode="before")(named)
 
 
 class Section(BaseModel):
