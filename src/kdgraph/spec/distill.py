@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
+from pydantic import (ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_serializer,
+                      model_validator)
 
 from kdgraph.spec.section import Section, short_form
 
@@ -24,6 +25,7 @@ class _LossChoice(Section):
     model_config = ConfigDict(extra="allow")
     _kinds: ClassVar[tuple[str, ...]] = ()
     _own_keys: ClassVar[tuple[str, ...]] = ()  # parameters the enclosing section sets itself (logits: temperature)
+    _dump_short: ClassVar[bool] = False
     name: str
 
     @model_validator(mode="after")
@@ -52,6 +54,13 @@ class _LossChoice(Section):
         """The keyword parameters given (the loss's own defaults apply to the rest)."""
         return dict(self.model_extra or {})
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        """``{name: kl}`` is dumped as it was written before it was a mapping (``kl``) where the section says so,
+        so the spec.yaml of a run made then compares equal when it is resumed."""
+        data = handler(self)
+        return self.name if self._dump_short and not self.params else data
+
 
 class LossSpec(_LossChoice):
     """A pair's loss by name with its keyword parameters (`{name: logsum, alpha: 4}`; every loss: Losses, below)."""
@@ -65,6 +74,7 @@ class LogitLossSpec(_LossChoice):
 
     _kinds: ClassVar[tuple[str, ...]] = ("logit",)
     _own_keys: ClassVar[tuple[str, ...]] = ("temperature",)
+    _dump_short: ClassVar[bool] = True  # `loss: kl` was a plain name before logit losses had records
     name: str = Field(description=f"A logit loss: {_loss_names(('logit',))}.")
 
 
