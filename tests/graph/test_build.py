@@ -147,3 +147,17 @@ def test_channels_last_student_map_is_refused_not_misread():
     text = str(err.value)
     assert "distill.pairs[0].student (line 7)" in text and "(7, 7, 32)" in text and "channels-last" in text
     assert "try conv" in text
+
+
+def test_a_loss_asking_for_what_terms_do_not_wire_yet_is_refused_with_its_key(monkeypatch):
+    from kdgraph.losses import registry
+    from kdgraph.spec import spec_from_dict
+
+    monkeypatch.setattr(registry, "_RECORDS", dict(registry._RECORDS))
+    registry.register_loss("labelled", kind="logit", inputs={"labels": "target"})(
+        lambda s, t, *, temperature=4.0, target=None: (s - t).pow(2).mean())
+    spec = spec_from_dict({"teacher": {"model": "kdgraph:fmnist_resnet"}, "student": {"model": "kdgraph:fmnist_cnn"},
+                           "distill": {"logits": {"loss": "labelled"}}})
+    teacher, student = create_model("kdgraph:fmnist_resnet"), create_model("kdgraph:fmnist_cnn")
+    with pytest.raises(SpecError, match=r"distill.logits.loss: loss 'labelled' needs run inputs \(labels\)"):
+        build_graph(spec, student, teacher, (1, 28, 28))

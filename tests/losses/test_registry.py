@@ -116,7 +116,7 @@ def scratch_registry(monkeypatch):
 
 
 def test_register_a_plain_function(scratch_registry) -> None:
-    def gap_mse(s, t, beta, scale: float = 2.0):
+    def gap_mse(s, t, *, beta, scale: float = 2.0):
         """Toy loss: ``scale * mean (s - t)^2`` of pooled maps."""
         return scale * (s.mean((2, 3)) - t.mean((2, 3))).pow(2).mean()
 
@@ -131,6 +131,8 @@ def test_register_a_plain_function(scratch_registry) -> None:
 def test_register_refuses_what_a_spec_cannot_call(scratch_registry) -> None:
     with pytest.raises(TypeError, match="student and the teacher tensor first"):
         register_loss("one", kind="feature")(lambda s: s.sum())
+    with pytest.raises(TypeError, match="student and the teacher tensor first"):
+        register_loss("three", kind="feature")(lambda s, t, u: s.sum())
     with pytest.raises(TypeError, match=r"\*\*kwargs"):
         register_loss("star", kind="feature")(lambda s, t, **kwargs: s.sum())
     with pytest.raises(ValueError, match="layouts"):
@@ -142,10 +144,28 @@ def test_register_refuses_what_a_spec_cannot_call(scratch_registry) -> None:
 
 
 def test_module_and_inputs_are_not_spec_parameters(scratch_registry) -> None:
-    def crd_like(s, t, module, index, labels, temperature: float = 0.07):
+    def crd_like(s, t, *, module, index, num_data, temperature: float = 0.07):
         return s.sum()
 
     register_loss("crd_like", kind="relational", needs="vectors", module=lambda s, t, **kw: torch.nn.Identity(),
-                  inputs=("index", "labels"))(crd_like)
+                  inputs=("index", "num_data"))(crd_like)
     record = get_loss("crd_like")
-    assert record.params == {"temperature": 0.07} and record.inputs == {"index", "labels"}
+    assert record.params == {"temperature": 0.07} and record.inputs == {"index": "index", "num_data": "num_data"}
+
+    def dkd_like(student_logits, teacher_logits, *, beta: float = 8.0, temperature: float = 4.0, target=None):
+        return student_logits.sum()
+
+    register_loss("dkd_like", kind="logit", inputs={"labels": "target"})(dkd_like)
+    assert get_loss("dkd_like").params == {"beta": 8.0, "temperature": 4.0}
+
+
+def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) -> None:
+    def fsp_like(s1, s2, t1, t2):
+        return s1.sum()
+
+    def review_like(student, teacher, *, levels=(4, 2, 1)):
+        return student[0].sum()
+
+    register_loss("fsp_like", kind="feature", taps=2)(fsp_like)
+    register_loss("review_like", kind="feature", taps=4)(review_like)
+    assert get_loss("fsp_like").params == {} and get_loss("review_like").params == {"levels": (4, 2, 1)}

@@ -32,7 +32,7 @@ def test_a_required_loss_parameter_must_be_given(monkeypatch):
     from kdgraph.losses import registry
 
     monkeypatch.setattr(registry, "_RECORDS", dict(registry._RECORDS))
-    registry.register_loss("needs_beta", kind="feature")(lambda s, t, beta: (s - t).pow(2).mean() * beta)
+    registry.register_loss("needs_beta", kind="feature")(lambda s, t, *, beta: (s - t).pow(2).mean() * beta)
     with pytest.raises(SpecError, match="loss 'needs_beta' needs beta"):
         spec_from_dict(doc(loss="needs_beta"))
     assert spec_from_dict(doc(loss={"name": "needs_beta", "beta": 2})).distill.pairs[0].loss.params == {"beta": 2}

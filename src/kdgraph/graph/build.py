@@ -72,16 +72,15 @@ def _prune_indices(pair: PairSpec, teacher: nn.Module, s_info: LayerInfo) -> tor
     return l1_channel_mask(conv.weight.detach(), keep=s_info.channels, criterion=pair.prune_criterion)
 
 
-def _pair_loss(pair: PairSpec, spec: Spec, base: tuple) -> LossRecord:
-    """The pair's loss record; a record asking for what pairs cannot give yet is refused with its spec key."""
-    record = get_loss(pair.loss.name, PAIR_KINDS)
+def _served(record: LossRecord, spec: Spec, path: tuple) -> LossRecord:
+    """``record``, unless it asks for what the graph does not wire yet (refused with the spec key of its loss)."""
     missing = [what for what, wanted in (("several taps per model", record.taps != 1),
                                          ("a loss-side module", record.module is not None),
-                                         (f"step inputs ({', '.join(sorted(record.inputs))})", bool(record.inputs)))
+                                         (f"run inputs ({', '.join(sorted(record.inputs))})", bool(record.inputs)))
                if wanted]
     if missing:
-        raise SpecError(f"loss {record.name!r} needs {' and '.join(missing)}, which kdgraph's pairs do not provide "
-                        "yet", key=format_key((*base, "loss")), line=spec.line_of(*base, "loss"))
+        raise SpecError(f"loss {record.name!r} needs {' and '.join(missing)}, which kdgraph's terms do not provide "
+                        "yet", key=format_key(path), line=spec.line_of(*path))
     return record
 
 
@@ -103,7 +102,7 @@ def _logits_term(spec: Spec, student_map: LayerMap, teacher_maps: dict[str, Laye
         raise SpecError(f"logit distillation needs (B, K) outputs of equal width; the student gives {k_s} and "
                         f"the teacher {k_t} classes. Set num_classes in the models' kwargs, or remove "
                         "distill.logits", key="distill.logits", line=spec.line_of("distill", "logits"))
-    record = get_loss(lg.loss.name, LossKind.LOGIT)
+    record = _served(get_loss(lg.loss.name, LossKind.LOGIT), spec, ("distill", "logits", "loss"))
     params = dict(lg.loss.params, **({"temperature": lg.temperature} if "temperature" in record.params else {}))
     return Term(label="logits", kind=TermKind.LOGITS, weight=lg.weight, teacher_name=source, fn=record.fn,
                 params=params, record=record)
@@ -120,7 +119,7 @@ def _pair_term(spec: Spec, i: int, label: str, key: str, student_map: LayerMap, 
     t_map = teacher_maps[t_name]
     t_info = feature(t_map, layer(t_map, pair.teacher, t_key, spec, base + ("teacher",)), t_key, spec,
                      base + ("teacher",))
-    record = _pair_loss(pair, spec, base)
+    record = _served(get_loss(pair.loss.name, PAIR_KINDS), spec, (*base, "loss"))
     try:
         pruning = parse_projector(pair.projector)[0] == "prune"
         prune = _prune_indices(pair, teachers[t_name], s_info) if pruning else None

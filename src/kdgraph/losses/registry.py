@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from torch import Tensor, nn
@@ -69,8 +70,13 @@ class LossRecord:
     The extension points the method catalogue needs have their place (each is refused by the graph until it is
     wired; see docs/architecture.md): ``taps`` (layers per model, e.g. 2 for FSP), ``module`` (a trainable or
     stateful loss-side module: CRD's embeddings and memory bank, VID's variances, FT's paraphraser; saved in
-    ``adapters.safetensors`` and checkpointed with the adapters) and ``inputs`` (what a step must hand the loss
-    besides the two tensors: ``labels`` for DKD, ``index``, the data-set positions, for CRD).
+    ``adapters.safetensors`` and checkpointed with the adapters) and ``inputs`` (what the run must hand the loss
+    besides the tensors: ``labels`` for DKD, ``index``, the data-set positions, and ``num_data`` for CRD).
+
+    The function's leading positional parameters without a default are its tensors: two (student, teacher), or
+    with ``taps=N`` either two sequences of N or 2N tensors (student taps, then teacher taps). Every later parameter
+    is a spec parameter (``loss: {name: ..., key: value}``), required when it has no default, except ``module`` and
+    the parameters ``inputs`` names.
     """
 
     name: str
@@ -87,8 +93,9 @@ class LossRecord:
     """Tapped layers per model."""
     module: Optional[Callable[..., nn.Module]] = None
     """``module(student_shape, teacher_shape, **params) -> nn.Module``, passed to ``fn`` as ``module=``."""
-    inputs: frozenset[str] = frozenset()
-    """Step inputs passed to ``fn`` by keyword: ``labels`` (hard labels), ``index`` (data-set positions)."""
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    """Run inputs -> the parameter of ``fn`` that takes it: ``labels`` (the batch's hard labels), ``index`` (its
+    data-set positions), ``num_data`` (the training set's size); ``{"labels": "target"}`` for DKD."""
 
     @property
     def summary(self) -> str:
@@ -107,16 +114,22 @@ class LossRecord:
 
 
 _RECORDS: dict[str, LossRecord] = {}
-_INPUTS = ("labels", "index")
+_INPUTS = ("labels", "index", "num_data")
 
 
-def _params(fn: Callable[..., Tensor], skip: Iterable[str]) -> dict[str, Any]:
+def _params(fn: Callable[..., Tensor], skip: Iterable[str], taps: int) -> dict[str, Any]:
     names = list(inspect.signature(fn).parameters.values())
-    if len(names) < 2 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in names[:2]):
-        raise TypeError(f"a loss takes the student and the teacher tensor first, got {fn.__name__}{inspect.signature(fn)}")
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    tensors = 0
+    while tensors < len(names) and names[tensors].kind in positional and names[tensors].default is REQUIRED:
+        tensors += 1
+    if tensors not in {2, 2 * taps}:
+        want = "the student and the teacher tensor" + (f" (or {2 * taps} tensors: student taps, then teacher taps)"
+                                                        if taps > 1 else "")
+        raise TypeError(f"a loss takes {want} first, then keyword parameters; got {fn.__name__}{inspect.signature(fn)}")
     skip = set(skip)
     out = {}
-    for p in names[2:]:
+    for p in names[tensors:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             stars = "*" if p.kind == p.VAR_POSITIONAL else "**"
             raise TypeError(f"loss {fn.__name__}: {stars}{p.name} cannot be set from a spec; name every parameter")
@@ -128,28 +141,28 @@ def _params(fn: Callable[..., Tensor], skip: Iterable[str]) -> dict[str, Any]:
 def register_loss(name: str, *, kind: Union[LossKind, str], needs: Union[Needs, str] = Needs.SAME_SHAPE,
                   layouts: Optional[Iterable[str]] = None, taps: int = 1,
                   module: Optional[Callable[..., nn.Module]] = None,
-                  inputs: Iterable[str] = ()) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+                  inputs: Union[Iterable[str], Mapping[str, str]] = ()) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register the decorated function as loss ``name``; the function is returned unchanged.
 
     Works on a plain function in its own module too: ``register_loss("dkd", kind="logit")(dkd)``. ``layouts``
     defaults to every layout for pair losses and to ``vector`` for logit losses. Parameters are read from the
-    signature: every one after the two tensors (except ``module`` and the ``inputs``) is a spec parameter, its
-    default the spec's default.
+    signature (see :class:`LossRecord`). ``inputs`` names run inputs the function takes by keyword, under their
+    own names (``inputs=("index",)``) or under its parameter's (``inputs={"labels": "target"}``).
     """
     kind, needs = LossKind(kind), Needs(needs)
     shapes = frozenset(layouts if layouts is not None else (("vector",) if kind is LossKind.LOGIT else _LAYOUTS))
     if not shapes or not shapes <= set(_LAYOUTS):
         raise ValueError(f"loss {name!r}: layouts must be some of {', '.join(_LAYOUTS)}, got {sorted(shapes)}")
-    wanted = frozenset(inputs)
-    if not wanted <= set(_INPUTS):
+    wanted = dict(inputs) if isinstance(inputs, Mapping) else {key: key for key in inputs}
+    if not set(wanted) <= set(_INPUTS):
         raise ValueError(f"loss {name!r}: inputs must be some of {', '.join(_INPUTS)}, got {sorted(wanted)}")
     if taps < 1:
         raise ValueError(f"loss {name!r}: taps must be at least 1, got {taps}")
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        skip = set(wanted) | ({"module"} if module is not None else set())
-        record = LossRecord(name=name, fn=fn, kind=kind, needs=needs, layouts=shapes, params=_params(fn, skip),
-                            taps=taps, module=module, inputs=wanted)
+        skip = set(wanted.values()) | ({"module"} if module is not None else set())
+        record = LossRecord(name=name, fn=fn, kind=kind, needs=needs, layouts=shapes, params=_params(fn, skip, taps),
+                            taps=taps, module=module, inputs=MappingProxyType(wanted))
         old = _RECORDS.get(name)
         if old is not None and old.function != record.function:
             raise ValueError(f"loss {name!r} is registered twice: {old.function} and {record.function}")
