@@ -82,13 +82,13 @@ class LossRecord:
     name: str
     """The spec name (``loss: mse``)."""
     fn: Callable[..., Tensor]
-    """The pure function: two tensors first, then keyword parameters."""
+    """The pure function: its tensors first, then keyword parameters."""
     kind: LossKind
     needs: Needs = Needs.SAME_SHAPE
     layouts: frozenset[str] = frozenset(_LAYOUTS)
     """Layouts the loss accepts after the adapters: ``map`` ``(C, H, W)``, ``tokens`` ``(N, D)``, ``vector``."""
     params: Mapping[str, Any] = field(default_factory=dict)
-    """Keyword parameters after the two tensors (and after ``module`` / ``inputs``), name -> default or REQUIRED."""
+    """Spec parameters (after the tensors; not ``module`` nor the ``inputs``), name -> default or REQUIRED."""
     taps: int = 1
     """Tapped layers per model."""
     module: Optional[Callable[..., nn.Module]] = None
