@@ -6,7 +6,7 @@ the part nobody can remove: ``timm.create_model`` of the same two models. In one
 so that both see the same load,
 
 - ``create``:  ``timm.create_model`` of the spec's teacher and student (random init);
-- ``resolve``: ``load_spec`` + ``kdgraph.train.resolve_plan`` of the spec (builds the same two models).
+- ``resolve``: ``load_spec`` + ``kdgraph.plan_plan`` of the spec (builds the same two models).
 
 One untimed round first takes the lazy imports out of the numbers. It prints the median, min and max seconds of
 each, the ratio of the medians and the median of the per-round ratios, with the load average before and after.
@@ -29,7 +29,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from kdgraph.spec import load_spec  # noqa: E402
-from kdgraph.train.resolve import resolve_plan  # noqa: E402
+from kdgraph.plan import resolve_plan  # noqa: E402
 
 
 def timm_names(spec_path: str) -> list[str]:

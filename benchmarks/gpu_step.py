@@ -11,7 +11,7 @@ already on the device. Variants:
   fx-fullgraph              timm fx feature extractor, torch.compile(fullgraph=True)
   fx-reduce-overhead        fx features, torch.compile(mode="reduce-overhead")        (CUDA only: CUDA graphs)
   fx-reduce-overhead-fused  the same + SGD(fused=True)                                 (CUDA only)
-  kdgraph                   kdgraph's own trainer step: resolve_plan -> _Loop.step, runtime auto
+  kdgraph                   kdgraph's own trainer step: resolve_plan -> Trainer.step, runtime auto
 
 Every variant starts from the same weights: kdgraph's plan is resolved first and the hand-written variants copy
 its student, teacher and projector (before the trainer touches them). The first step is timed alone (it includes
@@ -44,10 +44,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kdgraph.spec import spec_from_dict  # noqa: E402
 from kdgraph.train.bench import BenchRow, measure  # noqa: E402
-from kdgraph.train.loop import _Loop  # noqa: E402
-from kdgraph.train.progress import Reporter  # noqa: E402
-from kdgraph.train.resolve import resolve_plan  # noqa: E402
-from kdgraph.train.runtime import seed_everything  # noqa: E402
+from kdgraph.train import Trainer  # noqa: E402
+from kdgraph.plan import resolve_plan  # noqa: E402
+from kdgraph.runtime import seed_everything  # noqa: E402
 
 PAIRS = {
     "resnet34-resnet18": ("resnet34", "resnet18", "layer3", "fc"),
@@ -166,7 +165,7 @@ def run_pair(pair: str, batch: int, args, variants: list[str]) -> list[tuple[str
     seed_everything(0)
     resolved = resolve_plan(make_spec(pair, args.device, args.image_size, batch))
     rt = resolved.runtime
-    adapter = resolved.graph_plan.graph.student_adapters["0"]
+    adapter = resolved.graph.student_adapters[resolved.pairs[0].key]
     proj = copy.deepcopy(adapter[0]) if len(adapter) else nn.Identity()
     templates = (copy.deepcopy(resolved.student), copy.deepcopy(resolved.teacher), proj)
     g = torch.Generator().manual_seed(0)
@@ -182,8 +181,7 @@ def run_pair(pair: str, batch: int, args, variants: list[str]) -> list[tuple[str
         torch._dynamo.reset()  # drops compiled code (and CUDA graph pools) holding the previous variant
         free(device)
         if variant == "kdgraph":
-            loop = _Loop(resolved.spec, resolved.graph_plan, resolved.data, rt, Reporter(quiet=True), None,
-                         resolved.student)
+            loop = Trainer(resolved, runtime=rt)
             loop.graph.train()
             row = measure("kdgraph", lambda: loop.step(x, y), device, batch, args.steps, args.warmup,
                           loss_of=lambda v: float(v["total"]))

@@ -2,7 +2,7 @@
 
 Quickstart pair (teacher ``kdgraph:fmnist_resnet``, student ``kdgraph:fmnist_cnn``, ``specs/quickstart.yaml``):
 
-(A) kdgraph: ``load_spec`` -> ``resolve_plan`` -> the trainer's ``_Loop`` (built as ``train()`` builds it, no run
+(A) kdgraph: ``load_spec`` -> ``resolve_plan`` -> the ``Trainer`` (built as ``train()`` builds it, no run
     dir, quiet reporter); the timed call is ``loop.step(x, y)``.
 (B) hand-written: fresh copies of the same models and adapter (identical weights), teacher stem->layer1..3->fc under
     ``torch.no_grad()`` in eval mode, student block1..3->pool->fc, ``CE + 0.9 * KL(T=4, T^2, batch mean) +
@@ -47,11 +47,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from kdgraph.models import build_model  # noqa: E402
 from kdgraph.models.weights import BUILTIN_DIR  # noqa: E402
 from kdgraph.spec import load_spec  # noqa: E402
-from kdgraph.train.loop import _Loop  # noqa: E402
+from kdgraph.train import Trainer  # noqa: E402
 from kdgraph.train.optim import lr_factor  # noqa: E402
-from kdgraph.train.progress import Reporter  # noqa: E402
-from kdgraph.train.resolve import has_conv, resolve_plan  # noqa: E402
-from kdgraph.train.runtime import resolve_runtime, seed_everything  # noqa: E402
+from kdgraph.plan import has_conv, resolve_plan  # noqa: E402
+from kdgraph.runtime import resolve_runtime, seed_everything  # noqa: E402
 
 SPEC = ROOT / "specs" / "quickstart.yaml"
 
@@ -185,13 +184,14 @@ def build(args):
                 m.bias.data.copy_(0.2 * torch.randn(c, generator=g))
         seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec, teacher=teacher)  # a live teacher: the same path as kdgraph.distill(teacher=...)
-    student, teacher, plan = resolved.student, resolved.teacher, resolved.graph_plan
+    student, teacher, plan = resolved.student, resolved.teacher, resolved
     # (B) fresh copies, taken before anything is moved, converted or stepped: identical weights.
     b_student, b_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
-    b_proj = copy.deepcopy(plan.graph.student_adapters["0"])
-    assert len(plan.graph.teacher_adapters["0"]) == 0, "teacher adapter expected to be the identity"
+    key = plan.graph.terms[-1].adapter  # the one pair's adapters
+    b_proj = copy.deepcopy(plan.graph.student_adapters[key])
+    assert len(plan.graph.teacher_adapters[key]) == 0, "teacher adapter expected to be the identity"
     rt = resolve_runtime(spec.runtime, conv_net=has_conv(student, teacher))
-    loop = _Loop(spec, plan, resolved.data, rt, Reporter(quiet=True), None, student)
+    loop = Trainer(resolved, runtime=rt)
     loop.graph.train()  # as loop.epoch() does
     hand = HandStep(b_student, b_teacher, b_proj, spec, loop.steps, rt.device, rt.channels_last, args.hand_fold_bn)
 
@@ -247,6 +247,7 @@ def profile(loop, hand, x, y, steps: int) -> None:
 
     g, fmt = loop.graph, torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
     bsz = x.shape[0]
+    pair = g.terms[-1].adapter  # the one pair's adapters
 
     def feat(c: int, grad: bool) -> torch.Tensor:
         t = torch.randn(bsz, c, 7, 7, device=x.device)
@@ -262,7 +263,7 @@ def profile(loop, hand, x, y, steps: int) -> None:
 
     pairs = {
         "MSE pair loss, fwd+bwd (B,64,7,7)": (
-            fwd_bwd(lambda: mse(s_feat.float(), g.teacher_adapters["0"](t_feat.detach()).float())),
+            fwd_bwd(lambda: mse(s_feat.float(), g.teacher_adapters[pair](t_feat.detach()).float())),
             fwd_bwd(lambda: F.mse_loss(s_feat, t_feat))),
         "KL T=4 logits loss, fwd+bwd": (
             fwd_bwd(lambda: kl_div(logits, t_logits.detach(), temperature=4.0)),

@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdgraph.spec import load_spec  # noqa: E402
-from kdgraph.train.resolve import resolve_plan  # noqa: E402
+from kdgraph.plan import resolve_plan  # noqa: E402
 
 MK = torch.ops.mkldnn
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     cl = torch.channels_last
     x = torch.randn(args.batch_size, *plan.data.input_shape).contiguous(memory_format=cl)
     plain = copy.deepcopy(plan.teacher).eval().to(memory_format=cl)
-    folded = plan.graph_plan.graph.teacher.module.to(memory_format=cl)
+    folded = plan.graph.teacher.module.to(memory_format=cl)
     fused = fuse_onednn(folded, x)
 
     def bf16(inp: torch.Tensor) -> dict[str, torch.Tensor]:

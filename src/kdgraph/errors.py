@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-__all__ = ["KdgraphError", "SpecError", "ModelError", "WeightsError", "RunDirError", "with_key", "located"]
+import difflib
+from typing import Iterable
+
+__all__ = ["KdgraphError", "SpecError", "ModelError", "WeightsError", "RunDirError", "with_key", "located", "suggest",
+           "did_you_mean"]
+
+
+def suggest(name: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """Up to ``n`` of ``choices`` close to ``name``, closest first: the one "did you mean" of kdgraph's messages."""
+    return difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """``; did you mean 'x'?`` for the closest of ``choices``, or nothing when none is close."""
+    near = suggest(name, choices, cutoff=cutoff)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def located(key: str, line: int | str | None) -> str:
@@ -14,10 +29,12 @@ def located(key: str, line: int | str | None) -> str:
 
 
 class KdgraphError(Exception):
-    """Base class of errors that are the user's to fix; the CLI prints them and exits with code 2.
+    """Base class of every error that is the user's to fix; the CLI prints them and exits with code 2.
 
     ``key`` is the dotted spec path (``distill.pairs[0].teacher``) and ``line`` the YAML line, when known (or the
-    ``--set KEY=VALUE`` text when the value came from an override).
+    ``--set KEY=VALUE`` text when the value came from an override). A subclass that callers also catch as a builtin
+    keeps that builtin as a second base (``DataError(KdgraphError, ValueError)``); ``str()`` is always the plain
+    message, also for a ``KeyError`` second base (which would quote it).
     """
 
     def __init__(self, message: str, *, key: str | None = None, line: int | str | None = None):
@@ -52,4 +69,4 @@ def with_key(err: Exception, key: str, line: int | str | None = None) -> Kdgraph
         if err.key is None:
             err.key, err.line = key, line
         return err
-    return SpecError(str(err).strip("'\""), key=key, line=line)
+    return SpecError(str(err), key=key, line=line)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kdgraph.align.layout import GlobalAvgPool, MapToTokens, Resize, TokensToMap, token_grid
-from kdgraph.align.plan import AlignmentError, FeatureShape, plan_pair
+from kdgraph.align import AlignmentError, FeatureShape, align_pair
 
 
 def manual_tokens_to_map(tok: torch.Tensor, side: int) -> torch.Tensor:
@@ -27,7 +27,7 @@ def test_token_grid():
 
 
 def test_resize_student_7x7_to_4x4_bilinear():
-    p = plan_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((8, 4, 4), "map"))
+    p = align_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((8, 4, 4), "map"))
     assert p.student_steps == ["resize 7x7→4x4 (bilinear)"]
     x = torch.randn(2, 8, 7, 7)
     ref = F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False)
@@ -37,18 +37,18 @@ def test_resize_student_7x7_to_4x4_bilinear():
 
 def test_resize_modes():
     x = torch.randn(2, 3, 8, 8)
-    p = plan_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 4, 4), "map"), resize="avgpool")
+    p = align_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 4, 4), "map"), resize="avgpool")
     torch.testing.assert_close(p.student(x), F.avg_pool2d(x, 2))
-    p = plan_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 16, 16), "map"), resize="nearest")
+    p = align_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 16, 16), "map"), resize="nearest")
     torch.testing.assert_close(p.student(x), x.repeat_interleave(2, 2).repeat_interleave(2, 3))
     with pytest.raises(AlignmentError, match="resize 'cubic'"):
-        plan_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 4, 4), "map"), resize="cubic")
+        align_pair(FeatureShape((3, 8, 8), "map"), FeatureShape((3, 4, 4), "map"), resize="cubic")
     with pytest.raises(ValueError):
         Resize((2, 2), "cubic")
 
 
 def test_resize_then_project_order():
-    p = plan_pair(FeatureShape((64, 7, 7), "map"), FeatureShape((128, 4, 4), "map"), normalize="bn")
+    p = align_pair(FeatureShape((64, 7, 7), "map"), FeatureShape((128, 4, 4), "map"), normalize="bn")
     assert p.student_steps[:2] == ["resize 7x7→4x4 (bilinear)", "conv1x1 64→128"]
     assert p.student_steps[2].startswith("bn (no affine")
     assert list(dict(p.student.named_children())) == ["resize", "proj", "norm"]
@@ -57,7 +57,7 @@ def test_resize_then_project_order():
 @pytest.mark.parametrize("n,cls", [(16, False), (17, True)])
 def test_student_tokens_to_teacher_map(n, cls):
     tok = torch.randn(2, n, 5)
-    p = plan_pair(FeatureShape((n, 5), "tokens"), FeatureShape((5, 4, 4), "map"))
+    p = align_pair(FeatureShape((n, 5), "tokens"), FeatureShape((5, 4, 4), "map"))
     body = tok[:, 1:] if cls else tok
     torch.testing.assert_close(p.student(tok), manual_tokens_to_map(body, 4))
     assert ("drop cls token" in p.student_steps[0]) == cls
@@ -73,7 +73,7 @@ def test_tokens_to_map_roundtrip_and_reshape():
 
 
 def test_student_tokens_to_teacher_map_with_resize_and_projection():
-    p = plan_pair(FeatureShape((197, 8), "tokens"), FeatureShape((16, 7, 7), "map"))
+    p = align_pair(FeatureShape((197, 8), "tokens"), FeatureShape((16, 7, 7), "map"))
     tok = torch.randn(2, 197, 8)
     out = p.student(tok)
     assert out.shape == (2, 16, 7, 7)
@@ -83,7 +83,7 @@ def test_student_tokens_to_teacher_map_with_resize_and_projection():
 
 @pytest.mark.parametrize("n_t,cls", [(16, False), (17, True)])
 def test_student_map_to_teacher_tokens(n_t, cls):
-    p = plan_pair(FeatureShape((6, 8, 8), "map"), FeatureShape((n_t, 6), "tokens"))
+    p = align_pair(FeatureShape((6, 8, 8), "map"), FeatureShape((n_t, 6), "tokens"))
     x = torch.randn(2, 6, 8, 8)
     small = F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False)
     torch.testing.assert_close(p.student(x), small.flatten(2).transpose(1, 2))
@@ -94,14 +94,14 @@ def test_student_map_to_teacher_tokens(n_t, cls):
 
 
 def test_tokens_tokens_cls_only_difference():
-    p = plan_pair(FeatureShape((197, 8), "tokens"), FeatureShape((196, 8), "tokens"))
+    p = align_pair(FeatureShape((197, 8), "tokens"), FeatureShape((196, 8), "tokens"))
     tok = torch.randn(2, 197, 8)
     torch.testing.assert_close(p.student(tok), tok[:, 1:])
     assert p.teacher_steps == []
 
 
 def test_tokens_tokens_different_grids():
-    p = plan_pair(FeatureShape((65, 4), "tokens"), FeatureShape((17, 4), "tokens"))
+    p = align_pair(FeatureShape((65, 4), "tokens"), FeatureShape((17, 4), "tokens"))
     tok = torch.randn(2, 65, 4)
     m = manual_tokens_to_map(tok[:, 1:], 8)
     ref = F.interpolate(m, size=(4, 4), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
@@ -112,7 +112,7 @@ def test_tokens_tokens_different_grids():
 
 
 def test_pool_gap_both_sides():
-    p = plan_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((197, 16), "tokens"), pool="gap")
+    p = align_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((197, 16), "tokens"), pool="gap")
     x, t = torch.randn(2, 8, 7, 7), torch.randn(2, 197, 16)
     assert p.out_shape == (16,)
     torch.testing.assert_close(p.teacher(t), t.mean(dim=1))
@@ -123,40 +123,40 @@ def test_pool_gap_both_sides():
 
 def test_pool_cls_and_tokens_mean():
     t = torch.randn(2, 10, 4)
-    p = plan_pair(FeatureShape((10, 4), "tokens"), FeatureShape((10, 4), "tokens"), pool="cls")
+    p = align_pair(FeatureShape((10, 4), "tokens"), FeatureShape((10, 4), "tokens"), pool="cls")
     torch.testing.assert_close(p.teacher(t), t[:, 0])
-    p = plan_pair(FeatureShape((10, 4), "tokens"), FeatureShape((10, 4), "tokens"), pool="tokens-mean")
+    p = align_pair(FeatureShape((10, 4), "tokens"), FeatureShape((10, 4), "tokens"), pool="tokens-mean")
     torch.testing.assert_close(p.teacher(t), t.mean(1))
     # a map has no cls token: it is global-average-pooled, and the step says so
-    p = plan_pair(FeatureShape((4, 3, 3), "map"), FeatureShape((10, 4), "tokens"), pool="cls")
+    p = align_pair(FeatureShape((4, 3, 3), "map"), FeatureShape((10, 4), "tokens"), pool="cls")
     assert "no cls token" in p.student_steps[0]
     assert GlobalAvgPool()(torch.ones(2, 5)).shape == (2, 5)  # vectors pass through
 
 
 def test_vector_vs_map_needs_pool():
     with pytest.raises(AlignmentError) as e:
-        plan_pair(FeatureShape((512,), "vector"), FeatureShape((2048, 7, 7), "map"))
+        align_pair(FeatureShape((512,), "vector"), FeatureShape((2048, 7, 7), "map"))
     msg = str(e.value)
     assert "vector (512,)" in msg and "map (2048, 7, 7)" in msg and "pool: gap" in msg
-    p = plan_pair(FeatureShape((512,), "vector"), FeatureShape((2048, 7, 7), "map"), pool="gap")
+    p = align_pair(FeatureShape((512,), "vector"), FeatureShape((2048, 7, 7), "map"), pool="gap")
     assert p.out_shape == (2048,)
     with pytest.raises(AlignmentError, match="pool: cls"):
-        plan_pair(FeatureShape((8, 4), "tokens"), FeatureShape((4,), "vector"))
+        align_pair(FeatureShape((8, 4), "tokens"), FeatureShape((4,), "vector"))
 
 
 def test_non_grid_tokens_fail_with_hint():
     with pytest.raises(AlignmentError) as e:
-        plan_pair(FeatureShape((50 + 3, 8), "tokens"), FeatureShape((8, 7, 7), "map"))
+        align_pair(FeatureShape((50 + 3, 8), "tokens"), FeatureShape((8, 7, 7), "map"))
     assert "53 student tokens" in str(e.value) and "pool: gap" in str(e.value)
     with pytest.raises(AlignmentError, match="teacher tokens"):
-        plan_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((12, 8), "tokens"))
+        align_pair(FeatureShape((8, 7, 7), "map"), FeatureShape((12, 8), "tokens"))
     with pytest.raises(AlignmentError, match="token counts differ"):
-        plan_pair(FeatureShape((12, 8), "tokens"), FeatureShape((16, 8), "tokens"))
+        align_pair(FeatureShape((12, 8), "tokens"), FeatureShape((16, 8), "tokens"))
 
 
 def test_bad_pool_and_shapes():
     with pytest.raises(AlignmentError, match="pool 'max'"):
-        plan_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), pool="max")
+        align_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), pool="max")
     with pytest.raises(ValueError):
         FeatureShape((8, 7), "map")
     with pytest.raises(ValueError):

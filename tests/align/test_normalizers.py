@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from kdgraph.align.normalizers import build_normalizer, parse_normalizer
-from kdgraph.align.plan import AlignmentError, FeatureShape, plan_pair
+from kdgraph.align import AlignmentError, FeatureShape, align_pair
 
 
 def manual_bn(x: torch.Tensor, channel_dim: int, eps: float) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_none():
 
 
 def test_separate_instances_per_side():
-    p = plan_pair(FeatureShape((8, 4, 4), "map"), FeatureShape((16, 4, 4), "map"), normalize="bn")
+    p = align_pair(FeatureShape((8, 4, 4), "map"), FeatureShape((16, 4, 4), "map"), normalize="bn")
     assert isinstance(p.student.norm, nn.BatchNorm2d) and isinstance(p.teacher.norm, nn.BatchNorm2d)
     assert p.student.norm is not p.teacher.norm
     assert not p.teacher.norm.affine and not p.teacher.norm.track_running_stats
@@ -80,4 +80,4 @@ def test_bad_normalize_specs():
         with pytest.raises(ValueError):
             parse_normalizer(bad)
     with pytest.raises(AlignmentError, match="not one of none, bn, l2, layernorm"):
-        plan_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), normalize="batchnorm")
+        align_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), normalize="batchnorm")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdgraph.align.plan import AlignmentError, FeatureShape, plan_pair
+from kdgraph.align import AlignmentError, FeatureShape, align_pair
 from kdgraph.align.projectors import build_mlp, build_projector, parse_projector, resolve_width
 from kdgraph.align.normalizers import TokenBatchNorm
 
@@ -14,7 +14,7 @@ def n_params(m: nn.Module) -> int:
 
 
 def test_auto_identity_when_channels_match():
-    p = plan_pair(FeatureShape((64, 8, 8), "map"), FeatureShape((64, 8, 8), "map"))
+    p = align_pair(FeatureShape((64, 8, 8), "map"), FeatureShape((64, 8, 8), "map"))
     assert n_params(p.student) == 0 and len(p.student) == 0
     assert p.student_steps == [] and p.teacher_steps == []
     x = torch.randn(2, 64, 8, 8)
@@ -22,7 +22,7 @@ def test_auto_identity_when_channels_match():
 
 
 def test_auto_conv1x1_for_maps():
-    p = plan_pair(FeatureShape((64, 8, 8), "map"), FeatureShape((128, 8, 8), "map"))
+    p = align_pair(FeatureShape((64, 8, 8), "map"), FeatureShape((128, 8, 8), "map"))
     proj = p.student.proj
     assert isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1) and proj.bias is None
     assert n_params(p.student) == 64 * 128
@@ -32,21 +32,21 @@ def test_auto_conv1x1_for_maps():
 
 
 def test_auto_linear_for_tokens():
-    p = plan_pair(FeatureShape((196, 192), "tokens"), FeatureShape((196, 384), "tokens"))
+    p = align_pair(FeatureShape((196, 192), "tokens"), FeatureShape((196, 384), "tokens"))
     assert isinstance(p.student.proj, nn.Linear)
     assert n_params(p.student) == 192 * 384 + 384
     assert p.student(torch.randn(2, 196, 192)).shape == (2, 196, 384)
 
 
 def test_auto_linear_for_vectors():
-    p = plan_pair(FeatureShape((512,), "vector"), FeatureShape((2048,), "vector"))
+    p = align_pair(FeatureShape((512,), "vector"), FeatureShape((2048,), "vector"))
     assert isinstance(p.student.proj, nn.Linear)
     assert n_params(p.student) == 512 * 2048 + 2048
     assert p.student(torch.randn(3, 512)).shape == (3, 2048)
 
 
 def test_linear_on_map_is_conv1x1_with_bias_and_matches_per_position_linear():
-    p = plan_pair(FeatureShape((16, 5, 5), "map"), FeatureShape((24, 5, 5), "map"), projector={"name": "linear"})
+    p = align_pair(FeatureShape((16, 5, 5), "map"), FeatureShape((24, 5, 5), "map"), projector={"name": "linear"})
     conv = p.student.proj
     assert isinstance(conv, nn.Conv2d) and conv.bias is not None
     assert n_params(p.student) == 16 * 24 + 24
@@ -60,30 +60,30 @@ def test_linear_on_map_is_conv1x1_with_bias_and_matches_per_position_linear():
 
 
 def test_string_and_dict_projector_agree():
-    a = plan_pair(FeatureShape((32,), "vector"), FeatureShape((48,), "vector"), projector="linear")
-    b = plan_pair(FeatureShape((32,), "vector"), FeatureShape((48,), "vector"), projector={"name": "linear"})
+    a = align_pair(FeatureShape((32,), "vector"), FeatureShape((48,), "vector"), projector="linear")
+    b = align_pair(FeatureShape((32,), "vector"), FeatureShape((48,), "vector"), projector={"name": "linear"})
     assert a.student_steps == b.student_steps
     assert n_params(a.student) == n_params(b.student) == 32 * 48 + 48
 
 
 def test_linear_even_when_channels_match():
-    p = plan_pair(FeatureShape((32,), "vector"), FeatureShape((32,), "vector"), projector="linear")
+    p = align_pair(FeatureShape((32,), "vector"), FeatureShape((32,), "vector"), projector="linear")
     assert n_params(p.student) == 32 * 32 + 32
 
 
 def test_conv1x1_explicit_and_maps_only():
-    p = plan_pair(FeatureShape((8, 4, 4), "map"), FeatureShape((8, 4, 4), "map"), projector="conv1x1")
+    p = align_pair(FeatureShape((8, 4, 4), "map"), FeatureShape((8, 4, 4), "map"), projector="conv1x1")
     assert n_params(p.student) == 64
     with pytest.raises(AlignmentError, match="projector: linear"):
-        plan_pair(FeatureShape((8,), "vector"), FeatureShape((16,), "vector"), projector="conv1x1")
+        align_pair(FeatureShape((8,), "vector"), FeatureShape((16,), "vector"), projector="conv1x1")
 
 
 @pytest.mark.parametrize("name", ["none", "identity"])
 def test_none_and_identity(name):
-    p = plan_pair(FeatureShape((10, 3), "tokens"), FeatureShape((10, 3), "tokens"), projector=name)
+    p = align_pair(FeatureShape((10, 3), "tokens"), FeatureShape((10, 3), "tokens"), projector=name)
     assert n_params(p.student) == 0
     with pytest.raises(AlignmentError) as e:
-        plan_pair(FeatureShape((10, 3), "tokens"), FeatureShape((10, 5), "tokens"), projector=name)
+        align_pair(FeatureShape((10, 3), "tokens"), FeatureShape((10, 5), "tokens"), projector=name)
     msg = str(e.value)
     assert "tokens (10, 3)" in msg and "tokens (10, 5)" in msg and "projector: auto" in msg
 
@@ -91,7 +91,7 @@ def test_none_and_identity(name):
 def test_simreg_head_exact_structure():
     d, dt = 64, 100
     spec = {"name": "mlp", "hidden": ["2d", "d", "2d"], "bn": [True, False, True], "relu": [True, False, True]}
-    p = plan_pair(FeatureShape((d,), "vector"), FeatureShape((dt,), "vector"), projector=spec)
+    p = align_pair(FeatureShape((d,), "vector"), FeatureShape((dt,), "vector"), projector=spec)
     seq = p.student.proj
     kinds = [type(m) for m in seq]
     assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
@@ -114,7 +114,7 @@ def test_mlp_single_bool_flags_and_default():
 
 
 def test_mlp_on_maps_is_per_position_conv():
-    p = plan_pair(
+    p = align_pair(
         FeatureShape((8, 6, 6), "map"),
         FeatureShape((12, 6, 6), "map"),
         projector={"name": "mlp", "hidden": ["2d"], "bn": True, "relu": True},
@@ -127,7 +127,7 @@ def test_mlp_on_maps_is_per_position_conv():
 
 
 def test_mlp_on_tokens_uses_token_batchnorm():
-    p = plan_pair(
+    p = align_pair(
         FeatureShape((9, 8), "tokens"), FeatureShape((9, 12), "tokens"), projector={"name": "mlp", "hidden": [10], "bn": True}
     )
     assert isinstance(p.student.proj[1], TokenBatchNorm)
@@ -149,11 +149,11 @@ def test_bad_projector_specs():
         with pytest.raises(ValueError):
             parse_projector(bad)
     with pytest.raises(AlignmentError, match="one per hidden layer"):
-        plan_pair(
+        align_pair(
             FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), projector={"name": "mlp", "hidden": [4, 4], "bn": [True]}
         )
     with pytest.raises(AlignmentError, match="not one of"):
-        plan_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), projector="convv")
+        align_pair(FeatureShape((8,), "vector"), FeatureShape((8,), "vector"), projector="convv")
 
 
 def test_build_projector_direct():

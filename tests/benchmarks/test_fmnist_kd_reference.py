@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import crop_flip_params, epoch_indices, load_fashion_mnist, write_idx
+from kdgraph.data import crop_flip_params, load_fashion_mnist
+from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
-from kdgraph.train.resolve import resolve_plan
-from kdgraph.train.runtime import seed_everything
+from kdgraph.plan import resolve_plan
+from kdgraph.runtime import seed_everything
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, TRAIN, BATCH, SEED = 6, 256, 64, 3
@@ -72,7 +74,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, tmp_
     plan = resolve_plan(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(teacher))
     adapter = ref.make_adapter(variant).double()
     if variant != "kd":
-        adapter.load_state_dict(plan.graph_plan.graph.student_adapters["0"].proj.state_dict())
+        adapter.load_state_dict(plan.graph.student_adapters[plan.pairs[0].key].proj.state_dict())
 
     result = train(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), write=False, quiet=True)
     ours = [row["loss/total"] for row in result.metrics]

@@ -13,7 +13,7 @@ from kdgraph import __version__
 from kdgraph.cli.main import main
 from kdgraph.models import create_model
 from kdgraph.spec.jsonschema import spec_json_schema
-from kdgraph.train.checkpoint import save_tensors
+from kdgraph.files import save_tensors
 
 SPEC = """\
 name: cli-plot
@@ -102,9 +102,9 @@ def test_inspect_spec_plot_png_and_svg(spec_path, tmp_path):
 def test_plot_rows_keep_stages_and_tapped_layers(spec_path):
     from kdgraph.cli.plot import plot_rows
     from kdgraph.spec import load_spec
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
-    gp = resolve_plan(load_spec(spec_path)).graph_plan
+    gp = resolve_plan(load_spec(spec_path))
     rows = [i.name for i in plot_rows(gp.teacher_map, ["layer3.1.conv2"])]
     # execution order: a tapped layer inside a stage comes before the stage's output
     assert rows[:5] == ["stem", "layer1", "layer2", "layer3.1.conv2", "layer3"] and rows[-1] == "fc"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import DataError, load_fashion_mnist, read_idx, write_idx
+from kdgraph.data import DataError, load_fashion_mnist
+from kdgraph.data.fashion_mnist import read_idx, write_idx
 from kdgraph.data import fashion_mnist as fm
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

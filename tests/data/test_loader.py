@@ -2,14 +2,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from kdgraph.data import (
-    DataError,
-    SeededDataLoader,
-    TensorBatchLoader,
-    TensorImageDataset,
-    epoch_indices,
-    make_loader,
-)
+from kdgraph.data import DataError, TensorImageDataset, make_loader
+from kdgraph.data.loader import SeededDataLoader, TensorBatchLoader, epoch_indices
 
 
 def _ds(n=23, transform=None):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import DATASET_NAMES, DataError, TensorImageDataset, build_datasets, write_idx
+from kdgraph.data import DATASET_NAMES, DataError, TensorImageDataset, build_datasets
+from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data import fashion_mnist as fm
 from kdgraph.data import datasets
 
@@ -207,3 +208,37 @@ def test_source_only_for_fashion_mnist():
         build_datasets("digits", source="embedded")
     with pytest.raises(DataError, match="image_size"):
         build_datasets("synthetic", image_size=0)
+
+
+# ---------------------------------------------------------------- the data contract
+def test_every_source_declares_what_it_provides(tmp_path, png_tree):
+    from kdgraph.data import Provides
+    from kdgraph.data.loader import supports_batching
+    from kdgraph.data.sources import SOURCES
+
+    assert DATASET_NAMES == tuple(SOURCES)
+    memory = build_datasets("synthetic", image_size=8, synthetic_size=20, num_classes=2)
+    assert memory.provides == Provides(indexable=True, exact=True, transforms=False, files=False)
+    assert build_datasets("fashion-mnist", source="embedded").provides == memory.provides
+    png_tree(tmp_path)
+    folder = build_datasets("imagefolder", tmp_path, image_size=8)
+    assert folder.provides == Provides(indexable=True, exact=False, transforms=True, files=True)
+    flipped = build_datasets("synthetic", image_size=8, synthetic_size=20, num_classes=2,
+                             train_transform=lambda x: x.flip(-1))
+    assert not flipped.provides.exact and flipped.provides.transforms
+    for bundle in (memory, folder, flipped):  # the declaration agrees with what the loader finds
+        assert bundle.provides.transforms == (not supports_batching(bundle.train))
+
+
+def test_a_bundle_that_says_indexable_must_be(tmp_path):
+    from kdgraph.data import DataBundle, Provides
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(1, 2, 2), 0
+
+    with pytest.raises(DataError, match="no length or no indexing"):
+        DataBundle(Stream(), Stream(), 2, (1, 2, 2), "stream", (0.0,), (1.0,))
+    bundle = DataBundle(Stream(), Stream(), 2, (1, 2, 2), "stream", (0.0,), (1.0,),
+                        provides=Provides(indexable=False, exact=False))
+    assert not bundle.provides.indexable

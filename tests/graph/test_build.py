@@ -33,7 +33,7 @@ def test_terms_adapters_and_weighted_total():
     plan = build_graph(spec, student, teacher, (1, 28, 28))
     graph = plan.graph
     assert [t.label for t in graph.terms] == ["ce", "logits", "pair:block3->layer3", "pair:block2->layer2"]
-    assert "conv1x1" in " ".join(plan.pairs[0].plan.student_steps)
+    assert "conv1x1" in " ".join(plan.pairs[0].adapters.student_steps)
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     graph.train()
     out = graph(x, y)
@@ -51,7 +51,7 @@ def test_terms_adapters_and_weighted_total():
     ce = F.cross_entropy(s_logits, y)
     p_t = F.softmax(t_logits / 2, 1)
     kl = (p_t * (p_t.log() - F.log_softmax(s_logits / 2, 1))).sum(1).mean() * 4
-    proj = graph.student_adapters["0"]
+    proj = graph.student_adapters[[t.adapter for t in graph.terms if t.kind == "pair"][0]]
     mse = ((proj(s3) - t3) ** 2).mean()
     s2 = F.interpolate(s2, size=(14, 14), mode="bilinear", align_corners=False)  # student 7x7 resized to 14x14
     a = F.normalize(s2, dim=1).flatten(1)
@@ -147,3 +147,17 @@ def test_channels_last_student_map_is_refused_not_misread():
     text = str(err.value)
     assert "distill.pairs[0].student (line 7)" in text and "(7, 7, 32)" in text and "channels-last" in text
     assert "try conv" in text
+
+
+def test_a_loss_asking_for_what_terms_do_not_wire_yet_is_refused_with_its_key(monkeypatch):
+    from kdgraph.losses import registry
+    from kdgraph.spec import spec_from_dict
+
+    monkeypatch.setattr(registry, "_RECORDS", dict(registry._RECORDS))
+    registry.register_loss("labelled", kind="logit", inputs={"labels": "target"})(
+        lambda s, t, *, temperature=4.0, target=None: (s - t).pow(2).mean())
+    spec = spec_from_dict({"teacher": {"model": "kdgraph:fmnist_resnet"}, "student": {"model": "kdgraph:fmnist_cnn"},
+                           "distill": {"logits": {"loss": "labelled"}}})
+    teacher, student = create_model("kdgraph:fmnist_resnet"), create_model("kdgraph:fmnist_cnn")
+    with pytest.raises(SpecError, match=r"distill.logits.loss: loss 'labelled' needs run inputs \(labels\)"):
+        build_graph(spec, student, teacher, (1, 28, 28))

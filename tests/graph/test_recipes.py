@@ -48,7 +48,7 @@ def test_projector_recipe_total_is_ce_plus_2_logsum_plus_kl_t1():
         t_logits = teacher(x)
         z_s = _tap(student, "block3", x).mean((2, 3))
         s_logits = student(x)
-        linear = next(m for m in graph.student_adapters["0"].modules() if isinstance(m, nn.Linear))
+        linear = next(m for m in graph.student_adapters["pair:projector"].modules() if isinstance(m, nn.Linear))
         f_s = _bn(z_s.double() @ linear.weight.double().T + linear.bias.double(), 1e-4)
         f_t = _bn(z_t, 1e-4)
         logsum = torch.log(((f_s - f_t).abs() ** 4).sum())
@@ -66,7 +66,7 @@ def test_two_teachers_each_with_its_own_head():
     plan = build_graph(spec, student, teachers, (1, 28, 28))
     graph = plan.graph.train()
     assert list(graph.teachers) == ["resnet", "cnn_wide"] and [r.teacher_name for r in plan.pairs] == list(teachers)
-    heads = [graph.student_adapters[str(i)] for i in range(2)]
+    heads = [graph.student_adapters[t.adapter] for t in graph.terms if t.kind == "pair"]
     assert heads[0] is not heads[1]
     widths = [[m.out_features for m in h.modules() if isinstance(m, nn.Linear)] for h in heads]
     assert widths == [[64, 32, 64, 64], [64, 32, 64, 96]]  # Linear(d,2d)→…→Linear(2d,D_T) per teacher, d = 32

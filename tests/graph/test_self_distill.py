@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from kdgraph.align.heads import AuxHead
 from kdgraph.errors import SpecError
-from kdgraph.graph import build_graph
+from kdgraph.graph import TermKind, build_graph
 from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
@@ -42,7 +42,7 @@ def test_heads_terms_and_formulas():
     q_deep = student.fc(h_deep)
     expected_total = F.cross_entropy(q_deep, y)
     for i, feat in enumerate([f1, f2]):
-        head = graph.student_adapters[f"head{i}"]
+        head = graph.student_adapters[["head:block1", "head:block2"][i]]
         q, h = head(feat)
         p_t = torch.softmax(q_deep / 3.0, dim=1)
         soft = -(p_t * torch.log_softmax(q / 3.0, dim=1)).sum(1).mean()  # no T² (published code)
@@ -121,11 +121,11 @@ def test_t_squared_linear_heads_and_deep_layer_overrides():
     a, b = plain.graph(x, y).terms, scaled.graph(x, y).terms
     assert b["head:block1/soft"].item() == pytest.approx(4.0 * a["head:block1/soft"].item(), rel=1e-5)
     _, _, linear = make(self_distill=dict(base, head="linear", attention=False))
-    head = linear.graph.student_adapters["head0"]
+    head = linear.graph.student_adapters["head:block1"]
     assert not any(isinstance(m, torch.nn.Conv2d) for m in head.modules())
     _, _, custom = make(self_distill=dict(base, deep_map="block2", deep_feature="pool"))
-    term = next(t for t in custom.graph.terms if t.kind == "head_feat")
+    term = next(t for t in custom.graph.terms if t.kind is TermKind.HEAD_FEATURE)
     assert term.teacher_tap == "pool"
-    strides = [m.stride[0] for m in custom.graph.student_adapters["head0"].bottleneck.modules()
+    strides = [m.stride[0] for m in custom.graph.student_adapters["head:block1"].bottleneck.modules()
                if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert strides.count(2) == 1  # block1 14x14 -> block2 7x7

@@ -3,7 +3,7 @@ import torch
 
 from kdgraph.errors import ModelError, WeightsError
 from kdgraph.models import ZOO, build_model, create_model, load_weights
-from kdgraph.train.checkpoint import save_tensors
+from kdgraph.files import save_tensors
 
 
 def test_zoo_models_forward():

@@ -45,10 +45,10 @@ def test_bench_times_both_steps_with_the_same_loss_and_writes_nothing(tmp_path):
 
 
 def test_hand_step_trains(tmp_path):
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     resolved = resolve_plan(make(tmp_path))
-    hand = HandStep(resolved.spec, resolved.student, resolved.teacher, resolved.graph_plan.graph,
+    hand = HandStep(resolved.spec, resolved.student, resolved.teacher, resolved.graph,
                     resolved.runtime, steps_per_epoch=4)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(10, (8,))
     before = [p.detach().clone() for p in hand.params]

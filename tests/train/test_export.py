@@ -13,7 +13,7 @@ from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
 from kdgraph.train import export as export_mod
-from kdgraph.train.checkpoint import save_tensors
+from kdgraph.files import save_tensors
 from kdgraph.train.export import export_student, student_weights
 
 

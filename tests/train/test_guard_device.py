@@ -11,7 +11,7 @@ from torch import nn
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.spec.schema import OptimizerSpec
-from kdgraph.train import loop as loop_module
+from kdgraph.train import Trainer
 from kdgraph.train import optim as optim_module
 from kdgraph.train import train
 from kdgraph.train.guard import BufferSnapshot, NumericalError, StepGuard, prime_momentum, total_norm
@@ -175,14 +175,14 @@ def fused_on_cpu(monkeypatch):
 def test_training_with_device_guard_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch, fused_on_cpu,
                                                                  poisonable_student):
     student = poisonable_student
-    original = loop_module._Loop.checkpoint
+    original = Trainer.checkpoint
 
     def checkpoint_then_poison(self, epoch, step_in_epoch=0, val_top1=None):
         original(self, epoch, step_in_epoch, val_top1)
         assert StepGuard.device_side(self.optimizer)
         student.scale.fill_(float("nan"))
 
-    monkeypatch.setattr(loop_module._Loop, "checkpoint", checkpoint_then_poison)
+    monkeypatch.setattr(Trainer, "checkpoint", checkpoint_then_poison)
     with pytest.raises(NumericalError, match="consecutive steps with non-finite loss term.s. ce.*ckpt-e0001-s000000"):
         train(poison_spec(tmp_path, max_bad_steps=2), student=student, quiet=True)
     from safetensors.torch import load_file
@@ -194,7 +194,7 @@ def test_training_with_device_guard_stops_and_keeps_the_checkpoint(tmp_path, mon
 
 
 def _metrics_with_one_bad_step(tmp_path, monkeypatch, name):
-    original = loop_module._Loop.step
+    original = Trainer.step
     calls = []
 
     def poison_third(self, x, y, *rest):
@@ -203,10 +203,10 @@ def _metrics_with_one_bad_step(tmp_path, monkeypatch, name):
             x = torch.full_like(x, float("nan"))
         return original(self, x, y, *rest)
 
-    monkeypatch.setattr(loop_module._Loop, "step", poison_third)
+    monkeypatch.setattr(Trainer, "step", poison_third)
     spec = distill_spec(tmp_path / name)
     result = train(spec, quiet=True, write=False)
-    monkeypatch.setattr(loop_module._Loop, "step", original)
+    monkeypatch.setattr(Trainer, "step", original)
     return result.metrics[0]
 
 
@@ -261,15 +261,13 @@ def test_resume_with_fused_optimizer_matches_uninterrupted_run(tmp_path, fused_o
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_step_makes_no_host_sync(tmp_path):
     """On CUDA, kdgraph's step (fused optimizer, device-side guard) never waits for the GPU, good or bad steps."""
-    from kdgraph.train.progress import Reporter
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     doc = distill_spec(tmp_path).model_dump(mode="json")
     doc["runtime"].update(device="cuda", compile="off")
     spec = spec_from_dict(doc)
     resolved = resolve_plan(spec)
-    loop = loop_module._Loop(spec, resolved.graph_plan, resolved.data, resolved.runtime, Reporter(quiet=True), None,
-                             resolved.student)
+    loop = Trainer(resolved)
     loop.graph.train()
     assert StepGuard.device_side(loop.optimizer)
     x = torch.randn(32, 1, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)

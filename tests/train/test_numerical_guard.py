@@ -3,7 +3,8 @@ import torch
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train.loop import NumericalError
+from kdgraph.train import Trainer
+from kdgraph.train.guard import NumericalError
 
 
 def spec(tmp_path, **train_cfg):
@@ -19,15 +20,13 @@ def spec(tmp_path, **train_cfg):
 def test_non_finite_loss_stops_after_k_steps_and_keeps_last_checkpoint(tmp_path, monkeypatch,
                                                                        poisonable_student):
     student = poisonable_student
-    from kdgraph.train import loop as loop_module
-
-    original = loop_module._Loop.checkpoint
+    original = Trainer.checkpoint
 
     def checkpoint_then_poison(self, epoch, step_in_epoch=0, val_top1=None):
         original(self, epoch, step_in_epoch, val_top1)
         student.scale.fill_(float("nan"))
 
-    monkeypatch.setattr(loop_module._Loop, "checkpoint", checkpoint_then_poison)
+    monkeypatch.setattr(Trainer, "checkpoint", checkpoint_then_poison)
     with pytest.raises(NumericalError) as err:
         train(spec(tmp_path, max_bad_steps=2), student=student, quiet=True)
     text = str(err.value)

@@ -11,7 +11,7 @@ from kdgraph.models import create_model
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 from kdgraph.train.teacher_cache import TeacherCache
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.plan import resolve_plan
 from kdgraph.data import make_loader
 
 SPECS = Path(__file__).resolve().parents[2] / "specs" / "methods"
@@ -55,7 +55,7 @@ def test_checkpoint_every_n_epochs(tmp_path):
 def test_teacher_cache_holds_unaugmented_outputs_and_replaces_the_forward(tmp_path):
     spec = load_spec(SPECS / "function_matching.yaml", [*SMALL, "teacher.cache=outputs", f"output={tmp_path / 'r'}"])
     plan = resolve_plan(spec)
-    teacher = plan.graph_plan.graph.teachers["teacher"]
+    teacher = plan.graph.teachers["teacher"]
     cache = TeacherCache(spec, {"teacher": teacher}, plan.data.train, torch.device("cpu"))
     x, _ = next(iter(make_loader(plan.data.train, 256, train=False, seed=0, drop_last=False)))
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_teacher_cache_holds_unaugmented_outputs_and_replaces_the_forward(tmp_pa
                                teacher(x[index])["output"], atol=1e-5, rtol=1e-5)
     calls = []
     result_plan = resolve_plan(spec)
-    result_plan.graph_plan.graph.teachers["teacher"].register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
+    result_plan.graph.teachers["teacher"].register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
     from kdgraph.train import loop
 
     original = loop.resolve_plan

@@ -11,7 +11,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from kdgraph.spec import spec_from_dict
-from kdgraph.train import loop, train
+from kdgraph.train import Trainer, loop, train
 from kdgraph.train.guard import Interrupted
 from kdgraph.train.progress import Reporter
 
@@ -84,7 +84,7 @@ def interrupt_setup(monkeypatch, error=KeyboardInterrupt):
     def stop(*args, **kwargs):
         raise error()
 
-    monkeypatch.setattr(loop, "TeacherCache", stop)
+    monkeypatch.setattr(Trainer, "cache_teachers", stop)
 
 
 def test_ctrl_c_during_setup_removes_the_run_dir_this_command_created(tmp_path, tiny_doc, monkeypatch):

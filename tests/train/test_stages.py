@@ -27,16 +27,16 @@ DOC = {
 
 
 def test_active_terms_per_epoch_and_optimizer_resets(tmp_path, monkeypatch):
-    from kdgraph.train import loop as loop_module
+    from kdgraph.train import Trainer
 
     resets = []
-    original = loop_module._Loop._new_optimizer
+    original = Trainer.reset_optimizer
 
     def spy(self, stage):
         resets.append(stage)
         original(self, stage)
 
-    monkeypatch.setattr(loop_module._Loop, "_new_optimizer", spy)
+    monkeypatch.setattr(Trainer, "reset_optimizer", spy)
     result = train(spec_from_dict(dict(DOC, output=str(tmp_path / "run"))), quiet=True)
     terms = [sorted(k for k in row if k.startswith("loss/") and k not in ("loss/total", "loss/ce"))
              for row in result.metrics]

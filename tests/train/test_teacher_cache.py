@@ -8,7 +8,7 @@ import torch
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
 from kdgraph.train import teacher_cache
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.plan import resolve_plan
 from kdgraph.train.teacher_cache import teachers_to_cache
 
 @pytest.fixture
@@ -25,10 +25,9 @@ def spec(tiny_doc):
     return make
 
 
-def chosen(s, dataset=None):
+def chosen(s, data=None):
     plan = resolve_plan(s)
-    dataset = plan.data.train if dataset is None else dataset
-    return list(teachers_to_cache(s, plan.graph_plan.graph.teachers, dataset, (1, 28, 28), torch.device("cpu")))
+    return list(teachers_to_cache(s, plan.graph.teachers, plan.data if data is None else data))
 
 
 def test_auto_caches_only_when_exact_and_small(monkeypatch, spec):
@@ -52,11 +51,11 @@ def test_auto_does_not_cache_a_data_set_with_per_sample_random_transforms(spec, 
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             Image.new("RGB", (9, 7), (40 if c == "a" else 200, 0, 0)).save(tmp_path / split / c / "0.png")
-    folder = build_datasets("imagefolder", tmp_path, image_size=8).train
+    folder = build_datasets("imagefolder", tmp_path, image_size=8)
     assert not teacher_cache.cache_is_exact(spec(), folder)
     assert chosen(spec(), folder) == []
     assert chosen(spec(cache="outputs"), folder) == ["teacher"]  # asked for: the ablation
-    assert teacher_cache.cache_is_exact(spec(), resolve_plan(spec()).data.train)
+    assert teacher_cache.cache_is_exact(spec(), resolve_plan(spec()).data)
 
 
 def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatch, spec):
@@ -66,7 +65,7 @@ def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatc
     forward = FrozenTeacher.forward
     monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
     cached = train(spec(), write=False, quiet=True)
-    assert sum(calls) == 1 + 192  # the size probe, then one pass over the training set; none in the 12 steps
+    assert sum(calls) == 192  # one pass over the training set (its size comes from the layer map); none in the steps
     calls.clear()
     plain = train(spec(cache="none"), write=False, quiet=True)
     assert sum(calls) == 2 * 6 * 32  # a forward in every step

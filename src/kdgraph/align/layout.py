@@ -19,6 +19,7 @@ None of these modules has parameters or buffers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ from torch import nn
 __all__ = [
     "LAYOUTS",
     "RESIZE_MODES",
+    "FeatureShape",
+    "fmt_shape",
     "token_grid",
     "GlobalAvgPool",
     "ClsToken",
@@ -38,6 +41,43 @@ __all__ = [
 
 LAYOUTS = ("map", "tokens", "vector")
 RESIZE_MODES = ("bilinear", "nearest", "avgpool")
+
+
+_NDIM = {"map": 3, "tokens": 2, "vector": 1}
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    """``(64, 7, 7)``, ``(768,)``."""
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """A feature's shape without the batch dim and its layout.
+
+    ``map`` is ``(C, H, W)``, ``tokens`` is ``(N, D)``, ``vector`` is ``(D,)``.
+    """
+
+    shape: tuple[int, ...]
+    layout: str
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) != _NDIM[self.layout] or any(s < 1 for s in shape):
+            want = {"map": "(C, H, W)", "tokens": "(N, D)", "vector": "(D,)"}[self.layout]
+            raise ValueError(f"a {self.layout} feature has shape {want} of positive sizes without the batch dim, "
+                             f"got {tuple(self.shape)}")
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def channels(self) -> int:
+        """The feature dim: C of a map, D of tokens or a vector."""
+        return self.shape[1] if self.layout == "tokens" else self.shape[0]
+
+    def __str__(self) -> str:
+        return f"{self.layout} {fmt_shape(self.shape)}"
 
 
 def _isqrt_exact(n: int) -> int | None:

@@ -18,11 +18,13 @@ batch of one vector has no variance to normalise with (torch raises).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kdgraph.named import Choice, parse_named
 
 __all__ = [
     "NORMALIZERS",
@@ -34,7 +36,6 @@ __all__ = [
     "FeatureLayerNorm",
 ]
 
-NORMALIZERS = ("none", "bn", "l2", "layernorm")
 DEFAULT_EPS = {"bn": 1e-4, "l2": 1e-12, "layernorm": 1e-5}
 
 
@@ -92,34 +93,22 @@ class FeatureLayerNorm(nn.Module):
         return f"layout={self.layout!r}, num_features={self.num_features}, eps={self.eps}"
 
 
-def parse_normalizer(spec: str | Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """Normalise ``"bn"`` / ``{name: bn, eps: 1e-4}`` / ``None`` into ``(name, options)``."""
-    if spec is None:
-        return "none", {}
-    if isinstance(spec, str):
-        name, opts = spec, {}
-    elif isinstance(spec, Mapping):
-        if "name" not in spec:
-            raise ValueError(f"normalize {dict(spec)!r} has no 'name'; valid names: {', '.join(NORMALIZERS)}")
-        opts = dict(spec)
-        name = opts.pop("name")
-    else:
-        raise ValueError(f"normalize must be a name or a mapping with 'name', got {spec!r}")
-    if name not in NORMALIZERS:
-        raise ValueError(f"normalize {name!r} is not one of {', '.join(NORMALIZERS)}")
-    allowed = {"eps"} if name != "none" else set()
-    extra = set(opts) - allowed
-    if extra:
-        raise ValueError(
-            f"normalize {name!r} does not take {', '.join(sorted(extra))}"
-            + (f"; it takes: {', '.join(sorted(allowed))}" if allowed else "")
-        )
-    if "eps" in opts:
-        eps = opts["eps"]
+def _eps(name: str) -> Callable[[Any], float]:
+    def check(eps: Any) -> float:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
             raise ValueError(f"normalize {name!r}: eps must be a positive number, got {eps!r}")
-        opts["eps"] = float(eps)
-    return name, opts
+        return float(eps)
+
+    return check
+
+
+NORMALIZERS: dict[str, Choice] = {"none": Choice(), **{name: Choice({"eps": _eps(name)}) for name in DEFAULT_EPS}}
+"""Every normaliser name with the options it takes (checked when the spec loads, and again by the planner)."""
+
+
+def parse_normalizer(spec: Any) -> tuple[str, dict[str, Any]]:
+    """Check ``"bn"`` / ``{name: bn, eps: 1e-4}`` / None (``none``); returns ``(name, options)``."""
+    return parse_named(spec, "normalize", NORMALIZERS, "none")
 
 
 def build_normalizer(

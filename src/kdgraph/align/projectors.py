@@ -29,11 +29,12 @@ relu: [true, false, true]``.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from kdgraph.align.normalizers import TokenBatchNorm
+from kdgraph.named import Choice, parse_named
 
 __all__ = [
     "PROJECTORS",
@@ -44,82 +45,88 @@ __all__ = [
     "build_projector",
 ]
 
-PROJECTORS = ("auto", "none", "identity", "linear", "conv1x1", "mlp", "prune")
-
-_ALLOWED_KEYS = {
-    "auto": set(),
-    "none": set(),
-    "identity": set(),
-    "prune": set(),
-    "linear": {"bias"},
-    "conv1x1": {"bias"},
-    "mlp": {"hidden", "bn", "relu", "bias"},
-}
-
 _WIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)?\s*d\s*$")
 
 
-def parse_projector(spec: str | Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """Normalise ``"linear"`` / ``{name: linear}`` / ``None`` into ``(name, options)``."""
-    if spec is None:
-        return "auto", {}
-    if isinstance(spec, str):
-        name, opts = spec, {}
-    elif isinstance(spec, Mapping):
-        if "name" not in spec:
-            raise ValueError(f"projector {dict(spec)!r} has no 'name'; valid names: {', '.join(PROJECTORS)}")
-        opts = dict(spec)
-        name = opts.pop("name")
-    else:
-        raise ValueError(f"projector must be a name or a mapping with 'name', got {spec!r}")
-    if name not in PROJECTORS:
-        raise ValueError(f"projector {name!r} is not one of {', '.join(PROJECTORS)}")
-    extra = set(opts) - _ALLOWED_KEYS[name]
-    if extra:
-        allowed = _ALLOWED_KEYS[name]
-        raise ValueError(
-            f"projector {name!r} does not take {', '.join(sorted(extra))}"
-            + (f"; it takes: {', '.join(sorted(allowed))}" if allowed else "")
-        )
-    if "bias" in opts and not isinstance(opts["bias"], bool):
-        raise ValueError(f"projector {name!r}: bias must be true or false, got {opts['bias']!r}")
-    return name, opts
+def _bias(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"projector {name!r}: bias must be true or false, got {value!r}")
+        return value
+
+    return check
+
+
+def _hidden(value: Any) -> list[int | str]:
+    """``hidden``: a list of widths, each an int >= 1 or a multiple of the student dim (``2d``); resolved later."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"mlp hidden must be a list of widths, got {value!r}")
+    for width in value:
+        if isinstance(width, bool) or not isinstance(width, (int, str)):
+            raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple like '2d'")
+        if isinstance(width, str) and not _WIDTH_RE.match(width):
+            raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple of d like '2d', 'd', '0.5d'")
+        if isinstance(width, int) and width < 1:
+            raise ValueError(f"mlp hidden width {width!r} must be at least 1")
+    return list(value)
+
+
+def _flags(key: str) -> Callable[[Any], bool | list[bool]]:
+    def check(value: Any) -> bool | list[bool]:
+        if isinstance(value, bool) or (isinstance(value, (list, tuple)) and all(isinstance(f, bool) for f in value)):
+            return value if isinstance(value, bool) else list(value)
+        raise ValueError(f"mlp {key} must be a bool or a list of bools, got {value!r}")
+
+    return check
+
+
+def _check_mlp(options: dict[str, Any]) -> None:
+    n = len(options.get("hidden", []))
+    for key in ("bn", "relu"):
+        flags = options.get(key)
+        if isinstance(flags, list) and len(flags) != n:
+            raise ValueError(f"mlp {key} has {len(flags)} flags but hidden has {n} layers; give one per hidden layer "
+                             "or one bool")
+
+
+PROJECTORS: dict[str, Choice] = {
+    "auto": Choice(),
+    "none": Choice(),
+    "identity": Choice(),
+    "linear": Choice({"bias": _bias("linear")}),
+    "conv1x1": Choice({"bias": _bias("conv1x1")}),
+    "mlp": Choice({"hidden": _hidden, "bn": _flags("bn"), "relu": _flags("relu"), "bias": _bias("mlp")}, _check_mlp),
+    "prune": Choice(),
+}
+"""Every projector name with the options it takes (checked when the spec loads, and again by the planner)."""
+
+
+def parse_projector(spec: Any) -> tuple[str, dict[str, Any]]:
+    """Check ``"linear"`` / ``{name: linear, bias: false}`` / None (``auto``); returns ``(name, options)``."""
+    return parse_named(spec, "projector", PROJECTORS, "auto")
 
 
 def resolve_width(width: int | str, d: int) -> int:
     """A hidden width: an int, or a multiple of the student dim ``d`` (``"2d"``, ``"d"``, ``"0.5d"``)."""
-    if isinstance(width, bool):
-        raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple like '2d'")
+    _hidden([width])
     if isinstance(width, int):
-        w = width
-    elif isinstance(width, str):
-        m = _WIDTH_RE.match(width)
-        if not m:
-            raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple of d like '2d', 'd', '0.5d'")
-        mult = float(m.group(1)) if m.group(1) else 1.0
-        w = int(round(mult * d))
-    else:
-        raise ValueError(f"mlp hidden width {width!r} is not an int or a multiple like '2d'")
+        return width
+    m = _WIDTH_RE.match(width)
+    w = int(round((float(m.group(1)) if m.group(1) else 1.0) * d))
     if w < 1:
         raise ValueError(f"mlp hidden width {width!r} resolves to {w} for d={d}; it must be at least 1")
     return w
 
 
 def _per_layer(flag: bool | list[bool], n: int, key: str) -> list[bool]:
-    if isinstance(flag, bool):
-        return [flag] * n
-    if isinstance(flag, (list, tuple)) and all(isinstance(f, bool) for f in flag):
-        if len(flag) != n:
-            raise ValueError(f"mlp {key} has {len(flag)} flags but hidden has {n} layers; give one per hidden layer or one bool")
-        return list(flag)
-    raise ValueError(f"mlp {key} must be a bool or a list of bools, got {flag!r}")
+    flag = _flags(key)(flag)
+    _check_mlp({"hidden": [1] * n, key: flag})
+    return [flag] * n if isinstance(flag, bool) else flag
 
 
 def mlp_widths(hidden: list[int | str], d: int) -> list[int]:
     """Resolve every hidden width against the student dim ``d``."""
-    if not isinstance(hidden, (list, tuple)):
-        raise ValueError(f"mlp hidden must be a list of widths, got {hidden!r}")
-    return [resolve_width(h, d) for h in hidden]
+    return [resolve_width(h, d) for h in _hidden(hidden)]
 
 
 def build_mlp(

@@ -7,12 +7,12 @@ the rest of the CLI: parse, call the library, print.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from kdgraph.cli.errors import handle_errors
 from kdgraph.errors import KdgraphError
 
 __all__ = ["register", "parse_input_shape", "parse_kwargs", "trace_ref", "suggest_command", "check_plot_target",
@@ -106,9 +106,6 @@ def plot_model(layer_map, path: str) -> None:
 
 def register(main: click.Group) -> None:
     """Add ``schema``, ``report``, ``export`` and ``bench`` to the ``kdgraph`` group."""
-    # The module that defined ``main`` (``kdgraph.cli.main``, or ``__main__`` when run as a script) is loaded by now.
-    handle_errors = sys.modules[main.callback.__module__].handle_errors
-
     @main.command()
     @click.option("--out", "out", default=None, metavar="FILE", help="Write to FILE instead of printing.")
     @click.option("--markdown", is_flag=True, help="The spec reference as markdown tables (docs/spec_reference.md).")
@@ -117,7 +114,7 @@ def register(main: click.Group) -> None:
         """Print the JSON Schema of a spec file (for editors: yaml-language-server, VS Code)."""
         from kdgraph.spec.jsonschema import spec_json_schema
         from kdgraph.spec.reference import spec_reference
-        from kdgraph.train.checkpoint import atomic_write_text
+        from kdgraph.files import atomic_write_text
 
         text = spec_reference() if markdown else json.dumps(spec_json_schema(), indent=2) + "\n"
         if out:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import click
 
 from kdgraph import __version__
+from kdgraph.cli.errors import handle_errors
 
 if TYPE_CHECKING:
     from kdgraph.train.guard import Interrupted
@@ -21,44 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _PYTHON_SHOWWARNING = warnings.showwarning
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kdgraph.align import AlignmentError
-    from kdgraph.data import DataError
-    from kdgraph.errors import KdgraphError
-    from kdgraph.losses import UnknownLossError
-    from kdgraph.trace import UnknownLayerError
-
-    return KdgraphError, DataError, AlignmentError, UnknownLayerError, UnknownLossError
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print user errors as one clear message and exit 2; ``--debug`` shows the traceback instead."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except _user_errors() as err:
-            from kdgraph.train.loop import Interrupted
-
-            if isinstance(err, Interrupted):
-                click.echo(str(err), err=True)
-                ctx.exit(130)
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            message = str(err)
-            if isinstance(err, KeyError) and message.startswith(("'", '"')):
-                message = message[1:-1]
-            click.echo(f"error: {message}", err=True)
-            ctx.exit(2)
-
-    return wrapper
 
 
 def _debug_flag(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
@@ -140,8 +102,8 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
-    from kdgraph.train.loop import Interrupted
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.train.guard import Interrupted
+    from kdgraph.plan import resolve_plan
 
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other")
@@ -184,7 +146,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC: schema, models, weights, data and every pair, without training."""
     from kdgraph.cli.render import print_plan
     from kdgraph.spec import load_spec
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     plan = resolve_plan(load_spec(spec_path, overrides))
     print_plan(plan, maps=False)
@@ -217,7 +179,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     from kdgraph.cli.render import print_layer_map, print_plan, traced_json
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
-    from kdgraph.train.resolve import resolve_plan
+    from kdgraph.plan import resolve_plan
 
     if suggest:
         return commands.suggest_command(targets, input_shape, kwargs_json, as_json, teacher_kwargs, student_kwargs)
@@ -232,12 +194,11 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     if _is_spec(target):
         plan = resolve_plan(load_spec(target, overrides))
         if as_json:
-            gp = plan.graph_plan
-            maps = {name: m.to_json() for name, m in gp.teacher_maps.items()}
-            click.echo(json.dumps({"student": gp.student_map.to_json(),
-                                   "teacher": gp.teacher_map.to_json() if gp.teacher_map else None,
+            maps = {name: m.to_json() for name, m in plan.teacher_maps.items()}
+            click.echo(json.dumps({"student": plan.student_map.to_json(),
+                                   "teacher": plan.teacher_map.to_json() if plan.teacher_map else None,
                                    **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json(),
-                                   "traced": traced_json(gp)},
+                                   "traced": traced_json(plan)},
                                   indent=1))
         else:
             print_plan(plan)

@@ -165,16 +165,15 @@ def pair_label(student_steps: Sequence[str], teacher_steps: Sequence[str], loss:
 
 
 def plot_plan(plan, path: str | Path) -> Path:
-    """The layer-map picture of a resolved spec (``kdgraph.train.resolve.ResolvedPlan``).
+    """The layer-map picture of a resolved spec (``kdgraph.plan.Plan``).
 
     With several teachers the picture shows the first one and its pairs (the title names it)."""
-    gp = plan.graph_plan
-    first = next(iter(gp.teacher_maps), None)
+    first = next(iter(plan.teacher_maps), None)
     pairs = [PlotPair(r.teacher.name, r.student.name,
-                      pair_label(r.plan.student_steps, r.plan.teacher_steps, r.spec.loss.name, r.spec.weight))
-             for r in gp.pairs if r.teacher_name == first]
-    which = f" (teacher {first!r} of {len(gp.teacher_maps)})" if len(gp.teacher_maps) > 1 else ""
-    return plot_layer_maps(path, gp.student_map, gp.teacher_map, pairs,
+                      pair_label(r.adapters.student_steps, r.adapters.teacher_steps, r.spec.loss.name, r.spec.weight))
+             for r in plan.pairs if r.teacher_name == first]
+    which = f" (teacher {first!r} of {len(plan.teacher_maps)})" if len(plan.teacher_maps) > 1 else ""
+    return plot_layer_maps(path, plan.student_map, plan.teacher_map, pairs,
                            title=f"kdgraph inspect: {plan.spec.name}{which}")
 
 

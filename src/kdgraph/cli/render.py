@@ -7,6 +7,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from kdgraph.graph.terms import TermKind
 from kdgraph.trace import LayerMap
 
 __all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json"]
@@ -38,46 +39,45 @@ def print_layer_map(layer_map: LayerMap, marks: Optional[dict[str, str]] = None)
     console.print(layer_table(layer_map, marks))
 
 
-def traced_json(graph_plan) -> dict:
+def traced_json(plan) -> dict:
     """How each model of a plan was traced: ``{"student": {"method", "fixed_args"}, "teachers": {name: ...}}``."""
     def one(layer_map: LayerMap) -> dict:
         return {"method": layer_map.method, "fixed_args": layer_map.fixed_args}
 
-    return {"student": one(graph_plan.student_map),
-            "teachers": {name: one(m) for name, m in graph_plan.teacher_maps.items()}}
+    return {"student": one(plan.student_map), "teachers": {name: one(m) for name, m in plan.teacher_maps.items()}}
 
 
 def print_plan(plan, maps: bool = True) -> None:
     """Both layer maps with the tapped layers marked, then one row per pair with the adapters inserted."""
-    gp = plan.graph_plan
     if maps:
-        s_marks = {r.student.name: f"← {r.label}" for r in gp.pairs}
-        for name, teacher_map in gp.teacher_maps.items():
-            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in gp.pairs if r.teacher_name == name})
-        print_layer_map(gp.student_map, s_marks)
+        s_marks = {r.student.name: f"← {r.label}" for r in plan.pairs}
+        for name, teacher_map in plan.teacher_maps.items():
+            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in plan.pairs if r.teacher_name == name})
+        print_layer_map(plan.student_map, s_marks)
     console.print(f"data: {plan.data.description}")
     table = Table(title=f"{plan.spec.name}: loss terms", title_justify="left")
     for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
         table.add_column(column)
-    for term in gp.graph.terms:
-        if term.kind == "pair":
+    for term in plan.graph.terms:
+        if term.kind is TermKind.PAIR:
             continue
-        if term.kind == "logits":
-            table.add_row(term.label, "output", "output", "", "", f"{term.params['loss']} T={term.params['temperature']}",
+        if term.kind is TermKind.LOGITS:
+            table.add_row(term.label, "output", "output", "", "", f"{term.record.name} T={term.params.get('temperature')}",
                           f"{term.weight:g}")
-        elif term.kind.startswith("head_"):
-            detail = {"head_soft": f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
-                      "head_ce": "CE on labels", "head_feat": f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
-            head = gp.graph.student_adapters[f"head{term.index}"]
+        elif term.kind.is_head:
+            detail = {TermKind.HEAD_SOFT: f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
+                      TermKind.HEAD_CE: "CE on labels",
+                      TermKind.HEAD_FEATURE: f"‖W·h − sg({term.teacher_tap})‖"}[term.kind]
+            head = plan.graph.student_adapters[term.adapter]
             table.add_row(term.label, term.student_tap, "self", f"aux head ({sum(p.numel() for p in head.parameters())}"
                           " params)", "", detail, f"{term.weight:g}")
         else:
             table.add_row(term.label, "output", "-", "", "", "labels", f"{term.weight:g}")
-    several = len(gp.teacher_maps) > 1
-    for r in gp.pairs:
+    several = len(plan.teacher_maps) > 1
+    for r in plan.pairs:
         teacher = f"{r.teacher_name}: " * several + f"{r.teacher.name} {_shape(r.teacher.shape)}"
         table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", teacher,
-                      " → ".join(r.plan.student_steps) or "identity", " → ".join(r.plan.teacher_steps) or "identity",
+                      " → ".join(r.adapters.student_steps) or "identity", " → ".join(r.adapters.teacher_steps) or "identity",
                       r.spec.loss.name, f"{r.spec.weight:g}")
     console.print(table)
 

@@ -2,33 +2,29 @@
 
 Public API::
 
-    DataError                      # user-facing data problems (a ValueError)
-    load_fashion_mnist(root, split, source=...)   -> FashionMNISTSplit
-    build_datasets(name, root, ...)               -> DataBundle
-    take(dataset, n)                              # first n samples (train_subset)
+    DataError                      # user-facing data problems (a KdgraphError and a ValueError)
+    build_datasets(name, root, ...)               -> DataBundle (train, test, shapes, classes, provides)
+    DATASET_NAMES                                 # the names build_datasets knows (kdgraph.data.sources.SOURCES)
+    take(dataset, n), select(dataset, idx)        # the first n samples (train_subset) / samples by position
     make_loader(dataset, batch_size, train=, seed=, drop_last=)
-    TensorBatchLoader, SeededDataLoader, TensorImageDataset
-    random_crop_flip, mixup, cutmix               # batch-level, on tensors
+    TensorImageDataset, WithIndex, load_fashion_mnist
+    random_crop_flip, mixup, cutmix, ...          # batch-level, on tensors (kdgraph.data.augment)
 """
 
 from __future__ import annotations
 
+from kdgraph.errors import KdgraphError
 
-class DataError(ValueError):
-    """A data source is missing, malformed or misconfigured.
+
+class DataError(KdgraphError, ValueError):
+    """A data source is missing, malformed or misconfigured (also a ``ValueError``).
 
     Messages say what went wrong, where kdgraph looked, and what to try.
     """
 
 
-from .fashion_mnist import (  # noqa: E402
-    DataSourceInfo,
-    FashionMNISTSplit,
-    load_fashion_mnist,
-    read_idx,
-    write_idx,
-)
-from .datasets import DataBundle, TensorImageDataset, take  # noqa: E402
+from .fashion_mnist import load_fashion_mnist  # noqa: E402
+from .datasets import DataBundle, Provides, TensorImageDataset, select, take  # noqa: E402
 from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402
     crop_flip,
@@ -40,26 +36,17 @@ from .augment import (  # noqa: E402
     random_resized_crop_flip,
     sample_mix_ratio,
 )
-from .loader import (  # noqa: E402
-    EpochSampler,
-    SeededDataLoader,
-    TensorBatchLoader,
-    WithIndex,
-    epoch_indices,
-    make_loader,
-)
+from .loader import WithIndex, make_loader  # noqa: E402
 
 __all__ = [
     "DataError",
-    "DataSourceInfo",
-    "FashionMNISTSplit",
-    "load_fashion_mnist",
-    "read_idx",
-    "write_idx",
     "DATASET_NAMES",
     "DataBundle",
+    "Provides",
     "TensorImageDataset",
     "build_datasets",
+    "load_fashion_mnist",
+    "select",
     "take",
     "crop_flip",
     "crop_flip_params",
@@ -68,11 +55,7 @@ __all__ = [
     "mixup",
     "random_crop_flip",
     "random_resized_crop_flip",
-    "WithIndex",
     "sample_mix_ratio",
-    "EpochSampler",
-    "SeededDataLoader",
-    "TensorBatchLoader",
-    "epoch_indices",
+    "WithIndex",
     "make_loader",
 ]

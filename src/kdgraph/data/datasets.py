@@ -1,6 +1,6 @@
-"""In-memory data set types: ``DataBundle`` (what ``build_datasets`` returns), ``TensorImageDataset``
-(a whole split held as one tensor and served by index or by batch), ``take`` (the first n samples) and the
-per-data-set normalisation constants.
+"""Data set types: ``DataBundle`` (what ``build_datasets`` returns) with ``Provides`` (what its splits promise),
+``TensorImageDataset`` (a whole split held as one tensor and served by index or by batch), ``take`` (the first n
+samples), ``select`` (any samples by position) and the per-data-set normalisation constants.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from . import DataError
 
-__all__ = ["DataBundle", "TensorImageDataset", "take"]
+__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select"]
 
 # ------------------------------------------------------------- normalisation (mean, std)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -25,9 +25,35 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Provides:
+    """What a source's splits promise. Training asks this instead of assuming it or probing the data sets:
+
+    - ``indexable``: map-style, samples by position, with a length. The seeded loader's order, resuming mid-epoch,
+      data-parallel shards, evaluation shards and the teacher cache all need it (``resolve_plan`` refuses a source
+      without it); every built-in source is.
+    - ``exact``: every access of a sample gives the same tensor, so a teacher's outputs can be cached exactly
+      (``teacher.cache: auto``). False where a random per-sample transform runs.
+    - ``transforms``: a per-sample transform runs on access (imagefolder's crops, a ``train_transform`` from Python),
+      so batches are collated by a DataLoader instead of sliced from one tensor.
+    - ``files``: samples are read from files on access; ``data.num_workers`` loader processes help.
+    """
+
+    indexable: bool = True
+    exact: bool = True
+    transforms: bool = False
+    files: bool = False
+
+    @classmethod
+    def in_memory(cls, transforms: bool = False) -> "Provides":
+        """A split held in memory; a per-sample transform (not known to be deterministic) makes it inexact."""
+        return cls(exact=not transforms, transforms=transforms)
+
+
 @dataclass
 class DataBundle:
-    """The train/test data sets of one source, with what a model and a report need to know about them."""
+    """The train/test data sets of one source, with what a model and a report need to know about them, and what
+    the splits provide (:class:`Provides`)."""
 
     train: Dataset
     test: Dataset
@@ -37,6 +63,15 @@ class DataBundle:
     mean: tuple
     std: tuple
     classes: tuple[str, ...] = field(default_factory=tuple)
+    provides: Provides = field(default_factory=Provides)
+
+    def __post_init__(self) -> None:
+        if self.provides.indexable:
+            for split, ds in (("train", self.train), ("test", self.test)):
+                if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+                    raise DataError(f"the {split} split ({type(ds).__name__}) has no length or no indexing, but the "
+                                    "bundle says it is indexable; give it __len__ and __getitem__, or set "
+                                    "provides.indexable false")
 
 
 class TensorImageDataset(Dataset):
@@ -148,3 +183,14 @@ def _normalised_float(images_u8: torch.Tensor, mean: tuple, std: tuple) -> torch
     s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
     return (images_u8.float().div_(255.0) - m).div_(s)
 
+
+
+def select(dataset: Dataset, idx: torch.Tensor) -> Dataset:
+    """The samples at positions ``idx`` of ``dataset``; tensor-backed data sets stay tensor-backed (sliced by batch)."""
+    if isinstance(dataset, TensorImageDataset):
+        out = copy.copy(dataset)
+        out.images, out.labels = dataset.images[idx], dataset.labels[idx]
+        return out
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[idx] for t in dataset.tensors))
+    return Subset(dataset, idx.tolist())

@@ -1,6 +1,9 @@
 """The distillation graph: built from a Spec and live models; one forward computes every loss term."""
 
-from kdgraph.graph.build import GraphPlan, PairReport, build_graph, trace_pair_models
-from kdgraph.graph.distill import DistillGraph, StepOutput, Term
+from kdgraph.graph.build import BuiltGraph, PairReport, build_graph
+from kdgraph.graph.distill import DistillGraph, StepOutput
+from kdgraph.graph.lookup import trace_pair_models
+from kdgraph.graph.terms import Term, TermKind
 
-__all__ = ["DistillGraph", "StepOutput", "Term", "GraphPlan", "PairReport", "build_graph", "trace_pair_models"]
+__all__ = ["DistillGraph", "StepOutput", "Term", "TermKind", "BuiltGraph", "PairReport", "build_graph",
+           "trace_pair_models"]

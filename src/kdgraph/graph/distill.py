@@ -6,30 +6,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from kdgraph.losses import cross_entropy, feature_distance, kl_div, soft_cross_entropy
+from kdgraph.graph.terms import Term, TermKind
+from kdgraph.losses import cross_entropy, feature_distance, soft_cross_entropy
 
-__all__ = ["DistillGraph", "Term", "StepOutput"]
-
-
-@dataclass
-class Term:
-    """One weighted loss term. ``kind`` is ``ce``, ``logits`` or ``pair``; ``index`` selects a pair's adapters."""
-
-    label: str
-    kind: str
-    weight: float
-    fn: Optional[Callable[..., torch.Tensor]] = None
-    params: dict[str, Any] = field(default_factory=dict)
-    student_tap: Optional[str] = None
-    teacher_tap: Optional[str] = None
-    index: int = -1
-    teacher_name: Optional[str] = None
+__all__ = ["DistillGraph", "StepOutput"]
 
 
 @dataclass
@@ -43,8 +29,8 @@ class DistillGraph(nn.Module):
     """Teachers (frozen, always in eval mode, never receive gradients), student and adapters in one module.
 
     ``student`` and every teacher are extractors returning ``{tap: tensor, "output": logits}``; ``student_adapters``
-    and ``teacher_adapters`` hold one module per pair, keyed by the pair's index. ``embedding`` names the student
-    tap that k-NN / linear-probe evaluation reads.
+    and ``teacher_adapters`` hold each term's modules under its ``Term.adapter`` key (a pair's adapters, a
+    self-distillation head). ``embedding`` names the student tap that k-NN / linear-probe evaluation reads.
     """
 
     def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], student_adapters: nn.ModuleDict,
@@ -99,25 +85,22 @@ class DistillGraph(nn.Module):
         feats_s = self.student(x)
         logits = feats_s["output"]
         terms: dict[str, torch.Tensor] = {}
-        heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         total = logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
-            if self.active is not None and term.kind != "ce" and term.label not in self.active:
+            if self.active is not None and term.kind is not TermKind.CE and term.label not in self.active:
                 continue
-            if term.kind.startswith("head_"):
-                if term.index not in heads:
-                    heads[term.index] = self.student_adapters[f"head{term.index}"](feats_s[term.student_tap])
-                value = self._head_term(term, heads[term.index], logits, feats_s, y)
-            elif term.kind == "ce":
+            if term.kind.is_head:
+                if term.adapter not in heads:
+                    heads[term.adapter] = self.student_adapters[term.adapter](feats_s[term.student_tap])
+                value = self._head_term(term, heads[term.adapter], logits, feats_s, y)
+            elif term.kind is TermKind.CE:
                 value = cross_entropy(logits, y)
-            elif term.kind == "logits":
-                fn = kl_div if term.params.get("loss", "kl") == "kl" else soft_cross_entropy
-                value = fn(logits, feats_t[term.teacher_name]["output"].detach(),
-                           temperature=term.params["temperature"])
+            elif term.kind is TermKind.LOGITS:
+                value = term.fn(logits, feats_t[term.teacher_name]["output"].detach(), **term.params)
             else:
-                key = str(term.index)
-                s = self.student_adapters[key](feats_s[term.student_tap])
-                t = self.teacher_adapters[key](feats_t[term.teacher_name][term.teacher_tap].detach())
+                s = self.student_adapters[term.adapter](feats_s[term.student_tap])
+                t = self.teacher_adapters[term.adapter](feats_t[term.teacher_name][term.teacher_tap].detach())
                 value = term.fn(s, t, **term.params)  # losses compute fp16/bf16 in float32
             terms[term.label] = value.detach()
             total = total + term.weight * value
@@ -131,11 +114,11 @@ class DistillGraph(nn.Module):
                    feats: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Self-distillation terms of one auxiliary head; the deepest outputs are targets (detached)."""
         q, h = head
-        if term.kind == "head_soft":
+        if term.kind is TermKind.HEAD_SOFT:
             return soft_cross_entropy(q, logits.detach(), **term.params)
-        if term.kind == "head_ce":
+        if term.kind is TermKind.HEAD_CE:
             return cross_entropy(q, y)
-        adapt = self.student_adapters[f"head{term.index}"].adapt
+        adapt = self.student_adapters[term.adapter].adapt
         return feature_distance(adapt(h), feats[term.teacher_tap].detach().flatten(1))
 
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -143,6 +126,6 @@ class DistillGraph(nn.Module):
         feats = self.student(x)
         out = {"output": feats["output"]}
         for term in self.terms:
-            if term.kind == "head_ce":
-                out[term.student_tap] = self.student_adapters[f"head{term.index}"](feats[term.student_tap])[0]
+            if term.kind is TermKind.HEAD_CE:
+                out[term.student_tap] = self.student_adapters[term.adapter](feats[term.student_tap])[0]
         return out

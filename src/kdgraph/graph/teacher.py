@@ -78,6 +78,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.folded = 0
         self.taps = extractor.taps
+        self.output_shapes = extractor.output_shapes  # what forward returns, without the batch dim
         if extractor.method == "fx" and fold:
             source = extractor.graph_module
             eval_graph = getattr(source, "eval_graph", source.graph)

@@ -1,25 +1,38 @@
-"""Distillation losses: pure functions of tensors returning a scalar.
+"""Distillation losses: pure functions of tensors returning a scalar, each registered as one ``LossRecord``.
 
-See ``docs/losses.md`` for the formulas as implemented.
+``get_loss(name)`` gives a record (function, kind, what it needs from the adapters, parameters); ``losses()`` lists
+them. Every module of this package is imported here, so a module that decorates a function with
+``@register_loss(...)`` adds a loss without touching any other file. See ``docs/losses.md`` for the formulas.
 """
 
+import importlib
+import pkgutil
+
+from kdgraph.losses.registry import (
+    PAIR_KINDS,
+    REQUIRED,
+    LossKind,
+    LossRecord,
+    Needs,
+    UnknownLossError,
+    get_loss,
+    losses,
+    register_loss,
+)
 from kdgraph.losses.feature import LOGSUM_FLOOR, cosine, feature_distance, l1, logsum, logsum_corr, mse
 from kdgraph.losses.logits import cross_entropy, kl_div, soft_cross_entropy
 from kdgraph.losses.relational import cosine_kernel, distance_kernel, pkt_combined, pkt_cosine
-from kdgraph.losses.table import (
-    FEATURE_LOSSES,
-    LOGIT_LOSSES,
-    LossKind,
-    UnknownLossError,
-    get_loss,
-    loss_params,
-)
+
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")  # registers the losses of every module (a new file is enough)
 
 __all__ = [
-    "FEATURE_LOSSES",
-    "LOGIT_LOSSES",
     "LOGSUM_FLOOR",
     "LossKind",
+    "LossRecord",
+    "Needs",
+    "PAIR_KINDS",
+    "REQUIRED",
     "UnknownLossError",
     "cosine",
     "cosine_kernel",
@@ -31,9 +44,10 @@ __all__ = [
     "l1",
     "logsum",
     "logsum_corr",
-    "loss_params",
+    "losses",
     "mse",
     "pkt_combined",
     "pkt_cosine",
+    "register_loss",
     "soft_cross_entropy",
 ]

@@ -17,6 +17,8 @@ from typing import Any, Callable, TypeVar, cast
 import torch
 from torch import Tensor
 
+from kdgraph.losses.registry import register_loss
+
 __all__ = ["mse", "l1", "cosine", "logsum", "logsum_corr", "feature_distance", "LOGSUM_FLOOR"]
 
 #: Floor applied to the sum inside :func:`logsum` so that ``s == t`` gives
@@ -68,6 +70,7 @@ def flatten_pair(s: Tensor, t: Tensor, same_shape: bool = True) -> tuple[Tensor,
     return s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
 
 
+@register_loss("mse", kind="feature")
 @fp32_compute
 def mse(s: Tensor, t: Tensor) -> Tensor:
     """Mean squared error: ``L = mean_{b,k} (s[b,k] - t[b,k])^2`` over all elements."""
@@ -75,6 +78,7 @@ def mse(s: Tensor, t: Tensor) -> Tensor:
     return torch.nn.functional.mse_loss(s, t)
 
 
+@register_loss("l1", kind="feature")
 @fp32_compute
 def l1(s: Tensor, t: Tensor) -> Tensor:
     """Mean absolute error: ``L = mean_{b,k} |s[b,k] - t[b,k]|`` over all elements."""
@@ -82,6 +86,7 @@ def l1(s: Tensor, t: Tensor) -> Tensor:
     return torch.nn.functional.l1_loss(s, t)
 
 
+@register_loss("cosine", kind="feature")
 @fp32_compute
 def cosine(s: Tensor, t: Tensor, eps: float = 1e-8) -> Tensor:
     """Cosine distance: ``L = mean_b (2 - 2 cos(s_b, t_b))``.
@@ -96,6 +101,7 @@ def cosine(s: Tensor, t: Tensor, eps: float = 1e-8) -> Tensor:
     return (2.0 - 2.0 * (sn * tn).sum(dim=1)).mean()
 
 
+@register_loss("logsum", kind="feature")
 @fp32_compute
 def logsum(s: Tensor, t: Tensor, alpha: float = 4.0) -> Tensor:
     """Log-sum distance (Miles & Mikolajczyk, AAAI 2024):
@@ -120,6 +126,7 @@ def logsum(s: Tensor, t: Tensor, alpha: float = 4.0) -> Tensor:
     return log_sum.clamp_min(math.log(LOGSUM_FLOOR))
 
 
+@register_loss("logsum_corr", kind="feature")
 @fp32_compute
 def logsum_corr(s: Tensor, t: Tensor, alpha: float = 4.0, eps: float = 1e-5) -> Tensor:
     """Log-sum of the cross-correlation diagonal (Miles & Mikolajczyk, AAAI 2024):

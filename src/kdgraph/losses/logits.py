@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["cross_entropy", "kl_div", "soft_cross_entropy"]
 
@@ -52,6 +53,7 @@ def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) 
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="mean")
 
 
+@register_loss("kl", kind="logit")
 @fp32_compute
 def kl_div(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0, t_squared: bool = True
@@ -70,6 +72,7 @@ def kl_div(
     return loss * temperature**2 if t_squared else loss
 
 
+@register_loss("ce_soft", kind="logit")
 @fp32_compute
 def soft_cross_entropy(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0, t_squared: bool = True

@@ -3,7 +3,8 @@
 PKT (Passalis & Tefas, ECCV 2018, "Learning Deep Representations with
 Probabilistic Knowledge Transfer") matches the *conditional probability
 distributions* of pairwise similarities within the batch, so student and
-teacher features may have different widths: only the batch size must agree.
+teacher features may have different widths: only the batch size must agree (registered with
+``needs="any"``: no projector, no layout change).
 Inputs are ``(B, ...)`` and are flattened to ``(B, D)``. fp16/bf16 inputs are
 computed in float32 with autocast disabled (the B x B Gram matmuls included).
 """
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from kdgraph.losses.feature import flatten_pair, fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["pkt_cosine", "pkt_combined", "cosine_kernel", "distance_kernel"]
 
@@ -46,6 +48,7 @@ def distance_kernel(x: Tensor) -> Tensor:
     return _row_normalise(1.0 / (1.0 + d))
 
 
+@register_loss("pkt", kind="relational", needs="any")
 @fp32_compute
 def pkt_cosine(s: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
     """PKT with the cosine kernel, exactly as in the published code:
@@ -66,6 +69,7 @@ def _symmetric_kl(pt: Tensor, ps: Tensor, eps: float) -> Tensor:
     return torch.mean((pt - ps) * (torch.log(pt + eps) - torch.log(ps + eps)))
 
 
+@register_loss("pkt_combined", kind="relational", needs="any")
 @fp32_compute
 def pkt_combined(s: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
     """InDistill combined-kernel PKT (Sarridis et al., 2022):

@@ -1,28 +1,27 @@
 """Model references: ``timm:NAME``, ``torchvision:NAME``, ``python:package.module:factory``, ``kdgraph:NAME``.
 
+The scheme before the colon picks a builder from ``MODEL_SOURCES`` (as a name prefix picks a reader in timm); every
+builder is ``build(name, kwargs, pretrained) -> nn.Module`` and raises ``ModelError`` for what the user can fix.
 ``python:`` references import and run user code: only use specs you trust (see docs/spec.md).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
-from kdgraph.errors import ModelError
+from kdgraph.errors import ModelError, suggest
 from kdgraph.models.weights import BUILTIN_DIR, load_weights
 from kdgraph.models.zoo import ZOO
 
-__all__ = ["SCHEMES", "build_model", "create_model"]
-
-SCHEMES = ("timm", "torchvision", "python", "kdgraph", "live")
+__all__ = ["MODEL_SOURCES", "SCHEMES", "build_model", "create_model"]
 
 
 def _nearest(name: str, choices: list[str]) -> str:
-    near = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    near = suggest(name, choices, n=3)
     return f"; nearest: {', '.join(near)}" if near else ""
 
 
@@ -63,7 +62,10 @@ def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
         ) from None
 
 
-def _python(target: str, kwargs: dict[str, Any]) -> nn.Module:
+def _python(target: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    if pretrained:
+        raise ModelError(f"python:{target}: `weights: pretrained` is for timm/torchvision models; give a safetensors "
+                         "path")
     module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
         raise ModelError(f"python:{target} must look like python:package.module:factory")
@@ -108,27 +110,38 @@ def _construct_failed(ref: str, kwargs: dict[str, Any], err: BaseException) -> N
                      + ("; check the kwargs" if kwargs else "")) from None
 
 
+def _zoo(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    if name not in ZOO:
+        raise ModelError(f"the kdgraph zoo has no model {name!r}; available: {', '.join(ZOO)}{_nearest(name, list(ZOO))}")
+    if pretrained:
+        raise ModelError(f"kdgraph:{name}: zoo models use `weights: builtin`, not `pretrained`")
+    return _construct(f"kdgraph:{name}", ZOO[name], kwargs)
+
+
+def _live(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    raise ModelError(f"live:{name} stands for a module passed from Python: kdgraph.distill(spec, student=..., "
+                     "teacher=...)")
+
+
+MODEL_SOURCES: dict[str, Callable[[str, dict[str, Any], bool], nn.Module]] = {
+    "timm": _timm,
+    "torchvision": _torchvision,
+    "python": _python,
+    "kdgraph": _zoo,
+    "live": _live,
+}
+"""Scheme -> ``build(name, kwargs, pretrained)``: the model references a spec may give."""
+
+SCHEMES = tuple(MODEL_SOURCES)
+
+
 def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
     """Build the architecture a reference names (random init unless ``pretrained``)."""
-    kwargs = dict(kwargs or {})
     scheme, _, name = ref.partition(":")
-    if scheme == "timm":
-        return _timm(name, kwargs, pretrained)
-    if scheme == "torchvision":
-        return _torchvision(name, kwargs, pretrained)
-    if scheme == "python":
-        if pretrained:
-            raise ModelError(f"{ref}: `weights: pretrained` is for timm/torchvision models; give a safetensors path")
-        return _python(name, kwargs)
-    if scheme == "kdgraph":
-        if name not in ZOO:
-            raise ModelError(f"the kdgraph zoo has no model {name!r}; available: {', '.join(ZOO)}{_nearest(name, list(ZOO))}")
-        if pretrained:
-            raise ModelError(f"{ref}: zoo models use `weights: builtin`, not `pretrained`")
-        return _construct(ref, ZOO[name], kwargs)
-    if scheme == "live":
-        raise ModelError(f"{ref} stands for a module passed from Python: kdgraph.distill(spec, student=..., teacher=...)")
-    raise ModelError(f"model reference {ref!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")
+    build = MODEL_SOURCES.get(scheme)
+    if build is None:
+        raise ModelError(f"model reference {ref!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")
+    return build(name, dict(kwargs or {}), pretrained)
 
 
 def build_model(ref: str, kwargs: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:

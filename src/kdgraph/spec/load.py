@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,7 +9,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kdgraph.errors import SpecError, located
+from kdgraph.errors import SpecError, did_you_mean, located
 from kdgraph.spec.schema import Spec
 
 __all__ = ["load_spec", "spec_from_dict", "parse_overrides", "apply_overrides", "LineIndex", "format_key"]
@@ -199,6 +198,7 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[Any], Any]]:
 # Keys whose value may be written short (`mix: cutmix`, `output: DIR`, `eval: [top1]`, `loss: mse`): the mapping key
 # the short value stands for, so that `--set data.mix.alpha=0.2` extends `mix: cutmix` instead of dropping it.
 _SHORTHANDS = {("data", "mix"): "name", ("output",): "dir", ("eval",): "metrics", ("distill", "pairs", "loss"): "name",
+               ("distill", "logits", "loss"): "name",
                ("distill", "pairs", "projector"): "name", ("distill", "pairs", "normalize"): "name"}
 
 
@@ -287,8 +287,7 @@ def _explain(err: dict, loc: Path_, index: LineIndex, also: list[dict] = ()) -> 
     if kind == "extra_forbidden":
         owner = _model_at(loc)
         valid = list(owner.model_fields) if owner else []
-        near = difflib.get_close_matches(str(loc[-1]), valid, n=1) if loc else []
-        hint = f"; did you mean {near[0]!r}?" if near else "."
+        hint = (did_you_mean(str(loc[-1]), valid) if loc else "") or "."
         return f"{where}: unknown key{hint} Valid keys here: {', '.join(valid)}"
     if kind == "missing":
         return f"{where}: required key is missing"
@@ -300,9 +299,7 @@ def _explain(err: dict, loc: Path_, index: LineIndex, also: list[dict] = ()) -> 
     literals = [e["msg"] for e in (err, *also) if e["type"] == "literal_error"]
     if literals and isinstance(value, str):
         choices = re.findall(r"'([^']*)'", " ".join(literals))
-        near = difflib.get_close_matches(value, choices, n=1)
-        if near:
-            msg += f"; did you mean {near[0]!r}?"
+        msg += did_you_mean(value, choices)
     return f"{where}: {msg}{shown}"
 
 

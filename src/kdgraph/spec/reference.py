@@ -1,4 +1,5 @@
-"""The spec reference (docs/spec_reference.md), generated from the pydantic models: one table per section."""
+"""The spec reference (docs/spec_reference.md), generated from the pydantic models (one table per section) and
+from the loss records (one table of every registered loss)."""
 
 from __future__ import annotations
 
@@ -74,4 +75,26 @@ def spec_reference() -> str:
             for sub in _inner(field.annotation):
                 queue.append((key + ("[]" if typing.get_origin(field.annotation) is list else ""), sub))
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + loss_reference())
+
+
+_NEEDS = {"same-shape": "equal shapes (projector: auto adds one)", "same-grid": "equal grid, any width",
+          "vectors": "(D,) vectors, any width (pooled)", "any": "any shapes (only the batch)"}
+
+
+def loss_reference() -> list[str]:
+    """A table of every registered loss: the name a spec uses, its kind, what it needs from the adapters, the
+    layouts it takes, its parameters with defaults, and the first paragraph of its docstring."""
+    from kdgraph.losses import REQUIRED, losses
+
+    lines = ["## Losses", "", "Every loss registered with `kdgraph.losses.register_loss` (`distill.logits.loss` takes "
+             "the logit losses, `distill.pairs[].loss` the others). Formulas: [losses.md](losses.md).", "",
+             "| name | kind | adapters | layouts | parameters | function | what it computes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in losses():
+        params = ", ".join(f"`{k}`" if v is REQUIRED else f"`{k}={v!r}`" for k, v in r.params.items()) or "-"
+        needs = "-" if r.kind.value == "logit" else _NEEDS[r.needs.value]
+        layouts = ", ".join(sorted(r.layouts))
+        summary = r.summary.replace("|", "\\|")
+        lines.append(f"| `{r.name}` | {r.kind.value} | {needs} | {layouts} | {params} | `{r.function}` | {summary} |")
+    return lines + [""]

@@ -6,31 +6,28 @@ Validators normalise what users write into one shape (``loss: mse`` and ``loss: 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
 from pydantic import PrivateAttr, field_validator, model_validator
+
+from kdgraph.errors import did_you_mean
+from kdgraph.spec.distill import DistillSpec, LogitLossSpec, LogitsSpec, LossSpec, PairSpec, SelfDistillSpec
+from kdgraph.spec.section import Section, short_form
 
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
     "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
-    "TeacherSpec", "MixSpec", "EvalSpec",
+    "TeacherSpec", "MixSpec", "EvalSpec", "LogitLossSpec",
 ]
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
-    """``; did you mean 'x'?`` for the closest of ``known``, or nothing."""
-    near = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    """``; did you mean 'x'?`` for the closest of ``known`` (a loose match: names the user chose), or nothing."""
+    return did_you_mean(name, known, cutoff=0.4)
 
 
-class _Section(BaseModel):
-    # allow_inf_nan=False: `.inf`/`.nan` pass `gt=0` checks (inf) or slip through unchecked fields; never meaningful
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class ModelSpec(_Section):
+class ModelSpec(Section):
     """A model reference, its constructor arguments and where its weights come from."""
 
     model: str = Field(description="`timm:NAME`, `torchvision:NAME`, `python:package.module:factory` or `kdgraph:NAME`.")
@@ -67,7 +64,7 @@ class TeacherSpec(ModelSpec):
     )
 
 
-class SyntheticSpec(_Section):
+class SyntheticSpec(Section):
     """Shape and size of the synthetic data set (for smoke tests and benchmarks); the side is data.image_size."""
 
     channels: PositiveInt = Field(default=3, description="Image channels.")
@@ -75,7 +72,7 @@ class SyntheticSpec(_Section):
     train_size: PositiveInt = Field(default=2048, description="Training images (the test split has a fifth as many).")
 
 
-class DataSpec(_Section):
+class DataSpec(Section):
     """Where the images come from and how they are batched."""
 
     dataset: str = Field(
@@ -120,10 +117,7 @@ class DataSpec(_Section):
     num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Used when dataset is `synthetic`.")
 
-    @field_validator("mix", mode="before")
-    @classmethod
-    def _mix_named(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
+    _mix_named = short_form("mix")
 
     @field_validator("crop_scale")
     @classmethod
@@ -133,114 +127,14 @@ class DataSpec(_Section):
         return v
 
 
-class MixSpec(_Section):
+class MixSpec(Section):
     """Batch mixing (Beyer et al.): a ~ Beta(p, p), a <- max(a, 1 - a), x~ = a x + (1 - a) roll(x, 1)."""
 
     name: Literal["none", "mixup", "cutmix"] = Field(default="none", description="Mixing kind (`mix: mixup` also works).")
     alpha: PositiveFloat = Field(default=1.0, description="p of Beta(p, p) for the mixing ratio.")
 
 
-class LossSpec(_Section):
-    """A feature loss by name with its keyword parameters (`{name: logsum, alpha: 4}`)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(description="One of kdgraph.losses.FEATURE_LOSSES.")
-
-    @model_validator(mode="after")
-    def _known(self) -> "LossSpec":
-        from kdgraph.losses import UnknownLossError, get_loss, loss_params
-
-        try:
-            get_loss(self.name, kind="feature")
-        except UnknownLossError as err:
-            raise ValueError(str(err).strip("'\"")) from None
-        allowed = loss_params(self.name)
-        for key in self.params:
-            if key not in allowed:
-                valid = ", ".join(allowed) or "none"
-                raise ValueError(f"loss {self.name!r} has no parameter {key!r} (valid: {valid})")
-        return self
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-def _as_named(v: Any) -> Any:
-    return {"name": v} if isinstance(v, str) else v
-
-
-class PairSpec(_Section):
-    """One student layer matched to one teacher layer."""
-
-    teacher: str = Field(description="Teacher layer name, as `kdgraph inspect` prints it.")
-    student: str = Field(description="Student layer name, as `kdgraph inspect` prints it.")
-    name: Optional[str] = Field(default=None, description="Name for stages and metrics (default pair:STUDENT->TEACHER).")
-    teacher_model: Optional[str] = Field(
-        default=None, description="Which of `teachers:` this pair reads (needed when there are several)."
-    )
-    projector: Union[str, dict[str, Any]] = Field(
-        default="auto", description="`auto`, `none`, `identity`, `linear`, `conv1x1`, or `{name: mlp, hidden: [...]}`."
-    )
-    normalize: Union[str, dict[str, Any]] = Field(default="none", description="`none`, `bn`, `l2` or `layernorm`.")
-    pool: Optional[Literal["gap", "tokens-mean", "cls"]] = Field(default=None, description="Pool both features first.")
-    resize: Literal["bilinear", "nearest", "avgpool"] = Field(
-        default="bilinear", description="How a student map is resized to the teacher's spatial size."
-    )
-    prune_criterion: Literal["l1", "l2"] = Field(
-        default="l1", description="`projector: prune`: keep the teacher filters with the largest L1 (or L2) norm."
-    )
-    loss: LossSpec = Field(default_factory=lambda: LossSpec(name="mse"), description="Feature loss.")
-    weight: NonNegativeFloat = Field(default=1.0, description="Weight of this term in the total loss.")
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss_named(cls, v: Any) -> Any:
-        return _as_named(v)
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return f"pair:{self.name}"
-        where = f"{self.teacher_model}." if self.teacher_model else ""
-        return f"pair:{self.student}->{where}{self.teacher}"
-
-
-class LogitsSpec(_Section):
-    """Distillation on the output logits."""
-
-    loss: Literal["kl", "ce_soft"] = Field(default="kl", description="KL(p_t || p_s) at temperature T, scaled by T^2.")
-    temperature: PositiveFloat = Field(default=4.0, description="Softmax temperature T.")
-    weight: NonNegativeFloat = Field(default=1.0, description="Weight of the logit term.")
-    teacher_model: Optional[str] = Field(
-        default=None, description="Which of `teachers:` gives the logits (needed when there are several)."
-    )
-
-
-class DistillSpec(_Section):
-    """What is transferred from teacher to student."""
-
-    logits: Optional[LogitsSpec] = Field(default=None, description="Logit distillation term, if any.")
-    pairs: list[PairSpec] = Field(default_factory=list, description="Feature pairs.")
-
-
-class SelfDistillSpec(_Section):
-    """Self-distillation: auxiliary heads on shallow student layers learn from the deepest classifier."""
-
-    heads: list[str] = Field(description="Student layers after which an auxiliary head is attached.")
-    head: Literal["sepconv", "linear"] = Field(default="sepconv", description="Head kind (see docs/methods.md).")
-    attention: bool = Field(default=True, description="Attention gate before a sepconv head's bottleneck.")
-    deep_map: Optional[str] = Field(default=None, description="The deepest stage's map (default: the last map layer).")
-    deep_feature: Optional[str] = Field(
-        default=None, description="The deepest feature h_deep (default: the input of the last Linear layer)."
-    )
-    alpha: float = Field(default=0.3, ge=0, le=1, description="α: weight of the soft term vs (1 − α) of CE per head.")
-    feature_weight: NonNegativeFloat = Field(default=0.03, description="λ: weight of ‖W_i h_i − sg(h_deep)‖.")
-    temperature: PositiveFloat = Field(default=3.0, description="T of the soft cross-entropy H_T(q_i, sg(q_deep)).")
-    t_squared: bool = Field(default=False, description="Multiply the soft term by T² (the published code does not).")
-
-
-class OptimizerSpec(_Section):
+class OptimizerSpec(Section):
     name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
     lr: PositiveFloat = Field(default=0.05, description="Peak learning rate.")
     momentum: NonNegativeFloat = Field(default=0.9, description="SGD momentum.")
@@ -254,7 +148,7 @@ class OptimizerSpec(_Section):
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam/AdamW betas.")
 
 
-class ScheduleSpec(_Section):
+class ScheduleSpec(Section):
     name: Literal["constant", "step", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
     warmup_epochs: NonNegativeFloat = Field(default=0.0, description="Linear warmup from 0, in epochs (fractions allowed).")
     step_epochs: PositiveInt = Field(default=30, description="`step`: multiply the lr by gamma every this many epochs.")
@@ -262,7 +156,7 @@ class ScheduleSpec(_Section):
     min_lr: NonNegativeFloat = Field(default=0.0, description="`cosine`: final learning rate.")
 
 
-class StageSpec(_Section):
+class StageSpec(Section):
     """One stage of a curriculum: which terms are active for how many epochs."""
 
     name: Optional[str] = Field(default=None, description="Stage name (metrics); default stageN.")
@@ -274,7 +168,7 @@ class StageSpec(_Section):
     )
 
 
-class TrainSpec(_Section):
+class TrainSpec(Section):
     epochs: PositiveInt = Field(default=3, description="Training epochs.")
     ce_weight: NonNegativeFloat = Field(default=1.0, description="Weight of cross-entropy on the labels.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -292,7 +186,7 @@ class TrainSpec(_Section):
     )
 
 
-class EvalSpec(_Section):
+class EvalSpec(Section):
     """What is measured on the test split after training epochs (`eval: [top1, knn]` is short for `metrics:`)."""
 
     metrics: list[Literal["top1", "knn", "linear_probe"]] = Field(
@@ -315,7 +209,7 @@ class EvalSpec(_Section):
         return v
 
 
-class OutputSpec(_Section):
+class OutputSpec(Section):
     """Where the run is written and how checkpoints are kept."""
 
     dir: Optional[str] = Field(default=None, description="Run directory (default: runs/NAME).")
@@ -328,7 +222,7 @@ class OutputSpec(_Section):
     )
 
 
-class RuntimeSpec(_Section):
+class RuntimeSpec(Section):
     device: str = Field(default="auto", description="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed for every random number generator (0 to 2^63-1).")
     threads: Optional[PositiveInt] = Field(default=None, description="CPU threads for torch (default: torch's choice).")
@@ -364,7 +258,7 @@ class RuntimeSpec(_Section):
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
 
-class Spec(_Section):
+class Spec(Section):
     """A whole run: models, data, what to distill, how to train, where to write."""
 
     model_config = ConfigDict(extra="forbid", title="kdgraph spec", validate_assignment=True)

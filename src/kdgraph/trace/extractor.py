@@ -98,6 +98,14 @@ class FeatureExtractor(nn.Module):
             self.model = model
             self._hooks = HookTaps(model, taps)
 
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape (without the batch dim) of every value ``forward`` returns, from the layer map's probe."""
+        shapes = {tap: self.layer_map[tap].shape for tap in self.taps}
+        if self.keep_output and self.layer_map.output is not None:
+            shapes["output"] = self.layer_map.output.shape
+        return shapes
+
     def forward(self, x: Tensor) -> dict[str, Any]:
         if self.method == "fx":
             return self.graph_module(x)

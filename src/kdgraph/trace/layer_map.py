@@ -22,13 +22,14 @@ Shape rules (applied to one probe forward with a batch of ``PROBE_BATCH``):
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdgraph.errors import KdgraphError, suggest
 
 __all__ = [
     "PROBE_BATCH",
@@ -78,20 +79,16 @@ class LayerInfo:
         }
 
 
-class UnknownLayerError(KeyError):
+class UnknownLayerError(KdgraphError, KeyError):
     """A layer name that the model's ``LayerMap`` does not list.
 
-    A ``KeyError`` so that ``name in layer_map`` style code keeps working, but
-    ``str()`` gives the plain message (``KeyError`` would quote it).
+    Also a ``KeyError`` so that ``name in layer_map`` style code keeps working; ``str()`` is the plain message.
     """
 
     def __init__(self, message: str, name: str = "", suggestions: Sequence[str] = ()):
         super().__init__(message)
         self.name = name
         self.suggestions = list(suggestions)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -276,7 +273,7 @@ class LayerMap:
         return inp
 
     def nearest(self, name: str, n: int = 5) -> list[str]:
-        """Up to ``n`` known names close to ``name``: difflib matches, then prefix matches."""
+        """Up to ``n`` known names close to ``name``: close spellings, then prefix matches."""
         base = name.partition(":")[0]
         names = self.names()
         found: list[str] = []
@@ -286,7 +283,7 @@ class LayerMap:
                 if len(found) < n and cand not in found:
                     found.append(cand)
 
-        add(difflib.get_close_matches(base, names, n=n, cutoff=0.6))
+        add(suggest(base, names, n=n, cutoff=0.6))
         # Names that extend what was typed ("layer3.1.con" -> "layer3.1.conv1").
         add([cand for cand in names if cand.startswith(base)])
         # The deepest existing ancestor of a dotted name, then its children
@@ -299,7 +296,7 @@ class LayerMap:
                 add([cand for cand in names if cand.startswith(ancestor + ".") and cand.count(".") == k])
                 break
         if len(found) < n:
-            add(difflib.get_close_matches(base, names, n=n, cutoff=0.4))
+            add(suggest(base, names, n=n, cutoff=0.4))
         return found
 
     def to_json(self) -> list[dict[str, Any]]:

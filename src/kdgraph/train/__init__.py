@@ -1,6 +1,7 @@
-"""Training: the loop, optimizers and schedules, evaluation, checkpoints and the run directory."""
+"""Training: ``train(spec)`` runs the whole pipeline; ``Trainer`` is one run's state (step, epoch, evaluate,
+checkpoint, resume) for code that drives training itself."""
 
 from kdgraph.train.loop import TrainResult, train
-from kdgraph.train.resolve import build_data, build_models
+from kdgraph.train.trainer import Trainer
 
-__all__ = ["TrainResult", "train", "build_data", "build_models"]
+__all__ = ["TrainResult", "Trainer", "train"]

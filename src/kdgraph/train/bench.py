@@ -3,8 +3,8 @@
 Both variants start from the same weights and run on one synthetic batch of the spec's input shape, already on
 the device:
 
-- **kdgraph**: the trainer's own ``_Loop`` built from ``resolve_plan(spec)`` (no run directory), timing
-  ``loop.step(x, y)`` with the spec's runtime (precision, compile mode, channels_last, fused optimizer on CUDA);
+- **kdgraph**: the trainer's own ``Trainer`` built from ``resolve_plan(spec)`` (no run directory), timing
+  ``trainer.step(x, y)`` with the spec's runtime (precision, compile mode, channels_last, fused optimizer on CUDA);
 - **hand-written**: copies of the same student, teacher and adapters; forward hooks registered once on the same
   taps, the same loss terms written with ``torch.nn.functional``, a plain (non-fused) torch optimizer with the
   same hyper-parameters and the same learning-rate schedule, eager, under the same autocast.
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgraph.errors import KdgraphError
+from kdgraph.graph.terms import TermKind
 from kdgraph.losses.feature import mse
 from kdgraph.losses.logits import soft_cross_entropy
 from kdgraph.spec.schema import Spec
 from kdgraph.train.optim import lr_factor
-from kdgraph.train.runtime import Runtime
+from kdgraph.runtime import Runtime
 
 __all__ = ["BenchRow", "BenchResult", "HandStep", "measure", "bench_spec", "format_bench"]
 
@@ -123,14 +124,14 @@ class HandStep:
         self.teacher = teacher.to(rt.device, **fmt).eval().requires_grad_(False) if teacher is not None else None
         self.s_adapt = copy.deepcopy(graph.student_adapters).to(rt.device, **fmt).train()
         self.t_adapt = copy.deepcopy(graph.teacher_adapters).to(rt.device, **fmt).train()  # as DistillGraph.train()
-        self.terms = [t for t in graph.terms if graph.active is None or t.kind == "ce" or t.label in graph.active]
+        self.terms = [t for t in graph.terms if graph.active is None or t.kind is TermKind.CE or t.label in graph.active]
         self.s_feats: dict[str, torch.Tensor] = {}
         self.t_feats: dict[str, torch.Tensor] = {}
         for i, term in enumerate(self.terms):
-            if term.kind.startswith("head_"):
+            if term.kind.is_head:
                 raise KdgraphError("kdgraph bench times teacher distillation; self_distill heads have no "
                                    "hand-written baseline here", key="self_distill")
-            if term.kind == "pair":
+            if term.kind is TermKind.PAIR:
                 _hook_module(self.student, term.student_tap, self.s_feats, f"distill.pairs[{term.index}].student")
                 _hook_module(self.teacher, term.teacher_tap, self.t_feats, f"distill.pairs[{term.index}].teacher")
         params = [p for p in (*self.student.parameters(), *self.s_adapt.parameters()) if p.requires_grad]
@@ -157,19 +158,18 @@ class HandStep:
         logits = self.student(x)
         total = logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
-            if term.kind == "ce":
+            if term.kind is TermKind.CE:
                 value = F.cross_entropy(logits, y)
-            elif term.kind == "logits":
+            elif term.kind is TermKind.LOGITS:
                 temp = term.params["temperature"]
-                if term.params.get("loss", "kl") == "kl":
+                if term.record.name == "kl":
                     value = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
                                      reduction="batchmean", log_target=True) * temp * temp
                 else:
                     value = soft_cross_entropy(logits, t_logits, temperature=temp)
             else:
-                key = str(term.index)
-                s = self.s_adapt[key](self.s_feats[term.student_tap])
-                t = self.t_adapt[key](self.t_feats[term.teacher_tap])
+                s = self.s_adapt[term.adapter](self.s_feats[term.student_tap])
+                t = self.t_adapt[term.adapter](self.t_feats[term.teacher_tap])
                 value = F.mse_loss(s.float(), t.float()) if term.fn is mse else term.fn(s.float(), t.float(),
                                                                                        **term.params)
             total = total + term.weight * value
@@ -195,17 +195,16 @@ def _free(device: torch.device) -> None:
 
 def bench_spec(spec: Spec, *, steps: int = 20, warmup: int = 5, batch: Optional[int] = None) -> BenchResult:
     """Build the spec's plan and time both steps (hand-written first, then kdgraph) on one synthetic batch."""
-    from kdgraph.train.loop import _Loop
-    from kdgraph.train.progress import Reporter
-    from kdgraph.train.resolve import resolve_plan
-    from kdgraph.train.runtime import seed_everything
+    from kdgraph.plan import resolve_plan
+    from kdgraph.train.trainer import Trainer
+    from kdgraph.runtime import seed_everything
 
     for key, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0), ("--batch", batch or 1, 1)):
         if value < low:
             raise KdgraphError(f"{key} must be at least {low}, got {value}")
     seed_everything(spec.runtime.seed)
     resolved = resolve_plan(spec)
-    rt, data, plan = resolved.runtime, resolved.data, resolved.graph_plan
+    rt, data, plan = resolved.runtime, resolved.data, resolved
     batch = batch or spec.data.batch_size
     g = torch.Generator().manual_seed(spec.runtime.seed)
     x = torch.randn((batch, *data.input_shape), generator=g)
@@ -220,12 +219,12 @@ def bench_spec(spec: Spec, *, steps: int = 20, warmup: int = 5, batch: Optional[
     rows = [measure("hand-written", lambda: hand.step(x, y), rt.device, batch, steps, warmup)]
     hand = None  # free the copies before the trainer's models are measured
     _free(rt.device)
-    loop = _Loop(spec, plan, data, rt, Reporter(quiet=True), None, resolved.student)
-    loop.enter_epoch(0)
-    loop.graph.train()
-    rows.append(measure("kdgraph", lambda: loop.step(x, y), rt.device, batch, steps, warmup,
+    trainer = Trainer(resolved, runtime=rt)
+    trainer.enter_epoch(0)
+    trainer.graph.train()
+    rows.append(measure("kdgraph", lambda: trainer.step(x, y), rt.device, batch, steps, warmup,
                         loss_of=lambda v: float(v["total"]) if v is not None else float("nan")))
-    loop.guard.flush()
+    trainer.guard.flush()
     return BenchResult(spec.name, str(rt.device), rt.precision, rt.compile_mode, batch, tuple(data.input_shape),
                        rows)
 

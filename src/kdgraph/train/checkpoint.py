@@ -7,79 +7,24 @@ A checkpoint ``ckpt-e0003-s000000`` (3 epochs done, 0 steps into the 4th) is ``c
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kdgraph.errors import KdgraphError
+from kdgraph.files import atomic_write_text, save_tensors
 from kdgraph.train.optim import match_param_layout
 
-__all__ = ["CheckpointMismatch", "atomic_write_bytes", "atomic_write_text", "save_tensors", "save_checkpoint",
-           "load_checkpoint", "latest_checkpoint", "optimizer_to_flat", "optimizer_from_flat"]
+__all__ = ["CheckpointMismatch", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "optimizer_to_flat",
+           "optimizer_from_flat"]
 
 
 class CheckpointMismatch(KdgraphError):
     """A checkpoint whose tensors do not fit the modules or optimizer of the spec being resumed."""
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_error(path: Path, err: OSError) -> KdgraphError:
-    """A failed write (the target is a folder, a parent is a file, no permission, disk full) as a user error."""
-    reason = err.strerror or str(err)
-    if path.is_dir():
-        reason = "it is a directory"
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            reason = f"{str(parent)!r} is a file, not a folder"
-            break
-    return KdgraphError(f"cannot write {str(path)!r}: {reason}")
-
-
-def _atomic(path: Path, fill: Callable[[str], None]) -> None:
-    """``fill(tmp)`` writes a temporary file in the same folder, which is fsynced, given the usual permissions and
-    ``os.replace``d over ``path``. Nothing is left behind on failure; OS errors become user errors."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        fill(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600, and safetensors' save_file replaces ``tmp`` with a 0600 file of its own
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -162,13 +107,24 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _renamed(tensors: dict[str, torch.Tensor], renames: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Tensor names under an old prefix moved to its new one, where the checkpoint has nothing under the new."""
+    for old, new in renames.items():
+        if any(k.startswith(old) for k in tensors) and not any(k.startswith(new) for k in tensors):
+            tensors = {new + k[len(old):] if k.startswith(old) else k: v for k, v in tensors.items()}
+    return tensors
+
+
 def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
-                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore modules, optimizer and RNG from a checkpoint; returns its JSON metadata."""
+                    optimizer: torch.optim.Optimizer | None, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Restore modules, optimizer and RNG from a checkpoint; returns its JSON metadata.
+
+    ``renames`` maps old tensor-name prefixes to new ones (adapters were keyed by pair index before they were keyed
+    by term label), applied where the checkpoint holds only the old names."""
     meta_path = Path(meta_path)
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(meta_path.parent / meta["tensors"]))
+        tensors = _renamed(load_file(str(meta_path.parent / meta["tensors"])), renames or {})
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
         raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({err})") from None
     try:

@@ -10,7 +10,6 @@ the group and checking the environment against the spec is ``kdgraph.train.launc
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 from dataclasses import dataclass
@@ -20,12 +19,14 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
-from kdgraph.train.checkpoint import save_tensors
+from kdgraph.data.datasets import select
+from kdgraph.graph.terms import TermKind
+from kdgraph.files import save_tensors
 from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
-from kdgraph.train.runtime import Runtime
+from kdgraph.runtime import Runtime
 
 __all__ = ["DistContext", "LOCAL"]
 
@@ -190,7 +191,7 @@ class DistContext:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.local_rank] if self.backend == "nccl" else None
-            find_unused = find_unused or not any(term.kind in ("ce", "logits") for term in graph.terms)
+            find_unused = find_unused or not any(term.kind in (TermKind.CE, TermKind.LOGITS) for term in graph.terms)
             return DistributedDataParallel(graph, device_ids=ids, find_unused_parameters=find_unused)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -278,7 +279,7 @@ class DistContext:
         idx = torch.arange(start, stop)
         if len(idx) < per:
             idx = torch.cat([idx, torch.full((per - len(idx),), max(stop - 1, 0), dtype=torch.long)])
-        return _select(dataset, idx), stop - start
+        return select(dataset, idx), stop - start
 
     def gather_shards(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's ``eval_shard`` rows of a per-sample tensor joined in data set order (collective): the first
@@ -353,19 +354,6 @@ class DistContext:
 
 
 LOCAL = DistContext()
-
-
-def _select(dataset: Dataset, idx: torch.Tensor) -> Dataset:
-    """The samples ``idx`` of ``dataset``; tensor-backed data sets stay tensor-backed (batched fast path)."""
-    from kdgraph.data import TensorImageDataset
-
-    if isinstance(dataset, TensorImageDataset):
-        out = copy.copy(dataset)
-        out.images, out.labels = dataset.images[idx], dataset.labels[idx]
-        return out
-    if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(t[idx] for t in dataset.tensors))
-    return Subset(dataset, idx.tolist())
 
 
 def destroy() -> None:

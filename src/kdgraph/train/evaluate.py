@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
-from kdgraph.train.runtime import Runtime
+from kdgraph.runtime import Runtime
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle

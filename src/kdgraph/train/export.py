@@ -23,7 +23,8 @@ from kdgraph.models import build_model, read_state_dict
 from kdgraph.models.weights import state_mismatch
 from kdgraph.spec import load_spec
 from kdgraph.spec.schema import Spec
-from kdgraph.train.checkpoint import latest_checkpoint, save_tensors
+from kdgraph.files import save_tensors
+from kdgraph.train.checkpoint import latest_checkpoint
 from kdgraph.train.rundir import RunDir
 
 __all__ = ["export_student", "student_weights", "export_onnx"]
@@ -64,12 +65,11 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 
 def _input_shape(spec: Spec) -> tuple[int, ...]:
-    from kdgraph.data import DataError
-    from kdgraph.train.resolve import build_data
+    from kdgraph.plan import build_data
 
     try:
         return tuple(build_data(spec.data, spec.runtime.seed).input_shape)
-    except (DataError, KdgraphError) as err:
+    except KdgraphError as err:
         raise KdgraphError(f"the ONNX export needs an example input and the run's data is not available here "
                            f"({err}); pass --input-shape C,H,W") from None
 
@@ -109,14 +109,20 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
 
 
 def _heads(run: RunDir, spec) -> dict:
-    """The self-distillation heads saved beside the student (``adapters.safetensors``: ``student.headN.*``)."""
-    from safetensors.torch import load_file
+    """The self-distillation heads saved beside the student (``adapters.safetensors``: ``student.head:LAYER.*``, or
+    ``student.headN.*`` from runs made before adapters were keyed by label), as ``heads.headN.*`` in
+    ``self_distill.heads`` order."""
+    from kdgraph.graph.terms import adapter_key
 
     if spec.teacher != "self" or not run.adapters.is_file():
         raise RunDirError(f"--with-heads needs a self-distillation run (teacher: self) with adapters.safetensors; "
                           f"{str(run.path)!r} has none")
     adapters = load_file(str(run.adapters))
-    return {"heads." + k[len("student."):]: v for k, v in adapters.items() if k.startswith("student.head")}
+    out = {}
+    for i, name in enumerate(spec.self_distill.heads):
+        for prefix in (f"student.{adapter_key(f'head:{name}')}.", f"student.head{i}."):
+            out.update({f"heads.head{i}." + k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)})
+    return out
 
 
 def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Path] = None,

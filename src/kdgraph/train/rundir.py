@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kdgraph.errors import RunDirError
-from kdgraph.train.checkpoint import atomic_write_text
+from kdgraph.files import atomic_write_text
 
 __all__ = ["RunDir"]
 

@@ -10,13 +10,13 @@ device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory. Under torc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdgraph.data import make_loader
-from kdgraph.data.loader import supports_batching
+from kdgraph.data import DataBundle, make_loader
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
 from kdgraph.train.distributed import LOCAL, DistContext
@@ -33,27 +33,27 @@ def _image_bytes(outputs: dict[str, torch.Tensor]) -> int:
     return sum(v[0].numel() * 4 for v in outputs.values())
 
 
-def _bytes_per_image(teacher: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
-    with torch.no_grad():
-        return _image_bytes(teacher(torch.zeros((1, *input_shape), device=device)))
+def _bytes_per_image(teacher: nn.Module) -> int:
+    """Cache bytes of one image's outputs, from the shapes the layer map's probe gave (no forward here)."""
+    return sum(math.prod(shape) * 4 for shape in teacher.output_shapes.values())
 
 
-def cache_is_exact(spec: Spec, dataset: Any) -> bool:
-    """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a data set
-    without per-sample transforms (imagefolder draws a random crop and flip per image on every access)."""
-    return spec.data.augment == "none" and spec.data.mix.name == "none" and supports_batching(dataset)
+def cache_is_exact(spec: Spec, data: DataBundle) -> bool:
+    """Whether the teacher would see the same images every epoch: no batch augmentation, no mixing, and a source
+    whose samples are the same on every access (``data.provides.exact``: imagefolder draws a random crop and flip
+    per image on every access)."""
+    return spec.data.augment == "none" and spec.data.mix.name == "none" and data.provides.exact
 
 
-def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], dataset: Any, input_shape: tuple[int, ...],
-                      device: torch.device) -> dict[str, nn.Module]:
-    """The teachers whose outputs are cached over ``dataset``: ``cache: outputs``, and ``auto`` where caching is
-    exact (:func:`cache_is_exact`) and costs at most ``AUTO_LIMIT`` bytes."""
-    exact, images = cache_is_exact(spec, dataset), len(dataset)
+def teachers_to_cache(spec: Spec, teachers: dict[str, nn.Module], data: DataBundle) -> dict[str, nn.Module]:
+    """The teachers whose outputs are cached over the training split: ``cache: outputs``, and ``auto`` where caching
+    is exact (:func:`cache_is_exact`) and costs at most ``AUTO_LIMIT`` bytes."""
+    exact, images = cache_is_exact(spec, data), len(data.train)
     chosen = {}
     for name, teacher in teachers.items():
         mode = spec.teacher_specs[name].cache
         if mode == "outputs" or (mode == "auto" and exact and
-                                 _bytes_per_image(teacher, input_shape, device) * images <= AUTO_LIMIT):
+                                 _bytes_per_image(teacher) * images <= AUTO_LIMIT):
             chosen[name] = teacher
     return chosen
 

@@ -5,7 +5,7 @@ from kdgraph.errors import KdgraphError
 from kdgraph.spec import spec_from_dict
 from kdgraph.spec.schema import RuntimeSpec
 from kdgraph.train import train
-from kdgraph.train.runtime import resolve_runtime
+from kdgraph.runtime import resolve_runtime
 
 TINY = {
     "teacher": {"model": "kdgraph:fmnist_resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}},

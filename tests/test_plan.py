@@ -2,7 +2,7 @@
 
 from kdgraph.models import create_model
 from kdgraph.spec import load_spec, spec_from_dict
-from kdgraph.train.resolve import resolve_plan
+from kdgraph.plan import resolve_plan
 
 SPEC = """\
 name: warned
@@ -57,3 +57,30 @@ def test_self_distillation_and_live_teachers_are_not_warned_about():
     assert resolve_plan(spec_from_dict(dict(doc, teacher={"model": "live:teacher"})), teacher=live).warnings == []
     self_doc = dict(doc, teacher="self", distill={}, self_distill={"heads": ["block1", "block2"]})
     assert resolve_plan(spec_from_dict(self_doc)).warnings == []
+
+
+def test_a_source_that_cannot_be_indexed_is_refused_with_its_key(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    import kdgraph.plan
+    from kdgraph.errors import KdgraphError
+
+    build_data = kdgraph.plan.build_data
+
+    def streaming(*args, **kwargs):
+        bundle = build_data(*args, **kwargs)
+        return dataclasses.replace(bundle, provides=dataclasses.replace(bundle.provides, indexable=False))
+
+    monkeypatch.setattr(kdgraph.plan, "build_data", streaming)
+    with pytest.raises(KdgraphError, match="index by position") as err:
+        resolved(tmp_path, SPEC)
+    assert (err.value.key, err.value.line) == ("data.dataset", 4)
+
+
+def test_the_plan_carries_graph_pairs_and_maps(tmp_path):
+    plan = resolved(tmp_path, SPEC)
+    assert [r.label for r in plan.pairs] == ["pair:block3->layer3", "pair:pool->layer3"]
+    assert plan.graph.student_adapters[plan.pairs[0].key] is plan.pairs[0].adapters.student
+    assert plan.teacher_map is plan.teacher_maps["teacher"] and plan.student_map.logit_count == 10

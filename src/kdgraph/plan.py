@@ -1,4 +1,8 @@
-"""Resolve a spec into live objects (data, models, graph) without writing anything: shared by train/validate/inspect."""
+"""The compile stage: a spec resolved into live objects (data, models, layer maps, graph, runtime), nothing
+written. ``train`` trains a :class:`Plan`; ``validate``, ``inspect SPEC`` and ``train --dry-run`` print one.
+
+This is the one meaning of "plan" in kdgraph: what a spec resolves to. (What goes between a pair's features is its
+``PairAdapters``; what ``build_graph`` returns is a ``BuiltGraph``.)"""
 
 from __future__ import annotations
 
@@ -10,36 +14,48 @@ from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, located, with_key
-from kdgraph.graph import GraphPlan, build_graph
-from kdgraph.graph.build import Teachers, named_teachers
+from kdgraph.graph import BuiltGraph, DistillGraph, PairReport, build_graph
+from kdgraph.graph.lookup import Teachers, named_teachers
 from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
+from kdgraph.runtime import Runtime, resolve_runtime
 from kdgraph.spec.schema import DataSpec, Spec
-from kdgraph.train.runtime import Runtime, resolve_runtime
+from kdgraph.trace import LayerMap
 
-__all__ = ["ResolvedPlan", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
+__all__ = ["Plan", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
 
 
 @dataclass
-class ResolvedPlan:
+class Plan:
+    """Everything a spec resolves to: data, models (weights loaded), layer maps, the graph and each pair's adapters,
+    the runtime policy, and warnings about what resolves but is probably a mistake."""
+
     spec: Spec
     data: DataBundle
     student: nn.Module
     teachers: dict[str, nn.Module]
-    graph_plan: GraphPlan
+    graph: DistillGraph
+    pairs: list[PairReport]
+    student_map: LayerMap
+    teacher_maps: dict[str, LayerMap]
     runtime: Runtime
-    warnings: list[str] = field(default_factory=list)  # what resolves but is probably a mistake (plan_warnings)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def teacher(self) -> Optional[nn.Module]:
         """The first (usually only) teacher."""
         return next(iter(self.teachers.values()), None)
 
+    @property
+    def teacher_map(self) -> Optional[LayerMap]:
+        """The first (usually only) teacher's layer map."""
+        return next(iter(self.teacher_maps.values()), None)
+
     def pairs_json(self) -> list[dict[str, Any]]:
         return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name, "teacher_model": r.teacher_name,
                  "student_shape": list(r.student.shape), "teacher_shape": list(r.teacher.shape),
-                 "student_steps": r.plan.student_steps, "teacher_steps": r.plan.teacher_steps,
-                 "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.graph_plan.pairs]
+                 "student_steps": r.adapters.student_steps, "teacher_steps": r.adapters.teacher_steps,
+                 "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.pairs]
 
 
 def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
@@ -86,7 +102,7 @@ def build_models(spec: Spec, student: Optional[nn.Module] = None,
     return student, teachers
 
 
-def plan_warnings(spec: Spec, graph_plan: GraphPlan, live_teachers: frozenset[str] = frozenset()) -> list[str]:
+def plan_warnings(spec: Spec, built: BuiltGraph, live_teachers: frozenset[str] = frozenset()) -> list[str]:
     """What resolves but is almost always a mistake, each naming its spec key and line: a teacher built from the
     spec without weights (random init; live modules from Python and ``teacher: self`` are the user's own), and a
     pair whose student map is upsampled onto a much finer teacher grid."""
@@ -97,9 +113,9 @@ def plan_warnings(spec: Spec, graph_plan: GraphPlan, live_teachers: frozenset[st
             warnings.append(f"{located(f'{key}.weights', spec.line_of(*path, 'weights'))}: {tspec.model} has no "
                             f"weights, so the teacher is randomly initialised and teaches noise; "
                             f"{_weights_hint(tspec.model, tspec.kwargs, key)}")
-    for report in graph_plan.pairs:
+    for report in built.pairs:
         where = located(f"distill.pairs[{report.index}]", spec.line_of("distill", "pairs", report.index))
-        warnings += [f"{where}: {report.label}: {text}" for text in report.plan.warnings]
+        warnings += [f"{where}: {report.label}: {text}" for text in report.adapters.warnings]
     return warnings
 
 
@@ -128,7 +144,7 @@ def _check_last_batch(spec: Spec, images: int, student: nn.Module) -> None:
                            "true or change data.batch_size", key="data.drop_last", line=spec.line_of("data", "drop_last"))
 
 
-def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> ResolvedPlan:
+def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> Plan:
     """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
 
     try:
@@ -137,6 +153,10 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
         err.line = err.line or spec.line_of(*err.key.split("."))
         raise
     data = build_data(spec.data, spec.runtime.seed, spec.line_of("data"))
+    if not data.provides.indexable:
+        raise KdgraphError(f"{data.description}: kdgraph trains on data it can index by position (the seeded order, "
+                           "resuming mid-epoch, data-parallel shards and the teacher cache all need it); this source "
+                           "streams its samples", key="data.dataset", line=spec.line_of("data", "dataset"))
     if len(data.train) < spec.data.batch_size:
         raise KdgraphError(f"the training set has {len(data.train)} images, fewer than one batch of "
                            f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size",
@@ -146,14 +166,15 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     if spec.runtime.precision == "fp64":  # before tracing: the teacher's BatchNorm is folded in float64 too
         for model in (student, *teachers.values()):
             model.double()
-    graph_plan = build_graph(spec, student, teachers, data.input_shape)
+    built = build_graph(spec, student, teachers, data.input_shape)
     if spec.runtime.precision == "fp64":
-        graph_plan.graph.to(torch.float64)  # the adapters
-    classes = graph_plan.student_map.logit_count
+        built.graph.to(torch.float64)  # the adapters
+    classes = built.student_map.logit_count
     if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
         raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
     live = frozenset(named_teachers(spec, teacher))
-    return ResolvedPlan(spec, data, student, teachers, graph_plan, runtime, plan_warnings(spec, graph_plan, live))
+    return Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
+                plan_warnings(spec, built, live))

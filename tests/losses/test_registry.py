@@ -1,0 +1,171 @@
+"""The loss records: contents, lookups, parameter introspection, error messages, registering a new loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kdgraph.losses as L
+from kdgraph.losses import (PAIR_KINDS, REQUIRED, LossKind, Needs, UnknownLossError, get_loss, losses,
+                            register_loss)
+from kdgraph.losses import registry
+
+
+def names(kind) -> set[str]:
+    return {r.name for r in losses(kind)}
+
+
+def test_record_contents() -> None:
+    assert {"mse", "l1", "cosine", "logsum", "logsum_corr", "pkt", "pkt_combined"} <= names(PAIR_KINDS)
+    assert names("logit") == {"kl", "ce_soft"}
+    assert get_loss("pkt").fn is L.pkt_cosine
+    assert get_loss("pkt_combined").fn is L.pkt_combined
+    assert get_loss("kl").fn is L.kl_div
+    assert not names(PAIR_KINDS) & names("logit")
+    assert get_loss("pkt").kind is LossKind.RELATIONAL and get_loss("pkt").needs is Needs.ANY
+    assert get_loss("mse").kind is LossKind.FEATURE and get_loss("mse").needs is Needs.SAME_SHAPE
+    assert get_loss("kl").layouts == {"vector"} and get_loss("mse").layouts == {"map", "tokens", "vector"}
+    assert get_loss("mse").function == "kdgraph.losses.feature.mse"
+    assert get_loss("mse").summary.startswith("Mean squared error: ``L = mean_{b,k} (s[b,k] - t[b,k])^2``")
+
+
+def test_get_loss() -> None:
+    assert get_loss("logsum", PAIR_KINDS).fn is L.logsum
+    assert get_loss("kl", kind="logit").fn is L.kl_div
+    with pytest.raises(UnknownLossError):
+        get_loss("kl", PAIR_KINDS)  # a logit loss is not a feature loss
+    with pytest.raises(ValueError):
+        get_loss("mse", kind="bogus")  # type: ignore[arg-type]
+
+
+def test_unknown_loss_error_message() -> None:
+    with pytest.raises(KeyError) as info:
+        get_loss("logsun", PAIR_KINDS)
+    err = info.value
+    assert isinstance(err, UnknownLossError)
+    assert err.name == "logsun" and err.suggestion == "logsum"
+    assert err.choices == sorted(names(PAIR_KINDS))
+    msg = str(err)
+    assert msg.startswith("unknown feature loss 'logsun'; valid names: ")
+    assert "did you mean 'logsum'?" in msg
+    for name in names(PAIR_KINDS):
+        assert name in msg
+    assert not msg.startswith('"')  # not KeyError's repr-quoting
+    assert str(pytest.raises(UnknownLossError, get_loss, "kld", "logit").value) == (
+        "unknown logit loss 'kld'; valid names: ce_soft, kl; did you mean 'kl'?")
+
+
+def test_unknown_loss_without_close_match() -> None:
+    err = UnknownLossError("zzzzzzzz", ["mse", "l1"])
+    assert err.suggestion is None and "did you mean" not in str(err)
+    assert "l1, mse" in str(err)
+
+
+def test_loss_params() -> None:
+    assert list(get_loss("logsum").params) == ["alpha"]
+    assert get_loss("logsum").params["alpha"] == 4.0
+    assert list(get_loss("logsum_corr").params) == ["alpha", "eps"]
+    assert get_loss("mse").params == {}
+    assert list(get_loss("kl").params) == ["temperature", "t_squared"]
+    assert get_loss("kl", kind="logit").params["temperature"] == 4.0
+    assert list(get_loss("pkt").params) == ["eps"]
+    with pytest.raises(UnknownLossError):
+        get_loss("nope")
+
+
+def test_every_loss_callable_with_its_params() -> None:
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    for record in losses():
+        if record.layouts == {"map"}:
+            s4, t4 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+            out = record.fn(s4, t4, **record.defaults())
+        else:
+            out = record.fn(s, t, **record.defaults())
+        assert out.ndim == 0 and math.isfinite(out.item()), record.name
+
+
+def test_ce_soft_definition() -> None:
+    # -T^2 * mean_b sum_k softmax(zt/T) log softmax(zs/T), written with loops
+    zs = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=torch.float64)
+    zt = torch.tensor([[0.3, 0.1, 2.0], [1.0, 1.0, -2.0]], dtype=torch.float64)
+    T = 4.0
+    total = 0.0
+    for b in range(2):
+        es = [math.exp(v / T) for v in zs[b].tolist()]
+        et = [math.exp(v / T) for v in zt[b].tolist()]
+        for k in range(3):
+            total -= et[k] / sum(et) * math.log(es[k] / sum(es))
+    assert get_loss("ce_soft", "logit").fn(zs, zt).item() == pytest.approx(T * T * total / 2, rel=1e-12)
+
+
+def test_public_api() -> None:
+    for name in L.__all__:
+        assert hasattr(L, name), name
+    for name in ("mse", "l1", "cosine", "logsum", "logsum_corr", "pkt_cosine", "pkt_combined"):
+        assert name in L.__all__
+    for name in ("cross_entropy", "kl_div", "get_loss", "losses", "register_loss", "UnknownLossError"):
+        assert name in L.__all__
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations in a test go to a copy of the table."""
+    monkeypatch.setattr(registry, "_RECORDS", dict(registry._RECORDS))
+
+
+def test_register_a_plain_function(scratch_registry) -> None:
+    def gap_mse(s, t, *, beta, scale: float = 2.0):
+        """Toy loss: ``scale * mean (s - t)^2`` of pooled maps."""
+        return scale * (s.mean((2, 3)) - t.mean((2, 3))).pow(2).mean()
+
+    assert register_loss("toy", kind="relational", needs="vectors", layouts=("map",))(gap_mse) is gap_mse
+    record = get_loss("toy", PAIR_KINDS)
+    assert record.fn is gap_mse and record.needs is Needs.VECTORS and record.layouts == {"map"}
+    assert record.params == {"beta": REQUIRED, "scale": 2.0} and record.defaults() == {"scale": 2.0}
+    assert record.summary == "Toy loss: ``scale * mean (s - t)^2`` of pooled maps."
+    assert "toy" in names(PAIR_KINDS)
+
+
+def test_register_refuses_what_a_spec_cannot_call(scratch_registry) -> None:
+    with pytest.raises(TypeError, match="student and the teacher tensor first"):
+        register_loss("one", kind="feature")(lambda s: s.sum())
+    with pytest.raises(TypeError, match="student and the teacher tensor first"):
+        register_loss("three", kind="feature")(lambda s, t, u: s.sum())
+    with pytest.raises(TypeError, match=r"\*\*kwargs"):
+        register_loss("star", kind="feature")(lambda s, t, **kwargs: s.sum())
+    with pytest.raises(ValueError, match="layouts"):
+        register_loss("bad", kind="feature", layouts=("image",))
+    with pytest.raises(ValueError, match="inputs"):
+        register_loss("bad", kind="feature", inputs=("epoch",))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_loss("mse", kind="feature")(lambda s, t: s.sum())
+
+
+def test_module_and_inputs_are_not_spec_parameters(scratch_registry) -> None:
+    def crd_like(s, t, *, module, index, num_data, temperature: float = 0.07):
+        return s.sum()
+
+    register_loss("crd_like", kind="relational", needs="vectors", module=lambda s, t, **kw: torch.nn.Identity(),
+                  inputs=("index", "num_data"))(crd_like)
+    record = get_loss("crd_like")
+    assert record.params == {"temperature": 0.07} and record.inputs == {"index": "index", "num_data": "num_data"}
+
+    def dkd_like(student_logits, teacher_logits, *, beta: float = 8.0, temperature: float = 4.0, target=None):
+        return student_logits.sum()
+
+    register_loss("dkd_like", kind="logit", inputs={"labels": "target"})(dkd_like)
+    assert get_loss("dkd_like").params == {"beta": 8.0, "temperature": 4.0}
+
+
+def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) -> None:
+    def fsp_like(s1, s2, t1, t2):
+        return s1.sum()
+
+    def review_like(student, teacher, *, levels=(4, 2, 1)):
+        return student[0].sum()
+
+    register_loss("fsp_like", kind="feature", taps=2)(fsp_like)
+    register_loss("review_like", kind="feature", taps=4)(review_like)
+    assert get_loss("fsp_like").params == {} and get_loss("review_like").params == {"levels": (4, 2, 1)}
