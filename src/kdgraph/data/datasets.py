@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from . import DataError
 
-__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select"]
+__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select", "renormalised"]
 
 # ------------------------------------------------------------- normalisation (mean, std)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -183,6 +183,25 @@ def _normalised_float(images_u8: torch.Tensor, mean: tuple, std: tuple) -> torch
     s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
     return (images_u8.float().div_(255.0) - m).div_(s)
 
+
+
+def renormalised(dataset: TensorImageDataset, mean_from: tuple, std_from: tuple, mean: tuple,
+                 std: tuple) -> TensorImageDataset:
+    """``dataset`` normalised with ``(mean, std)`` instead of ``(mean_from, std_from)``: stored floats converted once
+    (``x·s_from/s + (m_from − m)/s``), uint8 images given the new constants (normalised on access)."""
+    out = copy.copy(dataset)
+    c = dataset.images.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"the data has {c} channel(s) but the normalisation asked for has {len(mean)} mean and "
+                        f"{len(std)} std values; give one per channel")
+    if dataset._scale is None:
+        scale = torch.tensor([a / b for a, b in zip(std_from, std)], dtype=torch.float64).view(1, c, 1, 1)
+        shift = torch.tensor([(a - m) / s for a, m, s in zip(mean_from, mean, std)], dtype=torch.float64)
+        out.images = (dataset.images.double() * scale + shift.view(1, c, 1, 1)).to(dataset.images.dtype)
+    else:
+        out._scale = torch.tensor([1.0 / (255.0 * v) for v in std]).view(1, c, 1, 1)
+        out._shift = torch.tensor([m / v for m, v in zip(mean, std)]).view(1, c, 1, 1)
+    return out
 
 
 def select(dataset: Dataset, idx: torch.Tensor) -> Dataset:

@@ -34,8 +34,10 @@ class DistillGraph(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], student_adapters: nn.ModuleDict,
-                 teacher_adapters: nn.ModuleDict, terms: list[Term], embedding: str = "output"):
+                 teacher_adapters: nn.ModuleDict, terms: list[Term], embedding: str = "output",
+                 inputs: Optional[dict[str, nn.Module]] = None):
         super().__init__()
+        self.inputs = dict(inputs or {})  # each teacher's InputAdapter (also inside its FrozenTeacher); not trained
         self.student = student
         self.student_adapters = student_adapters
         self.teacher_adapters = teacher_adapters
