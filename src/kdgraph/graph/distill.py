@@ -68,6 +68,10 @@ class DistillGraph(nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> "DistillGraph":
         super().to(*args, **kwargs)
         for teacher in self.teachers.values():
+            if getattr(teacher, "sharded", False):  # FSDP placed its shards; only its input conversion moves
+                if teacher.input is not None:
+                    teacher.input.to(*args, **kwargs)
+                continue
             teacher.to(*args, **kwargs)
         return self
 

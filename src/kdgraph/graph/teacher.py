@@ -85,6 +85,7 @@ class FrozenTeacher(nn.Module):
                  dtype: Optional[torch.dtype] = None, own: bool = False):
         super().__init__()
         self.folded = 0
+        self.sharded = False  # teacher.shard: fsdp (set by DistContext.shard_teachers)
         self.taps = extractor.taps
         self.keep_output = extractor.keep_output
         self.output_shapes = extractor.output_shapes  # what forward returns, without the batch dim

@@ -54,6 +54,11 @@ class Trainer:
         self.spec, self.plan, self.data, self.rt, self.run_dir, self.dist = spec, plan, plan.data, rt, run_dir, dist
         self.reporter = reporter or Reporter(quiet=True)
         self.student = plan.student
+        # teacher.shard: fsdp shards a teacher before anything moves it whole onto the device
+        self.sharded = dist.shard_teachers(plan.graph, {n: t.shard for n, t in spec.teacher_specs.items()})
+        if any(t.shard == "fsdp" for t in spec.teacher_specs.values()) and not self.sharded:
+            self.reporter.info("  teacher.shard: fsdp shards across torchrun processes; in one process the teacher "
+                               "stays whole")
         self.graph = plan.graph.to(rt.device)
         if rt.channels_last:
             self.graph.to(memory_format=torch.channels_last)
