@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Subset as _TorchSubset
 
 from . import DataError
 
@@ -156,6 +157,23 @@ class TensorImageDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i])
+
+
+class Subset(_TorchSubset):
+    """``torch.utils.data.Subset`` that passes the ``(index, epoch)`` keys of a seeded data set through (the position
+    mapped to the underlying index)."""
+
+    @property
+    def seeded(self) -> bool:
+        return bool(getattr(self.dataset, "seeded", False))
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            return self.dataset[(self.indices[key[0]], *key[1:])]
+        return self.dataset[self.indices[key]]
+
+    def __getitems__(self, keys: list) -> list:
+        return [self[key] for key in keys]
 
 
 def take(dataset: Dataset, n: int) -> Dataset:
