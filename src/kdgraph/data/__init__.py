@@ -8,7 +8,8 @@ Public API::
     take(dataset, n)                              # first n samples (train_subset)
     make_loader(dataset, batch_size, train=, seed=, drop_last=)
     TensorBatchLoader, SeededDataLoader, TensorImageDataset
-    random_crop_flip, mixup, cutmix               # batch-level, on tensors
+    random_crop_flip, random_resized_crop_flip, mixup, cutmix   # batch-level, on tensors
+    crop_flip_params, resized_crop_params, sample_mix_ratio    # their random numbers (to replay them)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .augment import (  # noqa: E402
     mixup,
     random_crop_flip,
     random_resized_crop_flip,
+    resized_crop_flip,
+    resized_crop_params,
     sample_mix_ratio,
 )
 from .loader import (  # noqa: E402
@@ -68,6 +71,8 @@ __all__ = [
     "mixup",
     "random_crop_flip",
     "random_resized_crop_flip",
+    "resized_crop_flip",
+    "resized_crop_params",
     "WithIndex",
     "sample_mix_ratio",
     "EpochSampler",
