@@ -94,8 +94,56 @@ SELF_DISTILLATION = Family(
     ("val_top1", "val_top1/layer1", "val_top1/layer2", "val_top1/deepest", "val_top1/ensemble"),
     "embedded Fashion-MNIST subset (12,000 train / 2,000 test)", 30, ("--data", "embedded"))
 
+# -- function matching -----------------------------------------------------------------------------------------------
+FUNCTION_MATCHING = Family(
+    "function_matching.py", METHODS / "function_matching.yaml", {
+        "alone": Variant("student alone (CE, same crops and mixup)",
+                         ["teacher=null", "distill.logits=null", "train.ce_weight=1"], ["alone"]),
+        "function-matching": Variant("function matching (consistent views, mixup)", [],
+                                     ["function-matching", *KD_TEACHER]),
+        "independent": Variant("independent views", ["data.views=independent"], ["independent", *KD_TEACHER]),
+        "fixed": Variant("fixed teacher (cached outputs), mixup", ["teacher.cache=outputs"], ["fixed", *KD_TEACHER]),
+        "fixed-nomix": Variant("fixed teacher, no mixup", ["teacher.cache=outputs", "data.mix=none"],
+                               ["fixed-nomix", *KD_TEACHER]),
+        "consistent-nomix": Variant("consistent views, no mixup (plain KD on shared crops)", ["data.mix=none"],
+                                    ["consistent-nomix", *KD_TEACHER]),
+    },
+    ("val_top1",), "the first 512 Fashion-MNIST training images, full test set", 1000)
+
+# -- SimReg -----------------------------------------------------------------------------------------------------------
+def simreg_heads(head: str) -> list[str]:
+    """Both pairs of specs/methods/simreg_two_teachers.yaml with another head."""
+    projector = {"linear": "{name: linear}",
+                 "mlp-shallow": "{name: mlp, hidden: [2d], bn: [true], relu: [true]}"}[head]
+    return [f"distill.pairs[{i}].projector={projector}" for i in (0, 1)]
+
+
+SIMREG = Family(
+    "simreg.py", METHODS / "simreg_two_teachers.yaml", {
+        "alone": Variant("student alone (CE, same views)", ["teachers=[]", "distill.pairs=[]", "train.ce_weight=1"],
+                         ["alone"]),
+        "simreg": Variant("SimReg: 2 teachers, deep MLP heads, no labels", [], ["simreg"]),
+        "simreg-ce": Variant("SimReg + CE", ["train.ce_weight=1"], ["simreg-ce"]),
+        "mlp-shallow": Variant("shallower head: Linear BN ReLU Linear", simreg_heads("mlp-shallow"), ["mlp-shallow"]),
+        "linear": Variant("linear head", simreg_heads("linear"), ["linear"]),
+        "resnet-only": Variant("one teacher: the ResNet", ["teachers=[{name: resnet, model: 'kdgraph:fmnist_resnet', "
+                                                           "weights: builtin}]", "distill.pairs=[{name: resnet, "
+                                                           "teacher_model: resnet, teacher: 'fc:input', student: "
+                                                           "'fc:input', projector: {name: mlp, hidden: [2d, d, 2d], "
+                                                           "bn: [true, false, true], relu: [true, false, true]}, "
+                                                           "loss: cosine}]"], ["resnet-only"]),
+        "wide-only": Variant("one teacher: the wide CNN", ["teachers=[{name: cnn_wide, model: 'kdgraph:fmnist_cnn_wide', "
+                                                          "weights: builtin}]", "distill.pairs=[{name: cnn_wide, "
+                                                          "teacher_model: cnn_wide, teacher: 'fc:input', student: "
+                                                          "'fc:input', projector: {name: mlp, hidden: [2d, d, 2d], "
+                                                          "bn: [true, false, true], relu: [true, false, true]}, "
+                                                          "loss: cosine}]"], ["wide-only"]),
+    },
+    ("val_knn", "val_linear_probe"), "full Fashion-MNIST", 10)
+
 FAMILIES: dict[str, Family] = {"fmnist_kd": FMNIST_KD, "projector": PROJECTOR_ABLATION,
-                               "self_distillation": SELF_DISTILLATION}
+                               "self_distillation": SELF_DISTILLATION, "function_matching": FUNCTION_MATCHING,
+                               "simreg": SIMREG}
 
 
 # -- running ----------------------------------------------------------------------------------------------------------
