@@ -141,9 +141,31 @@ SIMREG = Family(
     },
     ("val_knn", "val_linear_probe"), "full Fashion-MNIST", 10)
 
+# -- InDistill --------------------------------------------------------------------------------------------------------
+EMBEDDING_PKT = "{name: embedding, teacher: 'fc:input', student: 'fc:input', loss: pkt}"
+KD_STAGE = "{name: kd, epochs: 8, pairs: [embedding], logits: true}"
+INDISTILL = Family(
+    "indistill.py", METHODS / "indistill.yaml", {
+        "alone": Variant("student alone", ["teacher=null", "distill.logits=null", "distill.pairs=[]",
+                                           "train.stages=[]"], ["alone"]),
+        "kd": Variant("KD only (KL T = 4 + PKT, all epochs)", [f"distill.pairs=[{EMBEDDING_PKT}]", "train.stages=[]"],
+                      ["kd", *KD_TEACHER]),
+        "fitnet": Variant("FitNet warm-up (layer3 through a 1x1 conv), then KD",
+                          ["distill.pairs=[{name: fitnet, teacher: layer3, student: block3, projector: conv1x1, "
+                           f"normalize: bn, loss: mse}}, {EMBEDDING_PKT}]",
+                           f"train.stages=[{{name: fitnet, epochs: 4, pairs: [fitnet]}}, {KD_STAGE}]"],
+                          ["fitnet", *KD_TEACHER]),
+        "all-at-once": Variant("pruned layers all at once, then KD",
+                               [f"train.stages=[{{name: layers, epochs: 4, pairs: [layer1, layer2, layer3]}}, "
+                                f"{KD_STAGE}]"], ["all-at-once", *KD_TEACHER]),
+        "indistill": Variant("InDistill: pruned layers one by one (1, 1, 2 epochs), then KD", [],
+                             ["indistill", *KD_TEACHER]),
+    },
+    ("val_top1", "val_map"), "full Fashion-MNIST", 12, kdgraph_overrides=("data.source=full",))
+
 FAMILIES: dict[str, Family] = {"fmnist_kd": FMNIST_KD, "projector": PROJECTOR_ABLATION,
                                "self_distillation": SELF_DISTILLATION, "function_matching": FUNCTION_MATCHING,
-                               "simreg": SIMREG}
+                               "simreg": SIMREG, "indistill": INDISTILL}
 
 
 # -- running ----------------------------------------------------------------------------------------------------------
@@ -160,10 +182,20 @@ def run_reference(family: Family, variant: str, seed: int, epochs: int, threads:
             "seconds": row.get("seconds")}
 
 
+def epoch_overrides(family: Family, variant: str, epochs: int) -> list[str]:
+    """``train.epochs``, and with a curriculum the last stage's length, so that the stages add up to ``epochs``."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from kdgraph.spec import load_spec
+
+    stages = load_spec(family.spec, [*family.kdgraph_overrides, *family.variants[variant].overrides]).train.stages
+    last = [f"train.stages[{len(stages) - 1}].epochs={epochs - sum(s.epochs for s in stages[:-1])}"] if stages else []
+    return [f"train.epochs={epochs}", *last]
+
+
 def run_kdgraph(family: Family, name: str, variant: str, seed: int, epochs: int, threads: int, work: Path) -> dict:
     run_dir = work / f"kdgraph-{variant}-s{seed}"
     overrides = [*family.kdgraph_overrides, *family.variants[variant].overrides, f"runtime.seed={seed}",
-                 f"train.epochs={epochs}", f"runtime.threads={threads}", f"output={run_dir}"]
+                 *epoch_overrides(family, variant, epochs), f"runtime.threads={threads}", f"output={run_dir}"]
     command = [sys.executable, "-m", "kdgraph", "train", str(family.spec), "--quiet", "--overwrite",
                *(arg for o in overrides for arg in ("--set", o))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(REFERENCES)]), HF_HUB_OFFLINE="1")
