@@ -45,6 +45,7 @@ MEAN, STD = 0.2860, 0.3530
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+VARIANTS = ("teacher", "alone", "kd", "fitnet", "projector", "projector-nonorm", "projector-l2")
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
@@ -272,8 +273,7 @@ def train(variant: str, seed: int, epochs: int, root: Path, teacher_path: Path |
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["teacher", "alone", "kd", "fitnet", "projector", "projector-nonorm",
-                                            "projector-l2"])
+    parser.add_argument("variant", choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--root", type=Path, default=DEBIAN)

@@ -47,6 +47,7 @@ EMBEDDED = Path(__file__).resolve().parents[2] / "src" / "kdgraph" / "data" / "e
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 HEADS = ("layer1", "layer2")
+VARIANTS = ("alone", "byot", "deep-supervision")
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def train(variant: str, seed: int, epochs: int, root: Path, data: str = "full", 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["alone", "byot", "deep-supervision"])
+    parser.add_argument("variant", choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--data", choices=["full", "embedded"], default="embedded")
