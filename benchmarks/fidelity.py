@@ -11,7 +11,7 @@ appended to ``--log`` (JSON lines: final metrics and the per-epoch curve) and sk
 so an interrupted sweep continues where it stopped. The table gives, per variant and metric, mean ± std per side,
 kdgraph − reference and whether that lies within 2 standard deviations, and each variant's gain over the family's
 first variant (the student alone) on both sides with whether it exceeds 2 standard deviations. ``--plot`` draws the
-curves over epochs (mean over seeds; solid kdgraph, dashed reference).
+curves over epochs, one panel per metric (mean over seeds; solid kdgraph, dashed reference).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = ROOT / "benchmarks" / "references"
@@ -246,34 +247,38 @@ def table(rows: list[dict], name: str, seeds: list[int], epochs: int) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path, metric: str = "val_top1") -> None:
-    """Mean curve over the seeds of ``metric`` per variant: kdgraph solid, the reference dashed, one colour each."""
+def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path,
+         metrics: Optional[list[str]] = None) -> None:
+    """One panel per metric (default: the family's): the mean curve over the seeds per variant, kdgraph solid, the
+    reference dashed, one colour per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     family = FAMILIES[name]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (variant, spec) in enumerate(family.variants.items()):
-        for side, style in (("kdgraph", "-"), ("reference", "--")):
-            curves = [r["curve"] for r in rows if r["family"] == name and r["variant"] == variant and r["side"] == side
-                      and r["seed"] in seeds and r["epochs"] == epochs and r.get("curve")]
-            if not curves:
-                continue
-            by_epoch: dict[int, list[float]] = {}
-            for curve in curves:
-                for point in curve:
-                    if metric in point:
-                        by_epoch.setdefault(point["epoch"], []).append(point[metric])
-            xs = sorted(e for e, v in by_epoch.items() if len(v) == len(curves))
-            ax.plot(xs, [100 * statistics.mean(by_epoch[e]) for e in xs], style, color=f"C{i}",
-                    label=f"{spec.label} ({side})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {metric.removeprefix('val_')} (%)")
-    ax.set_title(f"{name}: {family.data}, mean of {len(seeds)} seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    metrics = metrics or list(family.metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (variant, spec) in enumerate(family.variants.items()):
+            for side, style in (("kdgraph", "-"), ("reference", "--")):
+                curves = [r["curve"] for r in rows if r["family"] == name and r["variant"] == variant
+                          and r["side"] == side and r["seed"] in seeds and r["epochs"] == epochs and r.get("curve")]
+                by_epoch: dict[int, list[float]] = {}
+                for curve in curves:
+                    for point in curve:
+                        if metric in point:
+                            by_epoch.setdefault(point["epoch"], []).append(point[metric])
+                xs = sorted(e for e, v in by_epoch.items() if len(v) == len(curves))
+                if xs:
+                    ax.plot(xs, [100 * statistics.mean(by_epoch[e]) for e in xs], style, color=f"C{i}",
+                            label=f"{spec.label} ({side})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"test {metric.removeprefix('val_')} (%)")
+        ax.set_title(f"{name}: {metric.removeprefix('val_')}, mean of {len(seeds)} seeds", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(family.data, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -292,7 +297,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=None, help="JSON lines of finished runs (default: WORK/runs.jsonl)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     parser.add_argument("--plot", type=Path, default=None, help="draw the curves over epochs here (PNG or SVG)")
-    parser.add_argument("--plot-metric", default="val_top1")
+    parser.add_argument("--plot-metrics", nargs="+", default=None, help="default: the family's metrics, a panel each")
     args = parser.parse_args()
     family = FAMILIES[args.family]
     epochs = args.epochs or family.default_epochs
@@ -330,7 +335,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     if args.plot:
-        plot(rows, args.family, args.seeds, epochs, args.plot, args.plot_metric)
+        plot(rows, args.family, args.seeds, epochs, args.plot, args.plot_metrics)
 
 
 if __name__ == "__main__":
