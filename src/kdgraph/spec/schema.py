@@ -229,11 +229,12 @@ class TrainSpec(Section):
 class EvalSpec(Section):
     """What is measured on the test split after training epochs (`eval: [top1, knn]` is short for `metrics:`)."""
 
-    metrics: list[Literal["top1", "knn", "linear_probe"]] = Field(
+    metrics: list[Literal["top1", "knn", "linear_probe", "map"]] = Field(
         default_factory=lambda: ["top1"], min_length=1,
         description="`top1` of the student's classifier; `knn`: k-NN top-1 on the student's embedding (cosine, train "
-        "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings. The first "
-        "metric picks `best.safetensors`.",
+        "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings; `map`: mean "
+        "average precision of test images retrieving train images by the cosine similarity of their embeddings "
+        "(kdgraph.train.retrieval). The first metric picks `best.safetensors`.",
     )
     embedding: Optional[str] = Field(
         default=None, description="Student layer used as the embedding (default: the input of its last Linear)."
@@ -315,7 +316,7 @@ class Spec(Section):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     self_distill: Optional[SelfDistillSpec] = Field(default=None, description="Heads for `teacher: self`.")
     train: TrainSpec = Field(default_factory=TrainSpec)
-    eval: "EvalSpec" = Field(default_factory=lambda: EvalSpec(), description="Evaluation metrics (`[top1, knn, linear_probe]`).")
+    eval: "EvalSpec" = Field(default_factory=lambda: EvalSpec(), description="Evaluation metrics (`[top1, knn, linear_probe, map]`).")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
     _lines: Any = PrivateAttr(default=None)

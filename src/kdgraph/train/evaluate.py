@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.runtime import Runtime
+from kdgraph.train.retrieval import mean_average_precision
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle
@@ -195,8 +196,9 @@ def linear_probe_top1(train_e: torch.Tensor, train_y: torch.Tensor, test_e: torc
 
 
 def embedding_metrics(graph: nn.Module, train: Dataset, test: Dataset, spec: Spec, rt: Runtime) -> dict[str, float]:
-    """``val_knn`` and/or ``val_linear_probe`` as ``spec.eval.metrics`` asks, with the train split as the bank."""
-    wanted = [m for m in spec.eval.metrics if m in ("knn", "linear_probe")]
+    """``val_knn``, ``val_linear_probe`` and ``val_map`` as ``spec.eval.metrics`` asks, with the train split as the
+    bank (the retrieval database of ``map``)."""
+    wanted = [m for m in spec.eval.metrics if m in ("knn", "linear_probe", "map")]
     if not wanted:
         return {}
     bank, bank_y = embeddings(graph, train, spec, rt)
@@ -206,4 +208,6 @@ def embedding_metrics(graph: nn.Module, train: Dataset, test: Dataset, spec: Spe
         out["val_knn"] = knn_top1(bank, bank_y, queries, y, k=spec.eval.knn_k)
     if "linear_probe" in wanted:
         out["val_linear_probe"] = linear_probe_top1(bank, bank_y, queries, y)
+    if "map" in wanted:
+        out["val_map"] = mean_average_precision(queries, y, bank, bank_y)
     return out
