@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import crop_flip_params, epoch_indices
+from kdgraph.data import crop_flip_params
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 

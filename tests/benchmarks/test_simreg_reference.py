@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import epoch_indices, load_fashion_mnist, resized_crop_flip, resized_crop_params, write_idx
+from kdgraph.data import load_fashion_mnist, resized_crop_flip, resized_crop_params
+from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 
