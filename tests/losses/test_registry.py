@@ -76,13 +76,28 @@ def test_loss_params() -> None:
 
 
 def test_every_loss_callable_with_its_params() -> None:
-    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    """Every record called as the graph calls it: its tensors (maps for map-only losses, two per model with several
+    taps), its module built from the shapes with the build inputs, and the step inputs."""
+    from kdgraph.align import FeatureShape
+
     for record in losses():
-        if record.layouts == {"map"}:
-            s4, t4 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-            out = record.fn(s4, t4, **record.defaults())
-        else:
-            out = record.fn(s, t, **record.defaults())
+        maps = "vector" not in record.layouts
+        size = (4, 3, 4, 4) if maps else (4, 3)
+        shape = FeatureShape(size[1:], "map" if maps else "vector")
+        n = 1 if not record.several else 2
+        s, t = [torch.randn(size) for _ in range(n)], [torch.randn(size) for _ in range(n)]
+        given = {"num_data": 16, "seed": 0, "teacher_batchnorm": [torch.nn.BatchNorm2d(3)] * n,
+                 "labels": torch.arange(4) % 3, "index": torch.arange(4)}
+        inputs = {param: given[name] for name, param in record.inputs.items()}
+        fn_params, module_params = record.split(record.defaults())
+        extra = {}
+        if record.module is not None:
+            shapes = ([shape] * n, [shape] * n) if record.several else (shape, shape)
+            build = {k: v for k, v in inputs.items() if k in ("num_data", "seed", "teacher_batchnorm")}
+            extra["module"] = record.module(*shapes, **module_params, **build)
+        step = {k: v for k, v in inputs.items() if k in ("target", "index", "num_data")}
+        tensors = (*s, *t) if record.spread else (s, t) if record.several else (s[0], t[0])
+        out = record.fn(*tensors, **fn_params, **extra, **step)
         assert out.ndim == 0 and math.isfinite(out.item()), record.name
 
 
@@ -147,10 +162,21 @@ def test_module_and_inputs_are_not_spec_parameters(scratch_registry) -> None:
     def crd_like(s, t, *, module, index, num_data, temperature: float = 0.07):
         return s.sum()
 
-    register_loss("crd_like", kind="relational", needs="vectors", module=lambda s, t, **kw: torch.nn.Identity(),
-                  inputs=("index", "num_data"))(crd_like)
+    def heads(s, t, *, num_data, seed, dim: int = 128, temperature: float = 0.07):
+        return torch.nn.Identity()
+
+    register_loss("crd_like", kind="relational", needs="vectors", module=heads,
+                  inputs=("index", "num_data", "seed"))(crd_like)
     record = get_loss("crd_like")
-    assert record.params == {"temperature": 0.07} and record.inputs == {"index": "index", "num_data": "num_data"}
+    assert record.params == {"temperature": 0.07, "dim": 128}
+    assert record.inputs == {"index": "index", "num_data": "num_data", "seed": "seed"}
+    assert record.split({"dim": 64, "temperature": 0.1}) == ({"temperature": 0.1}, {"dim": 64, "temperature": 0.1})
+    with pytest.raises(ValueError, match="two defaults"):
+        register_loss("crd_bad", kind="relational", module=lambda s, t, *, temperature=1.0: heads)(crd_like)
+    with pytest.raises(ValueError, match="exist only at a step"):
+        register_loss("crd_bad", kind="relational", module=lambda s, t, *, index: heads, inputs=("index",))(crd_like)
+    with pytest.raises(ValueError, match="only a module factory"):
+        register_loss("crd_bad", kind="relational", inputs=("seed",))(lambda s, t, *, seed: s.sum())
 
     def dkd_like(student_logits, teacher_logits, *, beta: float = 8.0, temperature: float = 4.0, target=None):
         return student_logits.sum()
@@ -168,4 +194,11 @@ def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) ->
 
     register_loss("fsp_like", kind="feature", taps=2)(fsp_like)
     register_loss("review_like", kind="feature", taps=4)(review_like)
+    register_loss("review_many", kind="feature", taps="many")(review_like)
     assert get_loss("fsp_like").params == {} and get_loss("review_like").params == {"levels": (4, 2, 1)}
+    assert get_loss("fsp_like").spread and not get_loss("review_like").spread and get_loss("review_many").several
+    with pytest.raises(ValueError, match="taps must be"):
+        register_loss("bad", kind="feature", taps=0)
+    with pytest.raises(ValueError, match="no taps or module"):
+        register_loss("bad", kind="logit", taps=2)
+

@@ -79,6 +79,7 @@ def spec_reference() -> str:
 
 
 _NEEDS = {"same-shape": "equal shapes (projector: auto adds one)", "same-grid": "equal grid, any width",
+          "same-width": "equal width, any grid (projector: auto adds one)",
           "vectors": "(D,) vectors, any width (pooled)", "any": "any shapes (only the batch)"}
 
 
