@@ -19,7 +19,7 @@ def names(kind) -> set[str]:
 
 def test_record_contents() -> None:
     assert {"mse", "l1", "cosine", "logsum", "logsum_corr", "pkt", "pkt_combined"} <= names(PAIR_KINDS)
-    assert names("logit") == {"kl", "ce_soft"}
+    assert names("logit") == {"kl", "ce_soft", "dkd", "dist"}
     assert get_loss("pkt").fn is L.pkt_cosine
     assert get_loss("pkt_combined").fn is L.pkt_combined
     assert get_loss("kl").fn is L.kl_div
@@ -54,7 +54,7 @@ def test_unknown_loss_error_message() -> None:
         assert name in msg
     assert not msg.startswith('"')  # not KeyError's repr-quoting
     assert str(pytest.raises(UnknownLossError, get_loss, "kld", "logit").value) == (
-        "unknown logit loss 'kld'; valid names: ce_soft, kl; did you mean 'kl'?")
+        "unknown logit loss 'kld'; valid names: ce_soft, dist, dkd, kl; did you mean 'kl'?")
 
 
 def test_unknown_loss_without_close_match() -> None:
@@ -202,3 +202,30 @@ def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) ->
     with pytest.raises(ValueError, match="no taps or module"):
         register_loss("bad", kind="logit", taps=2)
 
+
+CATALOGUE = {  # name: (kind, needs, taps, has a module, run inputs)
+    "dkd": ("logit", "same-shape", 1, False, {"labels"}),
+    "dist": ("logit", "same-shape", 1, False, set()),
+    "nst": ("feature", "same-grid", 1, False, set()),
+    "fsp": ("feature", "same-width", 2, False, set()),
+    "ab": ("feature", "same-shape", 1, False, set()),
+    "ofd": ("feature", "same-grid", 1, True, {"teacher_batchnorm"}),
+    "ft": ("feature", "same-grid", 1, True, set()),
+    "mgd": ("feature", "same-shape", 1, True, {"seed"}),
+    "reviewkd": ("feature", "any", "many", True, set()),
+    "vid": ("feature", "same-grid", 1, True, set()),
+    "ickd": ("feature", "same-width", 1, False, set()),
+    "sp": ("relational", "any", 1, False, set()),
+    "cc": ("relational", "vectors", 1, True, set()),
+    "rkd": ("relational", "vectors", 1, False, set()),
+    "crd": ("relational", "vectors", 1, True, {"index", "num_data", "seed"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_every_catalogue_method_is_a_record_saying_what_it_needs(name) -> None:
+    kind, needs, taps, module, inputs = CATALOGUE[name]
+    record = get_loss(name)
+    assert (record.kind.value, record.needs.value, record.taps) == (kind, needs, taps)
+    assert (record.module is not None, set(record.inputs)) == (module, inputs)
+    assert record.summary and "module" not in record.params and not set(record.inputs.values()) & set(record.params)
