@@ -55,7 +55,10 @@ class Plan:
         return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name, "teacher_model": r.teacher_name,
                  "student_shape": list(r.student.shape), "teacher_shape": list(r.teacher.shape),
                  "student_steps": r.adapters.student_steps, "teacher_steps": r.adapters.teacher_steps,
-                 "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.pairs]
+                 "loss": r.spec.loss.name, "weight": r.spec.weight,
+                 **({"taps": [{"student": t.student.name, "teacher": t.teacher.name,
+                               "student_steps": t.adapters.student_steps, "teacher_steps": t.adapters.teacher_steps}
+                              for t in r.taps]} if len(r.taps) > 1 else {})} for r in self.pairs]
 
 
 def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
@@ -166,7 +169,7 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     if spec.runtime.precision == "fp64":  # before tracing: the teacher's BatchNorm is folded in float64 too
         for model in (student, *teachers.values()):
             model.double()
-    built = build_graph(spec, student, teachers, data.input_shape)
+    built = build_graph(spec, student, teachers, data.input_shape, num_data=len(data.train))
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
     classes = built.student_map.logit_count
