@@ -72,6 +72,12 @@ MODULE_LOSSES = [
 ]
 
 
+def test_every_loss_with_a_module_is_checked_below():
+    from kdgraph.losses import losses
+
+    assert {name for name, _ in MODULE_LOSSES} == {r.name for r in losses() if r.module is not None}
+
+
 @pytest.mark.parametrize("name,pair", MODULE_LOSSES, ids=[m[0] for m in MODULE_LOSSES])
 def test_a_loss_module_is_trained_with_the_student_and_kept_out_of_it(name, pair):
     _, student, _, built = build({"pairs": [pair]})
@@ -88,6 +94,8 @@ def test_a_loss_module_is_trained_with_the_student_and_kept_out_of_it(name, pair
     for n, p in module.named_parameters():
         assert (p.grad is None or not p.grad.abs().sum()) if n in frozen else p.grad.abs().sum() > 0, n
     assert all(p.grad is not None for p in student.parameters())
+    saved = nn.ModuleDict({"loss": graph.loss_modules}).state_dict()  # what adapters.safetensors holds (Trainer)
+    assert {f"loss.{key}.{k}" for k in module.state_dict()} <= set(saved) and module.state_dict()
 
 
 def test_crd_takes_the_batch_index_and_the_data_set_size_and_updates_its_bank():

@@ -229,3 +229,22 @@ def test_every_catalogue_method_is_a_record_saying_what_it_needs(name) -> None:
     assert (record.kind.value, record.needs.value, record.taps) == (kind, needs, taps)
     assert (record.module is not None, set(record.inputs)) == (module, inputs)
     assert record.summary and "module" not in record.params and not set(record.inputs.values()) & set(record.params)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("record", losses(), ids=lambda r: r.name)
+def test_every_loss_has_its_test_file_its_docs_and_its_reference_row(record) -> None:
+    """Adding a loss is one record plus its test and its docs line: a record without them fails here."""
+    from kdgraph.spec.reference import loss_reference
+
+    module = record.function.rsplit(".", 2)[-2]
+    test_file = ROOT / "tests" / "losses" / f"test_{module}.py"
+    assert test_file.exists(), f"{record.name}: no {test_file.relative_to(ROOT)} recomputing it"
+    assert "float64" in test_file.read_text(), f"{test_file.name} recomputes nothing in float64"
+    assert f"`{record.name}`" in (ROOT / "docs" / "losses.md").read_text(), f"docs/losses.md lacks `{record.name}`"
+    row = next(line for line in loss_reference() if line.startswith(f"| `{record.name}` |"))
+    assert record.summary.split("``")[0].replace("|", "\\|") in row
+    if record.name in CATALOGUE:  # the method's paper is cited in the line `kdgraph schema` prints
+        assert any(year in record.summary for year in ("2017", "2018", "2019", "2020", "2021", "2022")), record.summary
