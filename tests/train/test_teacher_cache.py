@@ -65,10 +65,12 @@ def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatc
     forward = FrozenTeacher.forward
     monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
     cached = train(spec(), write=False, quiet=True)
-    assert sum(calls) == 192  # one pass over the training set (its size comes from the layer map); none in the steps
+    # one pass over the 192 training images (its size comes from the layer map), none in the steps; the 64 test images
+    # are read twice: the teacher's top-1, and its logits for val_agree / val_kl (kept after that)
+    assert sum(calls) == 192 + 2 * 64
     calls.clear()
     plain = train(spec(cache="none"), write=False, quiet=True)
-    assert sum(calls) == 2 * 6 * 32  # a forward in every step
+    assert sum(calls) == 2 * 6 * 32 + 2 * 64  # a forward in every step, and the same two reads of the test split
     for (name, a), b in zip(cached.student.state_dict().items(), plain.student.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     assert [r["val_top1"] for r in cached.metrics] == [r["val_top1"] for r in plain.metrics]
@@ -81,3 +83,20 @@ def test_a_cache_too_big_for_memory_is_refused_with_its_key(monkeypatch, spec):
     with pytest.raises(SpecError, match="would take .* GiB .*set cache: none") as err:
         train(spec(cache="outputs"), write=False, quiet=True)
     assert err.value.key == "teacher.cache"
+
+
+
+def test_exact_cache_in_float64_trains_the_same_student(spec):
+    """``runtime.precision: fp64`` (checking against a reference): the size probe and the cache feed the float64
+    teacher float64 images, and the cached run is the uncached one to rounding error."""
+    s = spec()
+    s.runtime.precision, s.train.epochs = "fp64", 1
+    cached = train(s, write=False, quiet=True).metrics[-1]["loss/total"]
+    s.teacher.cache = "none"
+    assert cached == pytest.approx(train(s, write=False, quiet=True).metrics[-1]["loss/total"], rel=0, abs=1e-12)
+
+
+def test_fixed_teacher_in_float64(spec):
+    s = spec(cache="outputs", data={"augment": "crop-flip"})
+    s.runtime.precision, s.train.epochs = "fp64", 1
+    assert torch.isfinite(torch.tensor(train(s, write=False, quiet=True).metrics[-1]["loss/total"]))

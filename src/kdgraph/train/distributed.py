@@ -210,6 +210,33 @@ class DistContext:
         fully_shard(graph, mesh=mesh)
         return graph
 
+    def shard_teachers(self, graph: nn.Module, modes: dict[str, str]) -> list[str]:
+        """FSDP2 for every frozen teacher whose ``teacher.shard`` is ``fsdp`` (forward only); returns their names.
+
+        Each module the teacher's forward calls and that holds parameters is its own unit (on the fx path: the
+        graph's ``call_module`` targets; on the hooks path: the modules its layer map saw run), innermost first,
+        and the teacher's root module holds the rest (parameters read with ``get_attr``, a class token). A unit's
+        parameters are gathered for its forward and resharded after it, so a process holds 1/W of the teacher plus
+        the largest unit. Every rank builds the same teacher from the spec (weights, or the same seed), so the
+        slices fit together without a broadcast of the whole teacher. Nothing is sharded in one process."""
+        names = [name for name, mode in modes.items() if mode == "fsdp" and name in graph.teachers]
+        if not self._several or not names:
+            return []
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self._device.type, (self.world,))
+        for name in names:
+            frozen = graph.teachers[name]
+            root = frozen.module
+            for unit in _teacher_units(root):
+                fully_shard(unit, mesh=mesh, reshard_after_forward=True)
+            fully_shard(root, mesh=mesh, reshard_after_forward=True)
+            frozen.sharded = True
+            if frozen.input is not None:
+                frozen.input.to(self._device)
+        return names
+
     # -- collectives -----------------------------------------------------------------------------------------------
     def barrier(self) -> None:
         if self._several:
@@ -354,6 +381,21 @@ class DistContext:
 
 
 LOCAL = DistContext()
+
+
+def _teacher_units(root: nn.Module) -> list[nn.Module]:
+    """The modules of a frozen teacher that its forward calls and that hold parameters, innermost first."""
+    from torch import fx
+
+    if isinstance(root, fx.GraphModule):
+        called = {node.target for node in root.graph.nodes if node.op == "call_module"}
+    else:  # the hooks path: a FeatureExtractor; its layer map lists every module that ran
+        prefix = "model."
+        called = {prefix + info.name for info in root.layer_map.layers if ":" not in info.name}
+    modules = dict(root.named_modules())
+    units = [modules[name] for name in called if name in modules and any(True for _ in modules[name].parameters())]
+    depth = {id(m): name.count(".") for name, m in modules.items()}
+    return sorted(units, key=lambda m: -depth[id(m)])
 
 
 def destroy() -> None:
