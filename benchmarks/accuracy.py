@@ -108,6 +108,19 @@ def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: i
     return rows, description
 
 
+NAMES = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1",
+         "val_map": "retrieval mAP", "val_agree": "top-1 agreement with the teacher"}
+
+
+def metric_name(key: str) -> str:
+    """A metrics row's key as the table names it: ``val_top1/head1`` -> ``head1``, ``val_agree/resnet`` -> ``top-1
+    agreement with the teacher (resnet)``."""
+    base, _, sub = key.partition("/")
+    if base == "val_agree" and sub:
+        return f"{NAMES[base]} ({sub})"
+    return NAMES.get(key) or sub or key[4:]
+
+
 def fmt(values: list[float]) -> str:
     mean = statistics.mean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -134,15 +147,16 @@ def main() -> None:
     reference = None
     for label, path, overrides in [variants[i] for i in args.only] if args.only is not None else variants:
         rows, source = run(label, path, overrides, args.seeds, args.epochs, args.extra)
-        names = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1"}
-        for key in sorted(k for k in rows[0] if k.startswith("val_")):
-            name = names.get(key) or key.split("/", 1)[1]
+        keys = sorted((k for k in rows[0] if k.startswith("val_") and not k.startswith("val_kl")),  # % only
+                      key=lambda k: (k != "val_top1", k))
+        for key in keys:
+            name = metric_name(key)
             line = f"| {label} | {name} | {fmt([r[key] for r in rows])} |"
             if zoo:
                 mean = statistics.mean(r[key] for r in rows)
                 reference = mean if label.startswith("plain KD") and key == "val_top1" else reference
                 delta = f"{100 * (mean - reference):+.2f}" if reference is not None and key == "val_top1" else ""
-                line += f" {delta} | {PUBLISHED.get(label, '')} |"
+                line += f" {delta} | {PUBLISHED.get(label, '') if key == 'val_top1' else ''} |"
             table.append(line)
         data_note = f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs"
     text = "\n".join([f"Data: {source}; {data_note}.", "", *table, ""])
