@@ -55,6 +55,16 @@ RECIPES = {
          ["teacher=null", "distill.logits=null", "distill.pairs=[]", "data.augment=resized-crop-flip",
           "data.crop_scale=[0.5,1.0]", "data.mix=mixup"]),
     ],
+    "zoo": [
+        ("student alone", "specs/zoo/kd.yaml", ["teacher=null", "distill.logits=null"]),
+        ("plain KD (logits, T=4)", "specs/zoo/kd.yaml", []),
+        *[(label, f"specs/zoo/{name}.yaml", []) for name, label in (
+            ("dkd", "DKD"), ("dist", "DIST"), ("kd_ls", "KD + logit standardisation"),
+            ("dkd_ls", "DKD + logit standardisation"), ("at", "AT"), ("nst", "NST"), ("fsp", "FSP (+1 init epoch)"),
+            ("ab", "AB (+1 init epoch)"), ("ofd", "OFD"), ("ft", "FT (+1 paraphraser epoch)"), ("mgd", "MGD"),
+            ("reviewkd", "ReviewKD"), ("sp", "SP"), ("cc", "CC"), ("rkd", "RKD"), ("vid", "VID"), ("crd", "CRD"),
+            ("ickd", "ICKD"))],
+    ],
     "quickstart": [
         ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
         ("KD (logits + layer3 pair)", "specs/quickstart.yaml", []),
@@ -62,11 +72,31 @@ RECIPES = {
 }
 
 
+PUBLISHED = {  # CIFAR-100 top-1, ResNet32x4 -> ResNet8x4, as published (docs/losses.md): for reference only
+    "student alone": "72.50", "plain KD (logits, T=4)": "73.33", "DKD": "76.32", "DIST": "76.31",
+    "KD + logit standardisation": "76.62", "DKD + logit standardisation": "77.01", "FSP (+1 init epoch)": "72.62",
+    "AB (+1 init epoch)": "73.17", "OFD": "74.95", "FT (+1 paraphraser epoch)": "72.86", "MGD": "-",
+    "ReviewKD": "75.63", "SP": "72.94", "CC": "72.97", "RKD": "71.90", "VID": "73.09", "CRD": "75.51",
+    "ICKD": "75.25", "NST": "73.30", "AT": "73.44",
+}
+
+
+def epoch_overrides(path: str, overrides: list[str], epochs: int) -> list[str]:
+    """``train.epochs=N``; for a spec with stages, N is the last stage's length and the earlier stages (an
+    initialisation, a pre-stage) keep theirs, so a method's pre-stage comes on top of the common budget."""
+    spec = load_spec(ROOT / path, overrides)
+    if not spec.train.stages:
+        return [f"train.epochs={epochs}"]
+    before = sum(stage.epochs for stage in spec.train.stages[:-1])
+    last = len(spec.train.stages) - 1
+    return [f"train.stages[{last}].epochs={epochs}", f"train.epochs={before + epochs}"]
+
+
 def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: int,
         extra: list[str] = ()) -> tuple[list[dict], str]:
     rows, description = [], ""
     for seed in seeds:
-        spec = load_spec(ROOT / path, [*overrides, f"runtime.seed={seed}", f"train.epochs={epochs}",
+        spec = load_spec(ROOT / path, [*overrides, f"runtime.seed={seed}", *epoch_overrides(path, overrides, epochs),
                                         "train.baseline=false", *extra])
         start = time.perf_counter()
         result = train(spec, write=False, quiet=True)
@@ -76,6 +106,19 @@ def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: i
         scores = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         print(f"{label} seed {seed}: {scores} ({row['seconds']:.0f} s)", flush=True)
     return rows, description
+
+
+NAMES = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1",
+         "val_map": "retrieval mAP", "val_agree": "top-1 agreement with the teacher"}
+
+
+def metric_name(key: str) -> str:
+    """A metrics row's key as the table names it: ``val_top1/head1`` -> ``head1``, ``val_agree/resnet`` -> ``top-1
+    agreement with the teacher (resnet)``."""
+    base, _, sub = key.partition("/")
+    if base == "val_agree" and sub:
+        return f"{NAMES[base]} ({sub})"
+    return NAMES.get(key) or sub or key[4:]
 
 
 def fmt(values: list[float]) -> str:
@@ -88,22 +131,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="training epochs (a spec with stages: the last stage's; its earlier stages come on top)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", type=int, nargs="+", default=None,
                         help="run only these variants of the recipe (0-based positions in its list)")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="extra KEY=VALUE override for every run (e.g. runtime.threads=1)")
     args = parser.parse_args()
-    table = ["| variant | metric | accuracy (%) mean ± std |", "| --- | --- | --- |"]
+    zoo = args.recipe == "zoo"
+    table = ["| variant | metric | accuracy (%) mean ± std |" + (" vs plain KD | CIFAR-100, published |" if zoo else ""),
+             "| --- | --- | --- |" + (" --- | --- |" if zoo else "")]
     data_note = ""
     variants = RECIPES[args.recipe]
+    reference = None
     for label, path, overrides in [variants[i] for i in args.only] if args.only is not None else variants:
         rows, source = run(label, path, overrides, args.seeds, args.epochs, args.extra)
-        names = {"val_top1": "top-1", "val_knn": "k-NN top-1 (k=20)", "val_linear_probe": "linear probe top-1"}
-        for key in sorted(k for k in rows[0] if k.startswith("val_")):
-            name = names.get(key) or key.split("/", 1)[1]
-            table.append(f"| {label} | {name} | {fmt([r[key] for r in rows])} |")
+        keys = sorted((k for k in rows[0] if k.startswith("val_") and not k.startswith("val_kl")),  # % only
+                      key=lambda k: (k != "val_top1", k))
+        for key in keys:
+            name = metric_name(key)
+            line = f"| {label} | {name} | {fmt([r[key] for r in rows])} |"
+            if zoo:
+                mean = statistics.mean(r[key] for r in rows)
+                reference = mean if label.startswith("plain KD") and key == "val_top1" else reference
+                delta = f"{100 * (mean - reference):+.2f}" if reference is not None and key == "val_top1" else ""
+                line += f" {delta} | {PUBLISHED.get(label, '') if key == 'val_top1' else ''} |"
+            table.append(line)
         data_note = f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs"
     text = "\n".join([f"Data: {source}; {data_note}.", "", *table, ""])
     command = " ".join(["python3 benchmarks/accuracy.py", args.recipe, "--seeds", *map(str, args.seeds),

@@ -90,7 +90,10 @@ class Plan:
         return [{"label": r.label, "student": r.student.name, "teacher": r.teacher.name, "teacher_model": r.teacher_name,
                  "student_shape": list(r.student.shape), "teacher_shape": list(r.teacher.shape),
                  "student_steps": r.adapters.student_steps, "teacher_steps": r.adapters.teacher_steps,
-                 "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.pairs]
+                 "loss": r.spec.loss.name, "weight": r.spec.weight,
+                 **({"taps": [{"student": t.student.name, "teacher": t.teacher.name,
+                               "student_steps": t.adapters.student_steps, "teacher_steps": t.adapters.teacher_steps}
+                              for t in r.taps]} if len(r.taps) > 1 else {})} for r in self.pairs]
 
 
 def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None,
@@ -210,7 +213,8 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     live = frozenset(named_teachers(spec, teacher))
     inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live)
     own = frozenset(teachers) - live
-    built = build_graph(spec, student, teachers, data.input_shape, inputs=inputs, own=own)
+    built = build_graph(spec, student, teachers, data.input_shape, num_data=len(data.train), inputs=inputs,
+                        own=own)
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
     classes = built.student_map.logit_count

@@ -35,22 +35,20 @@ def script():
 @pytest.fixture(scope="session")
 def initial_adapters():
     """``initial_adapters(spec, student=..., teacher=...)``: the student-side adapters (projectors, heads) a run of
-    ``spec`` starts from, by the term's position (a pair's ``"0"``, a head's ``"head0"``).
+    ``spec`` starts from, in the order kdgraph builds them (pair ``i``, or self-distillation head ``i``, at ``i``).
 
     A run seeds every generator before it builds anything, so a run of the same spec with the same models builds the
     same adapters. This one trains a single step at a learning rate of 1e-300, which leaves every parameter as it was
     built (float64 cannot represent the change), and returns what it built."""
 
-    def build(spec, student=None, teacher=None) -> nn.ModuleDict:
+    def build(spec, student=None, teacher=None) -> list[nn.Module]:
         doc = spec.model_dump(mode="json")
         doc["train"].update(epochs=1, max_steps_per_epoch=1, stages=[])
         doc["train"]["optimizer"]["lr"] = 1e-300
         doc["eval"]["every"] = 100
         result = train(spec_from_dict(doc), student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
                        write=False, quiet=True)
-        graph = result.plan.graph
-        return nn.ModuleDict({f"head{t.index}" if t.kind.is_head else str(t.index): graph.student_adapters[t.adapter]
-                              for t in graph.terms if t.adapter in graph.student_adapters and t.index >= 0})
+        return list(result.plan.graph.student_adapters.values())  # keyed by the term's label, in term order
 
     return build
 

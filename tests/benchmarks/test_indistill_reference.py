@@ -54,7 +54,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     models = {"teacher": copy.deepcopy(teacher)} if variant != "alone" else {}
     fitnet = torch.nn.Conv2d(32, 64, 1, bias=False).double() if variant == "fitnet" else torch.nn.Identity()
     if variant == "fitnet":
-        copy_params(initial_adapters(spec, student=student, **models)["0"], fitnet)
+        copy_params(initial_adapters(spec, student=student, **models)[0], fitnet)
 
     result = train(spec, student=copy.deepcopy(student), quiet=True, overwrite=True, **models)
     ours = [row["loss/total"] for row in result.metrics]

@@ -40,7 +40,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, script, initia
     student, heads = ref.ResNet().double(), ref.make_heads(variant).double()
     built = initial_adapters(spec, student=student)
     for i, head in enumerate(heads):
-        copy_params(built[f"head{i}"], head)
+        copy_params(built[i], head)
 
     result = train(spec, student=copy.deepcopy(student), write=False, quiet=True)
     ours = [row["loss/total"] for row in result.metrics]

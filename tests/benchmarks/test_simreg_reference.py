@@ -64,7 +64,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     if used:
         built = initial_adapters(spec, student=student, teacher=used)
         for i, pair in enumerate(spec.distill.pairs):  # kdgraph's pair i is the reference's head of that teacher
-            copy_params(built[str(i)], heads["resnet" if pair.teacher_model == "resnet" else "wide"])
+            copy_params(built[i], heads["resnet" if pair.teacher_model == "resnet" else "wide"])
 
     result = train(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(used) or None, write=False, quiet=True)
     ours = [row["loss/total"] for row in result.metrics]

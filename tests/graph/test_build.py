@@ -149,15 +149,27 @@ def test_channels_last_student_map_is_refused_not_misread():
     assert "try conv" in text
 
 
-def test_a_loss_asking_for_what_terms_do_not_wire_yet_is_refused_with_its_key(monkeypatch):
+def test_a_loss_taking_labels_gets_the_batch_labels_and_refuses_mixed_targets(monkeypatch):
     from kdgraph.losses import registry
     from kdgraph.spec import spec_from_dict
 
     monkeypatch.setattr(registry, "_RECORDS", dict(registry._RECORDS))
-    registry.register_loss("labelled", kind="logit", inputs={"labels": "target"})(
-        lambda s, t, *, temperature=4.0, target=None: (s - t).pow(2).mean())
-    spec = spec_from_dict({"teacher": {"model": "kdgraph:fmnist_resnet"}, "student": {"model": "kdgraph:fmnist_cnn"},
-                           "distill": {"logits": {"loss": "labelled"}}})
+    seen = {}
+
+    def labelled(s, t, *, temperature=4.0, target=None):
+        seen["target"] = target
+        return (s - t).pow(2).mean()
+
+    registry.register_loss("labelled", kind="logit", inputs={"labels": "target"})(labelled)
+    doc = {"teacher": {"model": "kdgraph:fmnist_resnet"}, "student": {"model": "kdgraph:fmnist_cnn"},
+           "distill": {"logits": {"loss": "labelled"}}}
     teacher, student = create_model("kdgraph:fmnist_resnet"), create_model("kdgraph:fmnist_cnn")
-    with pytest.raises(SpecError, match=r"distill.logits.loss: loss 'labelled' needs run inputs \(labels\)"):
-        build_graph(spec, student, teacher, (1, 28, 28))
+    graph = build_graph(spec_from_dict(doc), student, teacher, (1, 28, 28)).graph
+    y = torch.tensor([3, 1])
+    graph(torch.randn(2, 1, 28, 28), y)
+    assert seen["target"] is y
+    with pytest.raises(ValueError, match="needs hard labels"):
+        graph(torch.randn(2, 1, 28, 28), torch.full((2, 10), 0.1))
+    doc["data"] = {"mix": "mixup"}
+    with pytest.raises(SpecError, match=r"data.mix: loss 'labelled' at distill.logits.loss needs each image's hard"):
+        build_graph(spec_from_dict(doc), student, teacher, (1, 28, 28))

@@ -19,7 +19,7 @@ def names(kind) -> set[str]:
 
 def test_record_contents() -> None:
     assert {"mse", "l1", "cosine", "logsum", "logsum_corr", "pkt", "pkt_combined"} <= names(PAIR_KINDS)
-    assert names("logit") == {"kl", "ce_soft"}
+    assert names("logit") == {"kl", "ce_soft", "dkd", "dist"}
     assert get_loss("pkt").fn is L.pkt_cosine
     assert get_loss("pkt_combined").fn is L.pkt_combined
     assert get_loss("kl").fn is L.kl_div
@@ -54,7 +54,7 @@ def test_unknown_loss_error_message() -> None:
         assert name in msg
     assert not msg.startswith('"')  # not KeyError's repr-quoting
     assert str(pytest.raises(UnknownLossError, get_loss, "kld", "logit").value) == (
-        "unknown logit loss 'kld'; valid names: ce_soft, kl; did you mean 'kl'?")
+        "unknown logit loss 'kld'; valid names: ce_soft, dist, dkd, kl; did you mean 'kl'?")
 
 
 def test_unknown_loss_without_close_match() -> None:
@@ -76,13 +76,28 @@ def test_loss_params() -> None:
 
 
 def test_every_loss_callable_with_its_params() -> None:
-    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    """Every record called as the graph calls it: its tensors (maps for map-only losses, two per model with several
+    taps), its module built from the shapes with the build inputs, and the step inputs."""
+    from kdgraph.align import FeatureShape
+
     for record in losses():
-        if record.layouts == {"map"}:
-            s4, t4 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-            out = record.fn(s4, t4, **record.defaults())
-        else:
-            out = record.fn(s, t, **record.defaults())
+        maps = "vector" not in record.layouts
+        size = (4, 3, 4, 4) if maps else (4, 3)
+        shape = FeatureShape(size[1:], "map" if maps else "vector")
+        n = 1 if not record.several else 2
+        s, t = [torch.randn(size) for _ in range(n)], [torch.randn(size) for _ in range(n)]
+        given = {"num_data": 16, "seed": 0, "teacher_batchnorm": [torch.nn.BatchNorm2d(3)] * n,
+                 "labels": torch.arange(4) % 3, "index": torch.arange(4)}
+        inputs = {param: given[name] for name, param in record.inputs.items()}
+        fn_params, module_params = record.split(record.defaults())
+        extra = {}
+        if record.module is not None:
+            shapes = ([shape] * n, [shape] * n) if record.several else (shape, shape)
+            build = {k: v for k, v in inputs.items() if k in ("num_data", "seed", "teacher_batchnorm")}
+            extra["module"] = record.module(*shapes, **module_params, **build)
+        step = {k: v for k, v in inputs.items() if k in ("target", "index", "num_data")}
+        tensors = (*s, *t) if record.spread else (s, t) if record.several else (s[0], t[0])
+        out = record.fn(*tensors, **fn_params, **extra, **step)
         assert out.ndim == 0 and math.isfinite(out.item()), record.name
 
 
@@ -147,10 +162,21 @@ def test_module_and_inputs_are_not_spec_parameters(scratch_registry) -> None:
     def crd_like(s, t, *, module, index, num_data, temperature: float = 0.07):
         return s.sum()
 
-    register_loss("crd_like", kind="relational", needs="vectors", module=lambda s, t, **kw: torch.nn.Identity(),
-                  inputs=("index", "num_data"))(crd_like)
+    def heads(s, t, *, num_data, seed, dim: int = 128, temperature: float = 0.07):
+        return torch.nn.Identity()
+
+    register_loss("crd_like", kind="relational", needs="vectors", module=heads,
+                  inputs=("index", "num_data", "seed"))(crd_like)
     record = get_loss("crd_like")
-    assert record.params == {"temperature": 0.07} and record.inputs == {"index": "index", "num_data": "num_data"}
+    assert record.params == {"temperature": 0.07, "dim": 128}
+    assert record.inputs == {"index": "index", "num_data": "num_data", "seed": "seed"}
+    assert record.split({"dim": 64, "temperature": 0.1}) == ({"temperature": 0.1}, {"dim": 64, "temperature": 0.1})
+    with pytest.raises(ValueError, match="two defaults"):
+        register_loss("crd_bad", kind="relational", module=lambda s, t, *, temperature=1.0: heads)(crd_like)
+    with pytest.raises(ValueError, match="exist only at a step"):
+        register_loss("crd_bad", kind="relational", module=lambda s, t, *, index: heads, inputs=("index",))(crd_like)
+    with pytest.raises(ValueError, match="only a module factory"):
+        register_loss("crd_bad", kind="relational", inputs=("seed",))(lambda s, t, *, seed: s.sum())
 
     def dkd_like(student_logits, teacher_logits, *, beta: float = 8.0, temperature: float = 4.0, target=None):
         return student_logits.sum()
@@ -168,4 +194,57 @@ def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) ->
 
     register_loss("fsp_like", kind="feature", taps=2)(fsp_like)
     register_loss("review_like", kind="feature", taps=4)(review_like)
+    register_loss("review_many", kind="feature", taps="many")(review_like)
     assert get_loss("fsp_like").params == {} and get_loss("review_like").params == {"levels": (4, 2, 1)}
+    assert get_loss("fsp_like").spread and not get_loss("review_like").spread and get_loss("review_many").several
+    with pytest.raises(ValueError, match="taps must be"):
+        register_loss("bad", kind="feature", taps=0)
+    with pytest.raises(ValueError, match="no taps or module"):
+        register_loss("bad", kind="logit", taps=2)
+
+
+CATALOGUE = {  # name: (kind, needs, taps, has a module, run inputs)
+    "dkd": ("logit", "same-shape", 1, False, {"labels"}),
+    "dist": ("logit", "same-shape", 1, False, set()),
+    "nst": ("feature", "same-grid", 1, False, set()),
+    "fsp": ("feature", "same-width", 2, False, set()),
+    "ab": ("feature", "same-shape", 1, False, set()),
+    "ofd": ("feature", "same-grid", 1, True, {"teacher_batchnorm"}),
+    "ft": ("feature", "same-grid", 1, True, set()),
+    "mgd": ("feature", "same-shape", 1, True, {"seed"}),
+    "reviewkd": ("feature", "any", "many", True, set()),
+    "vid": ("feature", "same-grid", 1, True, set()),
+    "ickd": ("feature", "same-width", 1, False, set()),
+    "sp": ("relational", "any", 1, False, set()),
+    "cc": ("relational", "vectors", 1, True, set()),
+    "rkd": ("relational", "vectors", 1, False, set()),
+    "crd": ("relational", "vectors", 1, True, {"index", "num_data", "seed"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_every_catalogue_method_is_a_record_saying_what_it_needs(name) -> None:
+    kind, needs, taps, module, inputs = CATALOGUE[name]
+    record = get_loss(name)
+    assert (record.kind.value, record.needs.value, record.taps) == (kind, needs, taps)
+    assert (record.module is not None, set(record.inputs)) == (module, inputs)
+    assert record.summary and "module" not in record.params and not set(record.inputs.values()) & set(record.params)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("record", losses(), ids=lambda r: r.name)
+def test_every_loss_has_its_test_file_its_docs_and_its_reference_row(record) -> None:
+    """Adding a loss is one record plus its test and its docs line: a record without them fails here."""
+    from kdgraph.spec.reference import loss_reference
+
+    module = record.function.rsplit(".", 2)[-2]
+    test_file = ROOT / "tests" / "losses" / f"test_{module}.py"
+    assert test_file.exists(), f"{record.name}: no {test_file.relative_to(ROOT)} recomputing it"
+    assert "float64" in test_file.read_text(), f"{test_file.name} recomputes nothing in float64"
+    assert f"`{record.name}`" in (ROOT / "docs" / "losses.md").read_text(), f"docs/losses.md lacks `{record.name}`"
+    row = next(line for line in loss_reference() if line.startswith(f"| `{record.name}` |"))
+    assert record.summary.split("``")[0].replace("|", "\\|") in row
+    if record.name in CATALOGUE:  # the method's paper is cited in the line `kdgraph schema` prints
+        assert any(year in record.summary for year in ("2017", "2018", "2019", "2020", "2021", "2022")), record.summary

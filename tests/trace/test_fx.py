@@ -73,7 +73,10 @@ def test_prefixes_match_torchvision_create_feature_extractor(resnet18, resnet_ma
         ref_out, our_out = reference(x), ours(x)
     assert list(our_out) == taps
     for t in taps:
-        assert torch.equal(ref_out[t], our_out[t]), t
+        if t == "layer4.0.add":  # an in-place ReLU follows the sum: torchvision returns what the ReLU left
+            assert torch.equal(ref_out[t], our_out[t].relu()) and (our_out[t] < 0).any(), t
+        else:
+            assert torch.equal(ref_out[t], our_out[t]), t
 
 
 def test_vit_tiny_tokens():

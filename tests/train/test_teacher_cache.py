@@ -65,11 +65,12 @@ def test_exact_cache_trains_the_same_student_without_teacher_forwards(monkeypatc
     forward = FrozenTeacher.forward
     monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
     cached = train(spec(), write=False, quiet=True)
-    evaluation = 2 * 64  # the 64 test images twice: the teacher's top-1, then its logits for val_agree / val_kl
-    assert sum(calls) == 192 + evaluation  # one pass over the training set; none in the steps
+    # one pass over the 192 training images (its size comes from the layer map), none in the steps; the 64 test images
+    # are read twice: the teacher's top-1, and its logits for val_agree / val_kl (kept after that)
+    assert sum(calls) == 192 + 2 * 64
     calls.clear()
     plain = train(spec(cache="none"), write=False, quiet=True)
-    assert sum(calls) == 2 * 6 * 32 + evaluation  # a forward in every step
+    assert sum(calls) == 2 * 6 * 32 + 2 * 64  # a forward in every step, and the same two reads of the test split
     for (name, a), b in zip(cached.student.state_dict().items(), plain.student.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     assert [r["val_top1"] for r in cached.metrics] == [r["val_top1"] for r in plain.metrics]

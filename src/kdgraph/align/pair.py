@@ -51,6 +51,10 @@ class PairAdapters:
     teacher: nn.Module
     out_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    student_out: Optional[FeatureShape] = None
+    """The student side's output (its width may differ from the teacher's where the loss allows it)."""
+    teacher_out: Optional[FeatureShape] = None
+    """The teacher side's output (``out_shape`` with its layout)."""
 
     def describe(self) -> str:
         s = " → ".join(self.student_steps) or "as is"
@@ -70,6 +74,7 @@ def _check_result(s: FeatureShape, t: FeatureShape, record: Optional[LossRecord]
     ch = 1 if t.layout == "tokens" else 0
     ok = {Needs.SAME_SHAPE: s == t,
           Needs.SAME_GRID: s.layout == t.layout and s.shape[:ch] + s.shape[ch + 1:] == t.shape[:ch] + t.shape[ch + 1:],
+          Needs.SAME_WIDTH: s.layout == t.layout and s.shape[ch] == t.shape[ch],
           Needs.VECTORS: s.layout == t.layout == "vector",
           Needs.ANY: True}[needs]
     if not ok:
@@ -124,4 +129,4 @@ def align_pair(
     steps.normalise(st, te, normalize)
     _check_result(st.shape, te.shape, record, fail)
     return PairAdapters(student_steps=st.steps, teacher_steps=te.steps, student=st.build(), teacher=te.build(),
-                        out_shape=te.shape.shape, warnings=st.warnings)
+                        out_shape=te.shape.shape, warnings=st.warnings, student_out=st.shape, teacher_out=te.shape)

@@ -10,8 +10,12 @@ it knows the common layout and the two channel counts ``d`` (student) and
 | ``none``   | identity; error if ``d != D_T``           | same                             |
 | ``identity``| same as ``none``                         | same                             |
 | ``linear`` | ``Conv2d(d, D_T, 1, bias=True)``          | ``Linear(d, D_T, bias=True)``    |
-| ``conv1x1``| ``Conv2d(d, D_T, 1, bias=False)``         | error: maps only                 |
+| ``conv1x1``| ``Conv2d(d, D_T, 1, bias=False)`` [+ BN]  | error: maps only                 |
 | ``mlp``    | per position: 1x1 convs + BatchNorm2d     | Linear layers (+ BatchNorm)      |
+
+``{name: conv1x1, bn: true}`` adds a trainable ``BatchNorm2d`` after the
+convolution: the connector of AB, OFD and ICKD (RepDistiller's ``ConvReg``
+without its ReLU).
 
 ``linear`` on a map is a Linear over the channel dim at each position, which
 is exactly a 1x1 convolution with bias; it is built as one so no permutes
@@ -48,10 +52,10 @@ __all__ = [
 _WIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)?\s*d\s*$")
 
 
-def _bias(name: str) -> Callable[[Any], bool]:
+def _bias(name: str, key: str = "bias") -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         if not isinstance(value, bool):
-            raise ValueError(f"projector {name!r}: bias must be true or false, got {value!r}")
+            raise ValueError(f"projector {name!r}: {key} must be true or false, got {value!r}")
         return value
 
     return check
@@ -94,7 +98,7 @@ PROJECTORS: dict[str, Choice] = {
     "none": Choice(),
     "identity": Choice(),
     "linear": Choice({"bias": _bias("linear")}),
-    "conv1x1": Choice({"bias": _bias("conv1x1")}),
+    "conv1x1": Choice({"bias": _bias("conv1x1"), "bn": _bias("conv1x1", "bn")}),
     "mlp": Choice({"hidden": _hidden, "bn": _flags("bn"), "relu": _flags("relu"), "bias": _bias("mlp")}, _check_mlp),
     "prune": Choice(),
 }
@@ -209,8 +213,10 @@ def build_projector(
     if name == "conv1x1":
         if layout != "map":
             raise ValueError(f"projector 'conv1x1' needs a map feature but the feature is {layout}; try projector: linear")
-        bias = opts.get("bias", False)
-        return nn.Conv2d(d_in, d_out, 1, bias=bias), f"conv1x1 {d_in}→{d_out}"
+        conv = nn.Conv2d(d_in, d_out, 1, bias=opts.get("bias", False))
+        if opts.get("bn", False):
+            return nn.Sequential(conv, nn.BatchNorm2d(d_out)), f"conv1x1 {d_in}→{d_out} + bn"
+        return conv, f"conv1x1 {d_in}→{d_out}"
     # mlp
     return build_mlp(
         layout,

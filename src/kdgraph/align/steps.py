@@ -119,6 +119,10 @@ def layout(st: Side, te: Side, resize: str, needs: Needs, fail: Fail) -> None:
         other = s if t.layout == "vector" else t
         hint = "pool: gap" if other.layout == "map" else "pool: gap (mean over tokens) or pool: cls"
         raise fail(f"one side is a vector and the other a {other.layout}, and no pool was set to reduce it", hint)
+    if needs is Needs.SAME_WIDTH:  # any grid: only the layouts must agree
+        if s.layout != t.layout:
+            raise fail(f"the loss compares two {t.layout}s of any grid, but the student is a {s.layout}", "pool: gap")
+        return
     if s.layout == "map" and t.layout == "map":
         _resize_student(st, t.shape[1:], resize)
     elif s.layout == "tokens" and t.layout == "map":
@@ -181,7 +185,7 @@ def project(st: Side, te: Side, name: str, projector: Any, prune_indices: Option
     if name == "prune":
         _prune(st, te, prune_indices, fail)
         return
-    if needs is not Needs.SAME_SHAPE and name in ("auto", "none"):
+    if needs not in (Needs.SAME_SHAPE, Needs.SAME_WIDTH) and name in ("auto", "none"):
         return  # the loss compares features of any width (its record says so)
     s, t = st.shape, te.shape
     where = s.layout if needs is Needs.ANY else t.layout  # ANY kept each side's own layout

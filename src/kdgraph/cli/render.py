@@ -72,9 +72,10 @@ def print_inputs(plan) -> None:
 def print_plan(plan, maps: bool = True) -> None:
     """Both layer maps with the tapped layers marked, then one row per pair with the adapters inserted."""
     if maps:
-        s_marks = {r.student.name: f"← {r.label}" for r in plan.pairs}
+        s_marks = {tap.student.name: f"← {r.label}" for r in plan.pairs for tap in r.taps}
         for name, teacher_map in plan.teacher_maps.items():
-            print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in plan.pairs if r.teacher_name == name})
+            print_layer_map(teacher_map, {tap.teacher.name: f"← {r.label}" for r in plan.pairs
+                                          if r.teacher_name == name for tap in r.taps})
         print_layer_map(plan.student_map, s_marks)
     console.print(f"data: {plan.data.description}")
     print_inputs(plan)
@@ -85,8 +86,13 @@ def print_plan(plan, maps: bool = True) -> None:
         if term.kind is TermKind.PAIR:
             continue
         if term.kind is TermKind.LOGITS:
-            table.add_row(term.label, "output", "output", "", "", f"{term.record.name} T={term.params.get('temperature')}",
+            table.add_row(term.label, "output", "output", "", "", f"{term.record.name} T={term.params.get('temperature')}"
+                          + (" (standardised logits)" if term.standardise else ""),
                           f"{term.weight:g}")
+        elif term.kind is TermKind.OBJECTIVE:
+            module = plan.graph.loss_modules[term.adapter]
+            table.add_row(term.label, "-", ", ".join(term.teacher_taps), "", "",
+                          f"{type(module).__name__}'s own objective (train.stages[].objectives)", f"{term.weight:g}")
         elif term.kind.is_head:
             detail = {TermKind.HEAD_SOFT: f"soft CE T={term.params.get('temperature')} to deepest logits (detached)",
                       TermKind.HEAD_CE: "CE on labels",
@@ -98,10 +104,15 @@ def print_plan(plan, maps: bool = True) -> None:
             table.add_row(term.label, "output", "-", "", "", "labels", f"{term.weight:g}")
     several = len(plan.teacher_maps) > 1
     for r in plan.pairs:
-        teacher = f"{r.teacher_name}: " * several + f"{r.teacher.name} {_shape(r.teacher.shape)}"
-        table.add_row(r.label, f"{r.student.name} {_shape(r.student.shape)}", teacher,
-                      " → ".join(r.adapters.student_steps) or "identity", " → ".join(r.adapters.teacher_steps) or "identity",
-                      r.spec.loss.name, f"{r.spec.weight:g}")
+        module = plan.graph.loss_modules[r.key] if r.key in plan.graph.loss_modules else None
+        loss = r.spec.loss.name + (f" + {type(module).__name__} ({sum(p.numel() for p in module.parameters()):,} "
+                                   "params)" if module is not None else "")
+        for j, tap in enumerate(r.taps):
+            teacher = f"{r.teacher_name}: " * several + f"{tap.teacher.name} {_shape(tap.teacher.shape)}"
+            table.add_row(r.label if j == 0 else "", f"{tap.student.name} {_shape(tap.student.shape)}", teacher,
+                          " → ".join(tap.adapters.student_steps) or "identity",
+                          " → ".join(tap.adapters.teacher_steps) or "identity",
+                          loss if j == 0 else "", f"{r.spec.weight:g}" if j == 0 else "")
     console.print(table)
 
 

@@ -28,6 +28,9 @@ class TermKind(str, Enum):
     """Self-distillation: cross-entropy of an auxiliary head's logits on the labels."""
     HEAD_FEATURE = "head_feature"
     """Self-distillation: ``||W h - sg(h_deep)||`` between a head's pooled feature and the deepest feature."""
+    OBJECTIVE = "objective"
+    """A pair's loss module trained on its own objective (``module.objective(s, t)``: FT's paraphraser reconstructing
+    the teacher's map); only in the stages that name it (``train.stages[].objectives``)."""
 
     @property
     def is_head(self) -> bool:
@@ -48,6 +51,9 @@ class Term:
     ``adapter`` keys the term's modules in the graph's adapter dicts (pairs: their adapters; heads: the auxiliary
     head, shared by a head's three terms); ``index`` is where the term comes from in the spec (``distill.pairs[i]``,
     ``self_distill.heads[i]``), for messages; ``record`` is the loss record behind ``fn`` (logits and pair terms).
+    A pair over several taps per model lists them in ``student_taps`` / ``teacher_taps`` (``student_tap`` and
+    ``teacher_tap`` are the first). ``warmup_epochs`` scales the term by ``min(epoch / warmup_epochs, 1)`` (epochs
+    from 1); ``standardise`` z-scores both logit tensors first (logits term).
     """
 
     label: str
@@ -61,9 +67,23 @@ class Term:
     teacher_name: Optional[str] = None
     record: Optional[LossRecord] = None
     adapter: Optional[str] = None
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
+    warmup_epochs: float = 0.0
+    standardise: bool = False
 
     def __post_init__(self) -> None:
         self.kind = TermKind(self.kind)
+        if not self.student_taps and self.student_tap is not None:
+            self.student_taps = (self.student_tap,)
+        if not self.teacher_taps and self.teacher_tap is not None:
+            self.teacher_taps = (self.teacher_tap,)
+        if self.student_taps and self.student_tap is None:
+            self.student_tap, self.teacher_tap = self.student_taps[0], self.teacher_taps[0]
+
+    def warmup(self, epoch: int) -> float:
+        """The factor of this term in 0-based ``epoch``: ``min((epoch + 1) / warmup_epochs, 1)``, 1 without warm-up."""
+        return 1.0 if self.warmup_epochs <= 0 else min((epoch + 1) / self.warmup_epochs, 1.0)
 
 
 def legacy_adapter_renames(terms: list[Term], prefix: str = "adapters") -> dict[str, str]:

@@ -9,7 +9,10 @@ import importlib
 import pkgutil
 
 from kdgraph.losses.registry import (
+    BUILD_INPUTS,
+    MANY,
     PAIR_KINDS,
+    STEP_INPUTS,
     REQUIRED,
     LossKind,
     LossRecord,
@@ -27,7 +30,10 @@ for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")  # registers the losses of every module (a new file is enough)
 
 __all__ = [
+    "BUILD_INPUTS",
     "LOGSUM_FLOOR",
+    "MANY",
+    "STEP_INPUTS",
     "LossKind",
     "LossRecord",
     "Needs",

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_maps, check_positive
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "ab"]
 
@@ -55,3 +56,6 @@ def ab(student: Tensor, teacher: Tensor, *, margin: float = 1.0) -> Tensor:
     off_term = (student + margin).pow(2) * ((student > -margin) & ~t_on)
     on_term = (student - margin).pow(2) * ((student <= margin) & t_on)
     return (off_term + on_term).sum() / student.shape[0]
+
+
+register_loss("ab", kind="feature", layouts=("map",))(ab)

@@ -26,14 +26,17 @@ of neighbouring samples' absolute differences), not this kernel.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_batch, check_positive
+from kdgraph.losses.crd import CRDEmbed
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
-__all__ = ["NEEDS", "cc", "rbf_taylor_kernel"]
+__all__ = ["NEEDS", "CCEmbeddings", "cc", "cc_term", "rbf_taylor_kernel"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -69,3 +72,24 @@ def cc(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int = 2) 
         raise ValueError(f"cc: order must be an integer >= 0, got {order}")
     diff = rbf_taylor_kernel(teacher, gamma=gamma, order=order) - rbf_taylor_kernel(student, gamma=gamma, order=order)
     return (diff * diff).sum() / student.shape[0] ** 2
+
+
+class CCEmbeddings(nn.Module):
+    """The loss-side module of ``loss: cc``: a trainable linear embedding of each model's feature to ``dim``, L2
+    normalised (so the kernel's expansion is the RBF's), as the paper and torchdistill embed both sides."""
+
+    def __init__(self, student_features: int, teacher_features: int, dim: int = 128) -> None:
+        super().__init__()
+        self.student = CRDEmbed(student_features, dim)
+        self.teacher = CRDEmbed(teacher_features, dim)
+
+
+def _embeddings(student: Any, teacher: Any, *, dim: int = 128) -> CCEmbeddings:
+    return CCEmbeddings(student.channels, teacher.channels, dim)
+
+
+@register_loss("cc", kind="relational", needs="vectors", module=_embeddings)
+def cc_term(student: Tensor, teacher: Tensor, *, module: CCEmbeddings, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng et al., ICCV 2019): ``L = (1/B^2) ||C^t - C^s||_F^2`` of the RBF kernel's order
+    ``P`` Taylor expansion over the batch, each side embedded to ``dim`` by a trainable head (:func:`cc`)."""
+    return cc(module.student(student), module.teacher(teacher), gamma=gamma, order=order)

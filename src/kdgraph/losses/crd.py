@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,10 @@ from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_positive
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
+from kdgraph.losses.state import RandomStream
 
-__all__ = ["NEEDS", "CRDEmbed", "CRDMemory", "crd", "nce_loss"]
+__all__ = ["NEEDS", "CRDEmbed", "CRDMemory", "Contrast", "crd", "crd_term", "nce_loss"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -241,3 +244,33 @@ def crd(student: Tensor, teacher: Tensor, *, num_data: int, eps: float = 1e-7) -
             f"crd: the two score tensors differ in shape: {tuple(student.shape)} vs {tuple(teacher.shape)}"
         )
     return nce_loss(student, num_data=num_data, eps=eps) + nce_loss(teacher, num_data=num_data, eps=eps)
+
+
+class Contrast(nn.Module):
+    """The loss-side module of ``loss: crd``: both embedding heads (the teacher's is trained too), the memory bank
+    (buffers: checkpointed and saved with the adapters) and the random stream of its negatives (its state too)."""
+
+    def __init__(self, student_features: int, teacher_features: int, num_data: int, seed: int, dim: int = 128,
+                 num_negatives: int = 16384, temperature: float = 0.07, momentum: float = 0.5) -> None:
+        super().__init__()
+        self.embed_student = CRDEmbed(student_features, dim)
+        self.embed_teacher = CRDEmbed(teacher_features, dim)
+        bank_init = torch.Generator().manual_seed(seed)
+        self.memory = CRDMemory(num_data, dim, num_negatives=num_negatives, temperature=temperature,
+                                momentum=momentum, generator=bank_init)
+        self.rng = RandomStream(seed + 1)
+
+
+def _contrast(student: Any, teacher: Any, *, num_data: int, seed: int, dim: int = 128, num_negatives: int = 16384,
+              temperature: float = 0.07, momentum: float = 0.5) -> Contrast:
+    return Contrast(student.channels, teacher.channels, num_data, seed, dim, num_negatives, temperature, momentum)
+
+
+@register_loss("crd", kind="relational", needs="vectors", module=_contrast, inputs=("index", "num_data", "seed"))
+def crd_term(student: Tensor, teacher: Tensor, *, module: Contrast, index: Tensor, num_data: int,
+             eps: float = 1e-7) -> Tensor:
+    """CRD (Tian et al., ICLR 2020): ``L = nce(P^s) + nce(P^t)``, each embedding scored against the other model's
+    memory bank at the batch's data-set index and ``K`` uniform negatives (:func:`crd`); the bank is updated after."""
+    scores = module.memory(module.embed_student(student), module.embed_teacher(teacher), index,
+                           generator=module.rng.generator())
+    return crd(*scores, num_data=num_data, eps=eps)

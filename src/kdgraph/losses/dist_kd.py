@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_logits, check_positive
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "dist_kd", "pearson_rows"]
 
@@ -70,3 +71,6 @@ def dist_kd(
     inter = 1.0 - pearson_rows(ys, yt, eps).mean()
     intra = 1.0 - pearson_rows(ys.T, yt.T, eps).mean()
     return temperature**2 * (beta * inter + gamma * intra)
+
+
+register_loss("dist", kind="logit")(dist_kd)

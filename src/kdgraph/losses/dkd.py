@@ -33,6 +33,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_labels, check_logits, check_positive
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "dkd", "dkd_parts", "dkd_warmup"]
 
@@ -124,3 +125,6 @@ def dkd_warmup(epoch: float, warmup: float = 20.0) -> float:
     if warmup <= 0:
         return 1.0
     return min(float(epoch) / float(warmup), 1.0)
+
+
+register_loss("dkd", kind="logit", inputs={"labels": "target"})(dkd)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "fsp", "fsp_matrix"]
 
@@ -84,3 +85,7 @@ def fsp(student_first: Tensor, student_second: Tensor, teacher_first: Tensor, te
         raise ValueError("fsp: empty batch")
     diff = gs - gt
     return (diff * diff).sum() / gs.shape[0]
+
+
+# the student's widths must be the teacher's at both taps (a projector each under projector: auto); grids are free
+register_loss("fsp", kind="feature", needs="same-width", layouts=("map",), taps=2)(fsp)

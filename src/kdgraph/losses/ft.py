@@ -26,13 +26,18 @@ divided by ``D`` (the ``beta = 500`` above is for this mean); the paraphraser's 
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_batch
 from kdgraph.losses.feature import flatten_pair, fp32_compute
+from kdgraph.losses.registry import register_loss
 
-__all__ = ["NEEDS", "Paraphraser", "Translator", "factor_channels", "ft", "ft_reconstruction"]
+__all__ = ["NEEDS", "FactorTransfer", "Paraphraser", "Translator", "factor_channels", "ft", "ft_reconstruction",
+           "ft_term"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -130,3 +135,30 @@ def ft_reconstruction(reconstruction: Tensor, features: Tensor) -> Tensor:
     _check_same("ft_reconstruction", reconstruction, features, "reconstruction", "features")
     s, t = flatten_pair(reconstruction, features)
     return (s - t).abs().mean()
+
+
+class FactorTransfer(nn.Module):
+    """The loss-side module of ``loss: ft``: the paraphraser of the teacher's map and the translator of the
+    student's. ``objective(s, t)`` is the paraphraser's own objective (:func:`ft_reconstruction`), trained by the
+    stage that names the pair in ``objectives``; in the loss the paraphraser is frozen (no gradient reaches it)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, rate: float = 0.5) -> None:
+        super().__init__()
+        self.paraphraser = Paraphraser(teacher_channels, rate)
+        self.translator = Translator(student_channels, self.paraphraser.out_channels)
+
+    def objective(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return ft_reconstruction(self.paraphraser(teacher), teacher)
+
+
+def _factor_transfer(student: Any, teacher: Any, *, rate: float = 0.5) -> FactorTransfer:
+    return FactorTransfer(student.channels, teacher.channels, rate)
+
+
+@register_loss("ft", kind="feature", needs="same-grid", layouts=("map",), module=_factor_transfer)
+def ft_term(student: Tensor, teacher: Tensor, *, module: FactorTransfer, p: int = 1) -> Tensor:
+    """Factor transfer (Kim et al., NeurIPS 2018): ``L = mean |FT(translator(s)) - FT(paraphraser.encode(t))|^p``,
+    ``FT(F) = F / ||F||_2`` per sample; the paraphraser is trained first (``objectives``), then frozen."""
+    with torch.no_grad():
+        factor = module.paraphraser.encode(teacher)
+    return ft(module.translator(student), factor, p=p)

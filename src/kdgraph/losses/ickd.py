@@ -29,6 +29,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_maps
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "channel_correlation", "ickd"]
 
@@ -56,3 +57,7 @@ def ickd(student: Tensor, teacher: Tensor) -> Tensor:
     check_maps("ickd", student, teacher, same_channels=True, same_grid=False)
     diff = channel_correlation(student) - channel_correlation(teacher)
     return (diff * diff).sum() / (student.shape[0] * student.shape[1])
+
+
+# the student projected to the teacher's width (projector: {name: conv1x1, bn: true} in the paper); grids are free
+register_loss("ickd", kind="feature", needs="same-width", layouts=("map",))(ickd)

@@ -26,15 +26,17 @@ conv3x3 with biases, PyTorch's default initialisation). The loss weight ``alpha`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_maps, check_positive
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
+from kdgraph.losses.state import RandomStream
 
-__all__ = ["NEEDS", "MGDGenerator", "mgd", "mgd_mask"]
+__all__ = ["NEEDS", "MGDGenerator", "MaskedGeneration", "mgd", "mgd_mask", "mgd_term"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -107,3 +109,29 @@ def mgd(generated: Tensor, teacher: Tensor, *, alpha: float = 2e-5) -> Tensor:
     check_positive("mgd", alpha=alpha)
     diff = generated - teacher
     return alpha * (diff * diff).sum() / generated.shape[0]
+
+
+class MaskedGeneration(nn.Module):
+    """The loss-side module of ``loss: mgd``: the generator and the random stream its masks are drawn from (its
+    state is checkpointed, so a resumed run draws the same masks)."""
+
+    def __init__(self, channels: int, seed: int) -> None:
+        super().__init__()
+        self.generator = MGDGenerator(channels)
+        self.rng = RandomStream(seed)
+
+
+def _generation(student: Any, teacher: Any, *, seed: int) -> MaskedGeneration:
+    if student.channels != teacher.channels:
+        raise ValueError(f"mgd generates the teacher's {teacher.channels} channels from the student's {student.channels}"
+                         "; give the pair projector: auto (or conv1x1)")
+    return MaskedGeneration(teacher.channels, seed)
+
+
+@register_loss("mgd", kind="feature", layouts=("map",), module=_generation, inputs=("seed",))
+def mgd_term(student: Tensor, teacher: Tensor, *, module: MaskedGeneration, alpha: float = 2e-5,
+             ratio: float = 0.65, mode: MaskMode = "spatial") -> Tensor:
+    """MGD (Yang et al., ECCV 2022): ``L = alpha (1/B) sum (G(S * M) - T)^2``, a fresh mask ``M`` (a fraction
+    ``ratio`` of zeros, per position or per channel) every step, the generator ``G`` trained with the student."""
+    mask = mgd_mask(student, ratio, generator=module.rng.generator(), mode=mode)
+    return mgd(module.generator(student, mask), teacher, alpha=alpha)

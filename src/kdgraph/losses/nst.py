@@ -28,6 +28,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_maps
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "nst"]
 
@@ -54,3 +55,6 @@ def nst(student: Tensor, teacher: Tensor) -> Tensor:
     s = F.normalize(student.reshape(student.shape[0], student.shape[1], -1), dim=2)
     t = F.normalize(teacher.reshape(teacher.shape[0], teacher.shape[1], -1), dim=2)
     return _poly_mean(t, t) + _poly_mean(s, s) - 2.0 * _poly_mean(s, t)
+
+
+register_loss("nst", kind="feature", needs="same-grid", layouts=("map",))(nst)

@@ -30,14 +30,16 @@ by the batch size used here.
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_maps
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
-__all__ = ["NEEDS", "OFDConnector", "ofd", "ofd_margin", "ofd_margin_from_bn"]
+__all__ = ["NEEDS", "OFDConnector", "OFDModule", "ofd", "ofd_margin", "ofd_margin_from_bn", "ofd_term"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -120,3 +122,34 @@ def ofd(student: Tensor, teacher: Tensor, *, margin: Tensor) -> Tensor:
     keep = (student > target) | (target > 0)
     diff = student - target
     return (diff * diff * keep).sum() / student.shape[0]
+
+
+class OFDModule(nn.Module):
+    """The loss-side module of ``loss: ofd``: the trainable connector and the teacher's margin (a constant buffer)."""
+
+    margin: Tensor
+
+    def __init__(self, in_channels: int, out_channels: int, margin: Tensor) -> None:
+        super().__init__()
+        self.connector = OFDConnector(in_channels, out_channels)
+        self.register_buffer("margin", margin.detach().clone())
+
+
+def _connector(student: Any, teacher: Any, *, teacher_batchnorm: list[Optional[nn.Module]]) -> OFDModule:
+    bn = teacher_batchnorm[0]
+    if bn is None:
+        raise ValueError("ofd reads its margin from the teacher's BatchNorm before the ReLU, but the teacher tap is "
+                         "no BatchNorm's output (nor a residual sum ending in one); tap the pre-activation, such as "
+                         "the BatchNorm itself or NAME:input of the ReLU after it (kdgraph inspect lists both)")
+    if bn.num_features != teacher.channels:
+        raise ValueError(f"the teacher's BatchNorm before the tap has {bn.num_features} channels but the tap has "
+                         f"{teacher.channels}")
+    return OFDModule(student.channels, teacher.channels, ofd_margin_from_bn(bn))
+
+
+@register_loss("ofd", kind="feature", needs="same-grid", layouts=("map",), module=_connector,
+               inputs=("teacher_batchnorm",))
+def ofd_term(student: Tensor, teacher: Tensor, *, module: OFDModule) -> Tensor:
+    """OFD (Heo et al., ICCV 2019): ``L = (1/B) sum (c(s) - t')^2 [not (c(s) <= t' <= 0)]``, ``t' = max(t, m)``: the
+    connector ``c`` trained with the student, the margin ``m`` from the teacher's BatchNorm (:func:`ofd`)."""
+    return ofd(module.connector(student), teacher, margin=module.margin)

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from kdgraph.errors import KdgraphError, suggest
 
-__all__ = ["LossKind", "Needs", "LossRecord", "REQUIRED", "PAIR_KINDS", "register_loss", "get_loss", "losses",
-           "UnknownLossError"]
+__all__ = ["LossKind", "Needs", "LossRecord", "REQUIRED", "PAIR_KINDS", "MANY", "STEP_INPUTS", "BUILD_INPUTS",
+           "register_loss", "get_loss", "losses", "UnknownLossError"]
 
 
 class LossKind(str, Enum):
@@ -51,6 +51,8 @@ class Needs(str, Enum):
     """Equal shapes: the student is brought to the teacher's layout and grid, and ``projector: auto`` to its width."""
     SAME_GRID = "same-grid"
     """Equal layout and spatial grid (or token count), any width: ``projector: auto`` inserts no projector."""
+    SAME_WIDTH = "same-width"
+    """Equal layout and width, any grid (or token count): ``projector: auto`` adds a projector, nothing is resized."""
     VECTORS = "vectors"
     """``(B, D)`` vectors of any width: a side that is no vector is pooled (``pool: gap`` when none is set)."""
     ANY = "any"
@@ -60,6 +62,17 @@ class Needs(str, Enum):
 REQUIRED = inspect.Parameter.empty
 """The default of a parameter the spec must give (``loss: {name: ..., beta: 8}``)."""
 
+MANY = "many"
+"""``taps=MANY``: one or more layers per model, as many as the spec names (ReviewKD: every stage)."""
+
+STEP_INPUTS = ("labels", "index", "num_data")
+"""Run inputs a loss function can take at every step: the batch's hard labels ``(B,)``, its data-set positions
+``(B,)``, and the training set's size."""
+BUILD_INPUTS = ("num_data", "seed", "teacher_batchnorm")
+"""Run inputs a loss module's factory can take when the graph is built: the training set's size, a seed of its own
+(for a :class:`kdgraph.losses.state.RandomStream`), and the teacher's BatchNorm right before each teacher tap (read
+from the unfolded teacher; None where there is none)."""
+
 _LAYOUTS = ("map", "tokens", "vector")
 
 
@@ -67,16 +80,18 @@ _LAYOUTS = ("map", "tokens", "vector")
 class LossRecord:
     """One registered loss. Everything the spec, the planner, the graph and the docs know about it is here.
 
-    The extension points the method catalogue needs have their place (each is refused by the graph until it is
-    wired; see docs/architecture.md): ``taps`` (layers per model, e.g. 2 for FSP), ``module`` (a trainable or
-    stateful loss-side module: CRD's embeddings and memory bank, VID's variances, FT's paraphraser; saved in
-    ``adapters.safetensors`` and checkpointed with the adapters) and ``inputs`` (what the run must hand the loss
-    besides the tensors: ``labels`` for DKD, ``index``, the data-set positions, and ``num_data`` for CRD).
-
     The function's leading positional parameters without a default are its tensors: two (student, teacher), or
-    with ``taps=N`` either two sequences of N or 2N tensors (student taps, then teacher taps). Every later parameter
-    is a spec parameter (``loss: {name: ..., key: value}``), required when it has no default, except ``module`` and
-    the parameters ``inputs`` names.
+    with ``taps=N`` (or ``MANY``) either two sequences of taps or 2N tensors (student taps, then teacher taps). Every
+    later parameter is a spec parameter (``loss: {name: ..., key: value}``), required when it has no default, except
+    ``module`` and the parameters ``inputs`` names.
+
+    ``module`` is a factory ``module(student, teacher, *, params...) -> nn.Module`` of a loss-side module (CRD's
+    heads and memory bank, VID's regressor, FT's paraphraser and translator): ``student`` and ``teacher`` are the
+    :class:`kdgraph.align.FeatureShape` after the adapters (a list of them with several taps), its keyword
+    parameters are spec parameters too, and it may take the ``BUILD_INPUTS`` it names. The graph builds it once,
+    keeps it beside the adapters (optimised with the student, checkpointed, saved in ``adapters.safetensors``, never
+    in ``student.safetensors``) and passes it to the function as ``module=``. A module with an ``objective(s, t)``
+    method has an objective of its own that a stage can train (``train.stages[].objectives``: FT's paraphraser).
     """
 
     name: str
@@ -85,17 +100,25 @@ class LossRecord:
     """The pure function: its tensors first, then keyword parameters."""
     kind: LossKind
     needs: Needs = Needs.SAME_SHAPE
+    """What each tap pair needs from the adapters."""
     layouts: frozenset[str] = frozenset(_LAYOUTS)
     """Layouts the loss accepts after the adapters: ``map`` ``(C, H, W)``, ``tokens`` ``(N, D)``, ``vector``."""
     params: Mapping[str, Any] = field(default_factory=dict)
-    """Spec parameters (after the tensors; not ``module`` nor the ``inputs``), name -> default or REQUIRED."""
-    taps: int = 1
-    """Tapped layers per model."""
+    """Spec parameters (of the function and of the module's factory; not ``module`` nor the ``inputs``), name ->
+    default or REQUIRED."""
+    taps: Union[int, str] = 1
+    """Tapped layers per model: a number, or ``MANY`` (one or more, as the spec names them)."""
     module: Optional[Callable[..., nn.Module]] = None
-    """``module(student_shape, teacher_shape, **params) -> nn.Module``, passed to ``fn`` as ``module=``."""
+    """The loss-side module's factory, passed to ``fn`` as ``module=`` (see above)."""
     inputs: Mapping[str, str] = field(default_factory=dict)
-    """Run inputs -> the parameter of ``fn`` that takes it: ``labels`` (the batch's hard labels), ``index`` (its
-    data-set positions), ``num_data`` (the training set's size); ``{"labels": "target"}`` for DKD."""
+    """Run inputs -> the parameter (of ``fn`` or of the factory) that takes it: ``STEP_INPUTS`` for the function
+    (``{"labels": "target"}`` for DKD), ``BUILD_INPUTS`` for the factory."""
+    module_params: frozenset[str] = frozenset()
+    """The spec parameters that go to the factory (the others go to ``fn``; one named by both goes to both)."""
+    fn_params: frozenset[str] = frozenset()
+    """The spec parameters that go to ``fn``."""
+    spread: bool = False
+    """With several taps: ``fn`` takes 2N tensors (``fsp(s1, s2, t1, t2)``) rather than two sequences."""
 
     @property
     def summary(self) -> str:
@@ -108,61 +131,102 @@ class LossRecord:
         """``kdgraph.losses.feature.mse``: where the function lives."""
         return f"{self.fn.__module__}.{self.fn.__name__}"
 
+    @property
+    def several(self) -> bool:
+        """Whether a pair names lists of layers (``taps`` other than 1)."""
+        return self.taps != 1
+
     def defaults(self) -> dict[str, Any]:
         """The parameters that have a default, with it."""
         return {k: v for k, v in self.params.items() if v is not REQUIRED}
 
+    def split(self, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The spec's parameters ``given`` as ``(for fn, for the module's factory)``."""
+        return ({k: v for k, v in given.items() if k in self.fn_params},
+                {k: v for k, v in given.items() if k in self.module_params})
+
 
 _RECORDS: dict[str, LossRecord] = {}
-_INPUTS = ("labels", "index", "num_data")
 
 
-def _params(fn: Callable[..., Tensor], skip: Iterable[str], taps: int) -> dict[str, Any]:
+def _leading(fn: Callable[..., Any]) -> int:
+    """How many leading positional parameters without a default ``fn`` has (its tensors)."""
     names = list(inspect.signature(fn).parameters.values())
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     tensors = 0
     while tensors < len(names) and names[tensors].kind in positional and names[tensors].default is REQUIRED:
         tensors += 1
-    if tensors not in {2, 2 * taps}:
-        want = "the student and the teacher tensor" + (f" (or {2 * taps} tensors: student taps, then teacher taps)"
-                                                        if taps > 1 else "")
-        raise TypeError(f"a loss takes {want} first, then keyword parameters; got {fn.__name__}{inspect.signature(fn)}")
+    return tensors
+
+
+def _params(fn: Callable[..., Any], skip: Iterable[str], taps: Union[int, str], leading: Optional[int] = None,
+            what: str = "a loss") -> dict[str, Any]:
+    """The keyword parameters of ``fn`` after its leading tensors (``leading`` of them, or counted: two, or 2N)."""
+    names = list(inspect.signature(fn).parameters.values())
+    tensors = _leading(fn)
+    allowed = {leading} if leading is not None else {2} | ({2 * taps} if isinstance(taps, int) else set())
+    if tensors not in allowed:
+        want = ("the student and the teacher tensor" + (f" (or {2 * taps} tensors: student taps, then teacher taps)"
+                                                         if isinstance(taps, int) and taps > 1 else "")
+                if leading is None else "the student's and the teacher's feature shapes")
+        raise TypeError(f"{what} takes {want} first, then keyword parameters; got {fn.__name__}{inspect.signature(fn)}")
     skip = set(skip)
     out = {}
     for p in names[tensors:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             stars = "*" if p.kind == p.VAR_POSITIONAL else "**"
-            raise TypeError(f"loss {fn.__name__}: {stars}{p.name} cannot be set from a spec; name every parameter")
+            raise TypeError(f"{what} {fn.__name__}: {stars}{p.name} cannot be set from a spec; name every parameter")
         if p.name not in skip:
             out[p.name] = p.default
     return out
 
 
+def _check_taps(name: str, taps: Union[int, str]) -> None:
+    if taps != MANY and (not isinstance(taps, int) or isinstance(taps, bool) or taps < 1):
+        raise ValueError(f"loss {name!r}: taps must be at least 1 or {MANY!r}, got {taps!r}")
+
+
 def register_loss(name: str, *, kind: Union[LossKind, str], needs: Union[Needs, str] = Needs.SAME_SHAPE,
-                  layouts: Optional[Iterable[str]] = None, taps: int = 1,
+                  layouts: Optional[Iterable[str]] = None, taps: Union[int, str] = 1,
                   module: Optional[Callable[..., nn.Module]] = None,
                   inputs: Union[Iterable[str], Mapping[str, str]] = ()) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register the decorated function as loss ``name``; the function is returned unchanged.
 
     Works on a plain function in its own module too: ``register_loss("dkd", kind="logit")(dkd)``. ``layouts``
     defaults to every layout for pair losses and to ``vector`` for logit losses. Parameters are read from the
-    signature (see :class:`LossRecord`). ``inputs`` names run inputs the function takes by keyword, under their
-    own names (``inputs=("index",)``) or under its parameter's (``inputs={"labels": "target"}``).
+    signatures of the function and of the ``module`` factory (see :class:`LossRecord`). ``inputs`` names run inputs
+    under their own names (``inputs=("index",)``) or under the parameter's (``inputs={"labels": "target"}``).
     """
     kind, needs = LossKind(kind), Needs(needs)
     shapes = frozenset(layouts if layouts is not None else (("vector",) if kind is LossKind.LOGIT else _LAYOUTS))
     if not shapes or not shapes <= set(_LAYOUTS):
         raise ValueError(f"loss {name!r}: layouts must be some of {', '.join(_LAYOUTS)}, got {sorted(shapes)}")
     wanted = dict(inputs) if isinstance(inputs, Mapping) else {key: key for key in inputs}
-    if not set(wanted) <= set(_INPUTS):
-        raise ValueError(f"loss {name!r}: inputs must be some of {', '.join(_INPUTS)}, got {sorted(wanted)}")
-    if taps < 1:
-        raise ValueError(f"loss {name!r}: taps must be at least 1, got {taps}")
+    known = set(STEP_INPUTS) | set(BUILD_INPUTS)
+    if not set(wanted) <= known:
+        raise ValueError(f"loss {name!r}: inputs must be some of {', '.join(sorted(known))}, got {sorted(wanted)}")
+    _check_taps(name, taps)
+    if kind is LossKind.LOGIT and (taps != 1 or module is not None):
+        raise ValueError(f"loss {name!r}: a logit loss compares the two logit tensors; it takes no taps or module")
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         skip = set(wanted.values()) | ({"module"} if module is not None else set())
-        record = LossRecord(name=name, fn=fn, kind=kind, needs=needs, layouts=shapes, params=_params(fn, skip, taps),
-                            taps=taps, module=module, inputs=MappingProxyType(wanted))
+        fn_params = _params(fn, skip, taps)
+        mod_params = _params(module, skip, taps, leading=2, what="a loss module factory") if module else {}
+        build_only = {wanted[k] for k in set(wanted) - set(STEP_INPUTS)}
+        step_only = {wanted[k] for k in set(wanted) - set(BUILD_INPUTS)}
+        if module is not None and step_only & set(inspect.signature(module).parameters):
+            raise ValueError(f"loss {name!r}: the module factory takes {sorted(step_only)}, which exist only at a step")
+        if build_only & set(inspect.signature(fn).parameters):
+            raise ValueError(f"loss {name!r}: the function takes {sorted(build_only)}, which only a module factory can")
+        for key in set(fn_params) & set(mod_params):
+            if fn_params[key] != mod_params[key]:
+                raise ValueError(f"loss {name!r}: parameter {key!r} has two defaults ({fn_params[key]!r} in the "
+                                 f"function, {mod_params[key]!r} in the module factory)")
+        record = LossRecord(name=name, fn=fn, kind=kind, needs=needs, layouts=shapes,
+                            params={**fn_params, **mod_params}, taps=taps, module=module,
+                            inputs=MappingProxyType(wanted), module_params=frozenset(mod_params),
+                            fn_params=frozenset(fn_params), spread=taps != 1 and _leading(fn) != 2)
         old = _RECORDS.get(name)
         if old is not None and old.function != record.function:
             raise ValueError(f"loss {name!r} is registered twice: {old.function} and {record.function}")
@@ -170,7 +234,6 @@ def register_loss(name: str, *, kind: Union[LossKind, str], needs: Union[Needs, 
         return fn
 
     return register
-
 
 class UnknownLossError(KdgraphError, KeyError):
     """Unknown loss name (also a ``KeyError``); the message lists valid names and the closest match."""

@@ -31,14 +31,16 @@ map's height; the references assume square maps).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import MANY, register_loss
 
-__all__ = ["ABF", "NEEDS", "ReviewKDFusion", "hcl", "review_kd"]
+__all__ = ["ABF", "NEEDS", "ReviewKDFusion", "hcl", "review_kd", "review_term"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -181,3 +183,19 @@ def review_kd(student: Sequence[Tensor], teacher: Sequence[Tensor], *, levels: S
     for loss in losses[1:]:
         total = total + loss
     return total
+
+
+def _fusion(student: Sequence[Any], teacher: Sequence[Any], *, mid_channels: int | None = None) -> ReviewKDFusion:
+    """The loss-side module of ``loss: reviewkd``: the ABF chain from the student's stages to the teacher's widths
+    and sizes (a vector stage is a 1x1 map)."""
+    sizes = [tuple(t.shape[1:]) if t.layout == "map" else (1, 1) for t in teacher]
+    return ReviewKDFusion([s.channels for s in student], [t.channels for t in teacher], sizes, mid_channels)
+
+
+@register_loss("reviewkd", kind="feature", needs="any", layouts=("map", "vector"), taps=MANY, module=_fusion)
+def review_term(student: Sequence[Tensor], teacher: Sequence[Tensor], *, module: ReviewKDFusion,
+                levels: Sequence[int] = LEVELS) -> Tensor:
+    """ReviewKD (Chen et al., CVPR 2021): ``L = sum_i HCL(ABF(S_i, S_{>i}), T_i)`` over the stages, shallow to deep,
+    the fusion trained with the student (:func:`review_kd`)."""
+    maps = [t[:, :, None, None] if t.ndim == 2 else t for t in teacher]
+    return review_kd(module(list(student)), maps, levels=tuple(levels))

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_batch
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "pairwise_distances", "rkd", "rkd_angle", "rkd_distance"]
 
@@ -99,3 +100,6 @@ def rkd(
     if angle_weight:
         loss = loss + angle_weight * rkd_angle(student, teacher)
     return loss
+
+
+register_loss("rkd", kind="relational", needs="vectors")(rkd)

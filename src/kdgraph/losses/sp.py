@@ -23,6 +23,7 @@ from torch import Tensor
 
 from kdgraph.losses.checks import check_batch
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
 __all__ = ["NEEDS", "similarity_matrix", "sp"]
 
@@ -47,3 +48,6 @@ def sp(student: Tensor, teacher: Tensor) -> Tensor:
     check_batch("sp", student, teacher)
     diff = similarity_matrix(teacher) - similarity_matrix(student)
     return (diff * diff).sum() / student.shape[0] ** 2
+
+
+register_loss("sp", kind="relational", needs="any")(sp)

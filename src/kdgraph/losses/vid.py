@@ -25,6 +25,7 @@ inside the loss; here that is the layout adapter's job, and the grids must match
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_maps
 from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.registry import register_loss
 
-__all__ = ["NEEDS", "VIDRegressor", "vid"]
+__all__ = ["NEEDS", "VIDRegressor", "vid", "vid_term"]
 
 #: What the engine must give each loss of this module.
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -101,3 +103,16 @@ def vid(student: Tensor, teacher: Tensor, *, variance: Tensor) -> Tensor:
     var = variance.to(teacher.dtype).reshape(1, -1, *([1] * (teacher.ndim - 2)))
     diff = teacher - student
     return 0.5 * (diff * diff / var + torch.log(var)).mean()
+
+
+def _regressor(student: Any, teacher: Any, *, mid_channels: int | None = None, init_var: float = 5.0,
+               eps: float = 1e-5) -> VIDRegressor:
+    """The loss-side module of ``loss: vid``: a regressor from the student's width to the teacher's."""
+    return VIDRegressor(student.channels, teacher.channels, mid_channels, init_var=init_var, eps=eps)
+
+
+@register_loss("vid", kind="feature", needs="same-grid", layouts=("map",), module=_regressor)
+def vid_term(student: Tensor, teacher: Tensor, *, module: VIDRegressor) -> Tensor:
+    """VID (Ahn et al., CVPR 2019): ``L = mean 1/2 ((t - r(s))^2 / sigma_c^2 + log sigma_c^2)``, the regressor ``r``
+    and the variances ``sigma^2`` trained with the student (:func:`vid`)."""
+    return vid(module(student), teacher, variance=module.variance())

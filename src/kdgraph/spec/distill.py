@@ -19,6 +19,10 @@ def _loss_names(kinds: tuple[str, ...]) -> str:
     return ", ".join(f"`{r.name}`" for r in losses(kinds))
 
 
+_WARMUP = ("Linear warm-up of this term: its weight is multiplied by min(epoch / warmup_epochs, 1), epochs counted "
+           "from 1 (DKD, ReviewKD: 20). 0: no warm-up.")
+
+
 class _LossChoice(Section):
     """A loss by name with its keyword parameters, checked against the loss's record (``kdgraph.losses``)."""
 
@@ -79,10 +83,13 @@ class LogitLossSpec(_LossChoice):
 
 
 class PairSpec(Section):
-    """One student layer matched to one teacher layer."""
+    """One student layer matched to one teacher layer (or, for a loss over several taps, lists of them)."""
 
-    teacher: str = Field(description="Teacher layer name, as `kdgraph inspect` prints it.")
-    student: str = Field(description="Student layer name, as `kdgraph inspect` prints it.")
+    teacher: Union[str, list[str]] = Field(
+        description="Teacher layer name, as `kdgraph inspect` prints it; a list for a loss over several taps per "
+        "model (`fsp`, `reviewkd`), matched one to one with `student`.")
+    student: Union[str, list[str]] = Field(description="Student layer name, as `kdgraph inspect` prints it (a list "
+                                           "with `teacher`'s).")
     name: Optional[str] = Field(default=None, description="Name for stages and metrics (default pair:STUDENT->TEACHER).")
     teacher_model: Optional[str] = Field(
         default=None, description="Which of `teachers:` this pair reads (needed when there are several)."
@@ -102,8 +109,38 @@ class PairSpec(Section):
     )
     loss: LossSpec = Field(default_factory=lambda: LossSpec(name="mse"), description="Feature loss.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of this term in the total loss.")
+    warmup_epochs: NonNegativeFloat = Field(default=0.0, description=_WARMUP)
 
     _loss_named = short_form("loss")
+
+    @model_validator(mode="after")
+    def _taps_fit_the_loss(self) -> "PairSpec":
+        from kdgraph.losses import MANY, get_loss
+
+        record = get_loss(self.loss.name)
+        s, t = self.student_taps, self.teacher_taps
+        lists = isinstance(self.student, list) or isinstance(self.teacher, list)
+        if not record.several and lists:
+            raise ValueError(f"loss {record.name!r} compares one layer per model; give `student` and `teacher` as "
+                             "single names, or use a loss over several taps")
+        if record.several and not (isinstance(self.student, list) and isinstance(self.teacher, list)):
+            count = "one or more" if record.taps == MANY else str(record.taps)
+            raise ValueError(f"loss {record.name!r} reads {count} layers per model: give `student` and `teacher` as "
+                             "lists, e.g. {student: [block1, block2], teacher: [layer1, layer2]}")
+        if len(s) != len(t) or not s or (record.taps != MANY and len(s) != record.taps):
+            want = f"{record.taps} each" if record.taps != MANY else "as many teacher layers as student layers"
+            raise ValueError(f"loss {record.name!r} needs {want}; got {len(s)} student and {len(t)} teacher layers")
+        return self
+
+    @property
+    def student_taps(self) -> list[str]:
+        """The student layers, as a list (one for a single-tap loss)."""
+        return list(self.student) if isinstance(self.student, list) else [self.student]
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        """The teacher layers, as a list."""
+        return list(self.teacher) if isinstance(self.teacher, list) else [self.teacher]
 
     @field_validator("projector")
     @classmethod
@@ -126,7 +163,7 @@ class PairSpec(Section):
         if self.name:
             return f"pair:{self.name}"
         where = f"{self.teacher_model}." if self.teacher_model else ""
-        return f"pair:{self.student}->{where}{self.teacher}"
+        return f"pair:{'+'.join(self.student_taps)}->{where}{'+'.join(self.teacher_taps)}"
 
 
 class LogitsSpec(Section):
@@ -134,10 +171,14 @@ class LogitsSpec(Section):
 
     loss: LogitLossSpec = Field(
         default_factory=lambda: LogitLossSpec(name="kl"),
-        description="`kl`: KL(p_t || p_s) at temperature T, scaled by T^2; `ce_soft`: cross-entropy to p_t (the same "
-        "gradients); or `{name: ..., param: ...}`.")
+        description=f"A logit loss, {_loss_names(('logit',))} (`kl`: KL(p_t || p_s) at temperature T, scaled by T^2), "
+        "or `{name: ..., param: ...}`.")
     temperature: PositiveFloat = Field(default=4.0, description="Softmax temperature T.")
     weight: NonNegativeFloat = Field(default=1.0, description="Weight of the logit term.")
+    standardise: bool = Field(
+        default=False, description="Logit standardisation (Sun et al., CVPR 2024): z-score each sample's logits "
+        "(mean 0, Bessel-corrected std 1) on both sides before the loss; `temperature` is then a base temperature.")
+    warmup_epochs: NonNegativeFloat = Field(default=0.0, description=_WARMUP)
     teacher_model: Optional[str] = Field(
         default=None, description="Which of `teachers:` gives the logits (needed when there are several)."
     )

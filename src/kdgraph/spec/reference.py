@@ -79,22 +79,28 @@ def spec_reference() -> str:
 
 
 _NEEDS = {"same-shape": "equal shapes (projector: auto adds one)", "same-grid": "equal grid, any width",
+          "same-width": "equal width, any grid (projector: auto adds one)",
           "vectors": "(D,) vectors, any width (pooled)", "any": "any shapes (only the batch)"}
 
 
 def loss_reference() -> list[str]:
     """A table of every registered loss: the name a spec uses, its kind, what it needs from the adapters, the
-    layouts it takes, its parameters with defaults, and the first paragraph of its docstring."""
+    layouts it takes, its taps per model, its loss-side module, the run inputs it takes, its parameters with
+    defaults, and the first paragraph of its docstring (the formula and the paper)."""
     from kdgraph.losses import REQUIRED, losses
 
     lines = ["## Losses", "", "Every loss registered with `kdgraph.losses.register_loss` (`distill.logits.loss` takes "
-             "the logit losses, `distill.pairs[].loss` the others). Formulas: [losses.md](losses.md).", "",
-             "| name | kind | adapters | layouts | parameters | function | what it computes |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "the logit losses, `distill.pairs[].loss` the others). Formulas, papers and what each method needs: "
+             "[losses.md](losses.md).", "",
+             "| name | kind | adapters | layouts | taps | module | run inputs | parameters | function | what it computes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in losses():
         params = ", ".join(f"`{k}`" if v is REQUIRED else f"`{k}={v!r}`" for k, v in r.params.items()) or "-"
         needs = "-" if r.kind.value == "logit" else _NEEDS[r.needs.value]
         layouts = ", ".join(sorted(r.layouts))
+        module = getattr(r.module, "__annotations__", {}).get("return", "yes") if r.module is not None else "-"
+        inputs = ", ".join(f"`{name}`" for name in r.inputs) or "-"
         summary = r.summary.replace("|", "\\|")
-        lines.append(f"| `{r.name}` | {r.kind.value} | {needs} | {layouts} | {params} | `{r.function}` | {summary} |")
+        lines.append(f"| `{r.name}` | {r.kind.value} | {needs} | {layouts} | {r.taps} | {module} | {inputs} | {params} "
+                     f"| `{r.function}` | {summary} |")
     return lines + [""]

@@ -203,6 +203,11 @@ class StageSpec(Section):
     epochs: PositiveInt = Field(description="Length of the stage in epochs.")
     pairs: list[str] = Field(default_factory=list, description="Pair names active in this stage.")
     logits: bool = Field(default=False, description="Whether the logit term is active.")
+    ce: bool = Field(default=True, description="Whether cross-entropy on the labels is active (false: a stage that "
+                     "trains the distillation terms alone, such as AB's or FSP's initialisation).")
+    objectives: list[str] = Field(
+        default_factory=list, description="Pairs whose loss module is trained on its own objective in this stage "
+        "(FT's paraphraser learns to reconstruct the teacher's map before the student is distilled).")
     reset_optimizer: bool = Field(
         default=False, description="Re-create the optimizer (and a schedule spanning this stage) at its start."
     )
@@ -366,6 +371,8 @@ class Spec(Section):
                                  f"(teachers: {', '.join(known) or 'none'})")
 
     def _check_stages(self) -> None:
+        from kdgraph.losses import get_loss
+
         stages = self.train.stages
         if not stages:
             return
@@ -381,6 +388,12 @@ class Spec(Section):
                     raise ValueError(f"train.stages[{i}].pairs names {name!r}, which is no pair"
                                      f"{_did_you_mean(name, names)} "
                                      f"(pairs: {', '.join(names) or 'none'}; give pairs a `name:`)")
+            for name in stage.objectives:
+                pair = next((p for p, n, lab in zip(self.distill.pairs, names, labels) if name in (n, lab)), None)
+                if pair is None or get_loss(pair.loss.name).module is None:
+                    what = "which is no pair" if pair is None else f"whose loss {pair.loss.name!r} has no module"
+                    raise ValueError(f"train.stages[{i}].objectives names {name!r}, {what}"
+                                     f"{_did_you_mean(name, names) if pair is None else ''}")
             if stage.logits and self.distill.logits is None:
                 raise ValueError(f"train.stages[{i}] activates logits but distill.logits is not set")
 

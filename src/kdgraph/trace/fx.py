@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -309,6 +310,36 @@ def _match_modes(gm: nn.Module, model: nn.Module) -> None:
             sub.training = model.training
 
 
+_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _writes_in_place(user: fx.Node, node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``user`` overwrites its input ``node`` in place: a module built with ``inplace=True`` (a ResNet's
+    ``ReLU(inplace=True)``), ``F.relu(x, inplace=True)``, an in-place method (``x.relu_()``, ``x.add_(y)``) or
+    operator (``x += y``) on it."""
+    first = user.args[0] if user.args else None
+    if user.op == "call_module":
+        try:
+            return bool(getattr(root.get_submodule(str(user.target)), "inplace", False)) and first is node
+        except AttributeError:
+            return False
+    if user.op == "call_method":
+        return str(user.target).endswith("_") and not str(user.target).startswith("_") and first is node
+    if user.op == "call_function":
+        return first is node and (user.kwargs.get("inplace") is True or user.target in _IN_PLACE_FUNCTIONS or
+                                  getattr(user.target, "__name__", "").endswith("_"))
+    return False
+
+
+def _protect_from_in_place(graph: fx.Graph, node: fx.Node, root: nn.Module) -> fx.Node:
+    """``node``, or a copy of it taken before a later node overwrites it in place: a tap before an in-place
+    activation (``layer.bn2``, ``relu:input``) must return the pre-activation values, not what the ReLU left."""
+    if not any(_writes_in_place(user, node, root) for user in node.users):
+        return node
+    with graph.inserting_after(node):
+        return graph.call_method("clone", (node,))
+
+
 def build_feature_graph(
     model: nn.Module,
     taps: list[str],
@@ -323,8 +354,10 @@ def build_feature_graph(
     graph the output node is replaced by a dict of the tapped nodes (plus the
     original output when ``keep_output``) and dead code is eliminated, so with
     ``keep_output=False`` nothing after the last tap runs (a pruned head is not
-    even a submodule of the result). Submodules and parameters are the model's
-    own objects. Every module's ``training`` flag is left as it was.
+    even a submodule of the result). A tap that a later node overwrites in place
+    (the input of a ``ReLU(inplace=True)``) is returned as a copy taken before
+    it. Submodules and parameters are the model's own objects. Every module's
+    ``training`` flag is left as it was.
     """
     graphs: dict[str, fx.Graph] = {}
     with preserved_modes(model):
@@ -341,6 +374,8 @@ def build_feature_graph(
                         tap,
                     )
                 outputs[tap] = node
+            protected = {node: _protect_from_in_place(graph, node, model) for node in set(outputs.values())}
+            outputs = {tap: protected[node] for tap, node in outputs.items()}
             out_node = next(n for n in reversed(graph.nodes) if n.op == "output")
             if keep_output:
                 outputs["output"] = out_node.args[0]

@@ -109,7 +109,8 @@ class HookTaps:
         def store(tap: str, value: Any) -> None:
             if tap in captured:
                 return  # first call wins, as in the layer map
-            captured[tap] = value
+            # a copy: a later in-place op (ReLU(inplace=True) after a tapped BatchNorm) must not change the tap
+            captured[tap] = value.clone() if isinstance(value, torch.Tensor) else value
             if not keep_output and len(captured) == wanted:
                 raise _StopForward
 

@@ -131,6 +131,14 @@ class HandStep:
             if term.kind.is_head:
                 raise KdgraphError("kdgraph bench times teacher distillation; self_distill heads have no "
                                    "hand-written baseline here", key="self_distill")
+            record = term.record
+            if record is not None and (record.several or record.module is not None or record.inputs or
+                                       term.standardise or (term.kind is TermKind.LOGITS and
+                                                            record.name not in ("kl", "ce_soft"))):
+                key = "distill.logits" if term.kind is TermKind.LOGITS else f"distill.pairs[{term.index}]"
+                raise KdgraphError(f"kdgraph bench has no hand-written baseline for loss {record.name!r} (several "
+                                   "taps, a loss module, run inputs or standardised logits); bench a spec with "
+                                   "plain logit and feature losses", key=key)
             if term.kind is TermKind.PAIR:
                 _hook_module(self.student, term.student_tap, self.s_feats, f"distill.pairs[{term.index}].student")
                 _hook_module(self.teacher, term.teacher_tap, self.t_feats, f"distill.pairs[{term.index}].teacher")

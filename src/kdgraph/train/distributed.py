@@ -202,7 +202,7 @@ class DistContext:
                 torch.distributed.broadcast(tensor.data, src=0)
         # Every adapter module holding parameters is its own unit (innermost first): adapters are small, and parts
         # of them are called outside their parent's forward (a self-distillation head's `adapt`, evaluation).
-        for adapters in (graph.student_adapters, graph.teacher_adapters):
+        for adapters in (graph.student_adapters, graph.teacher_adapters, graph.loss_modules):
             for module in reversed(list(adapters.modules())):
                 if module is not adapters and any(True for _ in module.parameters(recurse=False)):
                     fully_shard(module, mesh=mesh)

@@ -1,7 +1,8 @@
 """The curriculum (``train.stages``): which loss terms are active in each epoch, and where the optimizer is reset.
 
-A stage lasts a number of epochs and names the pairs (and whether the logits term) it trains; cross-entropy on the
-labels is always active. A stage with ``reset_optimizer`` starts with a fresh optimizer whose schedule spans that
+A stage lasts a number of epochs and names the pairs (and whether the logits term and cross-entropy on the labels)
+it trains, and the pairs whose loss module it trains on the module's own objective (``objectives``: FT's
+paraphraser before the student is distilled). A stage with ``reset_optimizer`` starts with a fresh optimizer whose schedule spans that
 stage. Everything here is a function of the spec and a position (epoch, step in epoch), so a resumed run finds the
 same stage and the same optimizer owner as the run that wrote the checkpoint.
 """
@@ -40,13 +41,20 @@ class Curriculum:
         return self.stages[index].name or f"stage{index + 1}"
 
     def active(self, index: int) -> frozenset[str]:
-        """Labels of the terms stage ``index`` trains besides cross-entropy: its pairs (by name or label), and the
-        logits term when it asks for it."""
+        """Labels of the terms stage ``index`` trains: its pairs (by name or label), their objectives, the logits
+        term and cross-entropy when it asks for them."""
         stage = self.stages[index]
-        labels = {t.label for t in self.terms if t.kind is TermKind.PAIR and
-                  (t.label in stage.pairs or t.label.removeprefix("pair:") in stage.pairs)}
+
+        def named(term: Term, names: list[str]) -> bool:
+            label = term.label.removesuffix("/objective")
+            return label in names or label.removeprefix("pair:") in names
+
+        labels = {t.label for t in self.terms if t.kind is TermKind.PAIR and named(t, stage.pairs)}
+        labels |= {t.label for t in self.terms if t.kind is TermKind.OBJECTIVE and named(t, stage.objectives)}
         if stage.logits:
             labels.add("logits")
+        if stage.ce:
+            labels.add("ce")
         return frozenset(labels)
 
     def resets_at(self, index: int, epoch: int, step_in_epoch: int) -> bool:

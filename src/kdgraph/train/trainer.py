@@ -74,7 +74,8 @@ class Trainer:
         if self.steps == 0:
             raise KdgraphError(f"the training set has {len(plan.data.train)} images, fewer than one batch of "
                                f"{spec.data.batch_size}; lower data.batch_size", key="data.batch_size")
-        trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters})
+        trainable = nn.ModuleDict({"student": self.graph.student, "adapters": self.graph.student_adapters,
+                                   "loss": self.graph.loss_modules})
         self.params = [p for p in trainable.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = self._optimizer(None)
         self.compiled = None
@@ -98,8 +99,10 @@ class Trainer:
 
     @property
     def adapters(self) -> nn.ModuleDict:
-        """Both sides' adapters, as ``adapters.safetensors`` holds them (``student.KEY.*``, ``teacher.KEY.*``)."""
-        return nn.ModuleDict({"student": self.graph.student_adapters, "teacher": self.graph.teacher_adapters})
+        """Both sides' adapters and the loss modules, as ``adapters.safetensors`` holds them (``student.KEY.*``,
+        ``teacher.KEY.*``, ``loss.KEY.*``: trainable parts and state such as CRD's memory bank)."""
+        return nn.ModuleDict({"student": self.graph.student_adapters, "teacher": self.graph.teacher_adapters,
+                              "loss": self.graph.loss_modules})
 
     # -- curriculum ---------------------------------------------------------------------------------------------
     def _optimizer(self, stage: Optional[int]) -> tuple[torch.optim.Optimizer, Any]:
@@ -114,6 +117,7 @@ class Trainer:
     def enter_epoch(self, epoch: int, step_in_epoch: int = 0) -> Optional[str]:
         """Activate the terms of ``epoch``'s stage, and reset the optimizer at the start of a stage that asks for it;
         returns the stage's name (None without a curriculum)."""
+        self.graph.set_epoch(epoch)
         index = self.curriculum.stage_at(epoch)
         if index is None:
             return None
@@ -125,17 +129,19 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, x_teacher: Optional[torch.Tensor] = None,
              cached: Optional[dict[str, dict[str, torch.Tensor]]] = None,
-             labels: Optional[torch.Tensor] = None) -> Optional[dict[str, torch.Tensor]]:
+             labels: Optional[torch.Tensor] = None,
+             index: Optional[torch.Tensor] = None) -> Optional[dict[str, torch.Tensor]]:
         """One optimizer step; returns every term's value, ``total`` and ``correct`` (detached, on the device), or
         None when a non-finite loss or gradient skipped the update (a bad step).
 
         ``y`` is what the CE term sees (indices or mixed soft targets), ``labels`` the hard labels for train top-1,
-        ``x_teacher`` the teachers' own view (independent views), ``cached`` the teachers' cached outputs. A skipped
+        ``x_teacher`` the teachers' own view (independent views), ``cached`` the teachers' cached outputs, ``index``
+        the batch's positions in the training set (for a loss that takes them). A skipped
         step changes nothing: BatchNorm statistics updated by its forward are put back too. With a fused optimizer
         (CUDA) the check stays on the device and this never returns None (guard.py)."""
         self.guard.before_forward()
         with self.rt.autocast():
-            out = self._forward(x, y, x_teacher, cached)
+            out = self._forward(x, y, x_teacher, cached, index)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         if self.spec.train.grad_clip:
@@ -209,7 +215,7 @@ class Trainer:
                            norm=(self.data.mean, self.data.std))
         x, x_t = self._layout(views.student), self._layout(views.teacher)
         cached = self.cache.lookup(index, self.rt.device) if self.cache is not None else None
-        values = self.step(x, views.target, x_t, cached, views.labels)
+        values = self.step(x, views.target, x_t, cached, views.labels, index)
         if values is not None:
             for key, value in values.items():
                 weight = 1 if key == "correct" else len(x)
