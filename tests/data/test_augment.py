@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdgraph.data import DataError, cutmix, cutmix_box, mixup, random_crop_flip, random_resized_crop_flip, sample_mix_ratio
+from kdgraph.data import (DataError, cutmix, cutmix_box, mixup, random_crop_flip, random_resized_crop_flip,
+                          resized_crop_flip, resized_crop_params, sample_mix_ratio)
 
 
 def _gen(seed=0):
@@ -163,6 +164,46 @@ def test_resized_crop_shards_crop_like_the_whole_batch():
     torch.testing.assert_close(torch.cat(halves), whole)
     with pytest.raises(DataError, match="does not hold"):
         random_resized_crop_flip(x, generator=_gen(11), draw=(3, 6))
+
+
+def _bilinear_by_hand(image, box, flip):
+    """One (C, H, W) image: output pixel (i, j) reads (top·H + (i + 1/2)·height − 1/2, left·W + (j + 1/2)·width − 1/2),
+    clamped to the image, bilinearly; j -> W − 1 − j when flipped. Float64 loops."""
+    c, h, w = image.shape
+    top, left, height, width = (float(v) for v in box)
+    out = torch.zeros(c, h, w, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            jj = w - 1 - j if flip else j
+            y = min(max(top * h + (i + 0.5) * height - 0.5, 0.0), h - 1.0)
+            x = min(max(left * w + (jj + 0.5) * width - 0.5, 0.0), w - 1.0)
+            y0, x0 = int(math.floor(y)), int(math.floor(x))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            wy, wx = y - y0, x - x0
+            out[:, i, j] = ((1 - wy) * (1 - wx) * image[:, y0, x0].double() + (1 - wy) * wx * image[:, y0, x1].double()
+                            + wy * (1 - wx) * image[:, y1, x0].double() + wy * wx * image[:, y1, x1].double())
+    return out
+
+
+def test_resized_crop_params_replay_the_random_crop_and_match_a_bilinear_loop():
+    x = torch.randn(5, 2, 9, 11, generator=_gen(3), dtype=torch.float64)
+    boxes, flips = resized_crop_params(5, (0.3, 0.9), generator=_gen(8))
+    assert boxes.dtype == torch.float64 and boxes.shape == (5, 4) and flips.dtype == torch.bool
+    top, left, height, width = boxes.unbind(1)
+    assert bool(((top >= 0) & (left >= 0) & (top + height <= 1) & (left + width <= 1)).all())
+    unclamped = (height < 1) & (width < 1)
+    assert bool(((height * width)[unclamped] >= 0.3 - 1e-12).all() and ((height * width) <= 0.9 + 1e-12).all())
+    # the whole augmentation is its numbers, then the crop
+    torch.testing.assert_close(random_resized_crop_flip(x, (0.3, 0.9), generator=_gen(8)),
+                               resized_crop_flip(x, boxes, flips), rtol=0, atol=0)
+    for b in range(5):
+        torch.testing.assert_close(resized_crop_flip(x, boxes, flips)[b], _bilinear_by_hand(x[b], boxes[b], flips[b]),
+                                   rtol=0, atol=1e-12)
+    # flip=False draws the same numbers and sets no flag; shards are rows of the whole draw
+    same, none = resized_crop_params(5, (0.3, 0.9), generator=_gen(8), flip=False)
+    assert torch.equal(same, boxes) and not bool(none.any())
+    shard, _ = resized_crop_params(2, (0.3, 0.9), generator=_gen(8), draw=(3, 5))
+    assert torch.equal(shard, boxes[3:])
 
 
 def test_crop_flip_equals_torchvision_random_crop_and_flip_at_the_same_offsets():

@@ -9,6 +9,7 @@ Public API::
     make_loader(dataset, batch_size, train=, seed=, drop_last=)
     TensorImageDataset, WithIndex, load_fashion_mnist
     random_crop_flip, mixup, cutmix, ...          # batch-level, on tensors (kdgraph.data.augment)
+    crop_flip_params, resized_crop_params, sample_mix_ratio    # their random numbers (to replay them)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from .augment import (  # noqa: E402
     mixup,
     random_crop_flip,
     random_resized_crop_flip,
+    resized_crop_flip,
+    resized_crop_params,
     sample_mix_ratio,
 )
 from .loader import WithIndex, make_loader  # noqa: E402
@@ -55,6 +58,8 @@ __all__ = [
     "mixup",
     "random_crop_flip",
     "random_resized_crop_flip",
+    "resized_crop_flip",
+    "resized_crop_params",
     "sample_mix_ratio",
     "WithIndex",
     "make_loader",

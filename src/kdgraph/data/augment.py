@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from . import DataError
 
-__all__ = ["crop_flip_params", "crop_flip", "random_crop_flip", "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
+__all__ = ["crop_flip_params", "crop_flip", "random_crop_flip", "resized_crop_params", "resized_crop_flip",
+           "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -139,6 +140,59 @@ def random_crop_flip(
     return crop_flip(x, oy, ox, flips, padding, fill)
 
 
+def resized_crop_params(
+    batch: int,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    *,
+    flip: bool = True,
+    draw: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of :func:`random_resized_crop_flip` for ``batch`` samples: crop boxes ``(batch, 4)``
+    (float64, on the generator's device) and flip flags ``(batch,)``.
+
+    A box is ``(top, left, height, width)`` as fractions of the image's height and width: the area fraction
+    ``s ~ U(scale)`` and the aspect ratio ``r`` log-uniform in ``ratio`` give ``width = min(1, sqrt(s r))`` and
+    ``height = min(1, sqrt(s / r))``; ``top ~ U(0, 1 - height)`` and ``left ~ U(0, 1 - width)`` place it uniformly
+    where it fits. ``draw=(offset, total)``: the numbers of a whole batch of ``total`` are drawn and rows
+    ``offset:offset+batch`` returned (a data-parallel shard). Without ``flip`` every flag is False (the same numbers
+    are drawn)."""
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
+    offset, total = draw if draw is not None else (0, batch)
+    if not 0 <= offset <= total - batch:
+        raise DataError(f"random_resized_crop_flip: draw={draw!r} does not hold a batch of {batch} at that offset.")
+    gdev = _gen_device(generator)
+    u = torch.rand((total, 5), generator=generator, device=gdev, dtype=torch.float64)[offset:offset + batch]
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    width = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    height = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    boxes = torch.stack([(1 - height) * u[:, 3], (1 - width) * u[:, 2], height, width], dim=1)
+    return boxes, (u[:, 4] < 0.5) & flip
+
+
+def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop each sample's box ``(top, left, height, width)`` (fractions of the image, :func:`resized_crop_params`)
+    and resample it bilinearly to ``(H, W)``, mirrored where ``flips`` is set.
+
+    Output pixel ``(i, j)`` reads the input at ``(top·H + (i + 1/2)·height − 1/2, left·W + (j + 1/2)·width − 1/2)``
+    (pixel centres; ``j`` becomes ``W − 1 − j`` when flipped), coordinates clamped to the image: one ``grid_sample``
+    for the whole batch, on ``x``'s device, in ``x``'s dtype (float32 for integer images)."""
+    _check_batch(x, "random_resized_crop_flip")
+    b = x.shape[0]
+    boxes = boxes.to(x.device, torch.float64)
+    top, left, height, width = boxes.unbind(1)
+    mirror = torch.where(flips.to(x.device), -1.0, 1.0).to(torch.float64)
+    theta = torch.zeros((b, 2, 3), dtype=torch.float64, device=x.device)  # output grid [-1, 1] -> input grid
+    theta[:, 0, 0], theta[:, 0, 2] = width * mirror, 2 * left + width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_resized_crop_flip(
     x: torch.Tensor,
     scale: tuple[float, float] = (0.35, 1.0),
@@ -151,33 +205,15 @@ def random_resized_crop_flip(
     """Per-sample random resized crop (the "inception crop") plus random horizontal flip, at the input size.
 
     Each sample draws an area fraction ``s ~ U(scale)`` and an aspect ratio ``r`` log-uniform in ``ratio``; the crop
-    is ``sqrt(s r)`` of the width by ``sqrt(s / r)`` of the height (each at most 1), centred uniformly where it fits,
-    and resampled bilinearly back to ``(H, W)`` with one ``grid_sample`` for the whole batch (on the device).
-    ``draw=(offset, total)``: ``x`` is rows ``offset:offset+B`` of a batch of ``total`` (a data-parallel shard); the
-    numbers of the whole batch are drawn and this shard's rows used, so every process crops as one process would.
+    is ``sqrt(s r)`` of the width by ``sqrt(s / r)`` of the height (each at most 1), placed uniformly where it fits,
+    and resampled bilinearly back to ``(H, W)`` with one ``grid_sample`` for the whole batch (on the device):
+    :func:`resized_crop_params`, then :func:`resized_crop_flip`. ``draw=(offset, total)``: ``x`` is rows
+    ``offset:offset+B`` of a batch of ``total`` (a data-parallel shard); the numbers of the whole batch are drawn and
+    this shard's rows used, so every process crops as one process would.
     """
     _check_batch(x, "random_resized_crop_flip")
-    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
-    b = x.shape[0]
-    offset, total = draw if draw is not None else (0, b)
-    if not 0 <= offset <= total - b:
-        raise DataError(f"random_resized_crop_flip: draw={draw!r} does not hold a batch of {b} at that offset.")
-    gdev = _gen_device(generator)
-    u = torch.rand((total, 5), generator=generator, device=gdev, dtype=torch.float64)[offset:offset + b].to(x.device)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    sx = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
-    sy = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-    cx = (1 - sx) * (2 * u[:, 2] - 1)  # the centre, in [-1, 1] grid units, keeping the crop inside the image
-    cy = (1 - sy) * (2 * u[:, 3] - 1)
-    mirror = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0).to(u.dtype)
-    theta = torch.zeros((b, 2, 3), dtype=u.dtype, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 2] = sx * mirror, cx
-    theta[:, 1, 1], theta[:, 1, 2] = sy, cy
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    boxes, flips = resized_crop_params(x.shape[0], scale, ratio, generator, flip=flip, draw=draw)
+    return resized_crop_flip(x, boxes, flips)
 
 
 def sample_mix_ratio(alpha: float, generator: torch.Generator | None = None) -> float:
