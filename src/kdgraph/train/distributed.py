@@ -302,10 +302,6 @@ class DistContext:
         return dict(zip(keys, values[:-1])), values[-1]
 
     # -- state -----------------------------------------------------------------------------------------------------
-    def draw(self, batch: int) -> Optional[tuple[int, int]]:
-        """``random_crop_flip(draw=...)`` for this rank's slice of a global batch (same crops as one process)."""
-        return (self.rank * batch, self.world * batch) if self._several else None
-
     def full_state(self, modules: dict[str, nn.Module], optimizer: Optional[torch.optim.Optimizer]
                    ) -> tuple[dict[str, Any], Any]:
         """Modules and optimizer as full state dicts for a checkpoint (FSDP: gathered, collective; rank 0 holds the

@@ -33,7 +33,7 @@ from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.stages import Curriculum
 from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
-from kdgraph.train.views import make_views
+from kdgraph.train.views import ViewMaker
 
 __all__ = ["Trainer"]
 
@@ -75,7 +75,9 @@ class Trainer:
         if rt.compile_mode:
             self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self._compile_checked = False
-        self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
+        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=spec.runtime.seed,
+                               dataset=plan.data.train, image_shape=plan.data.input_shape,
+                               norm=(plan.data.mean, plan.data.std), two_views=bool(self.graph.teachers))
         self.guard = StepGuard(list(trainable.buffers()), cfg.max_bad_steps, self.reporter.warn,
                                self._last_checkpoint)
         self.best = -1.0
@@ -177,10 +179,11 @@ class Trainer:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y, *index) in enumerate(prefetch(self.loader, self.rt.device), start=self.start_step):
+            for i, (x, y, index, host) in enumerate(prefetch(self._batches(epoch), self.rt.device),
+                                                    start=self.start_step):
                 if i >= self.steps:
                     break
-                values = self._train_batch(x, y, index[0])
+                values = self._train_batch(x, y, index, host)
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
                 if self.dist.stop_agreed(self) and done < self.steps:
@@ -196,11 +199,16 @@ class Trainer:
         self.start_step, self.sums, self.seen = 0, {}, 0
         return self.dist.broadcast(row)
 
-    def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+    def _batches(self, epoch: int):
+        """The loader's batches of ``epoch`` with what their views need, prepared on the host so that the prefetcher
+        copies them too. In epoch ``e`` every image gets its view ``e``."""
+        for x, y, index in self.loader:
+            yield x, y, index, {"views": self.views.prepare(index, epoch)}
+
+    def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                     host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
         """Views of one loader batch, one step, and its values added to the epoch's running sums."""
-        views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
-                           two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)),
-                           norm=(self.data.mean, self.data.std))
+        views = self.views.views(x, y, host["views"])
         x, x_t = self._layout(views.student), self._layout(views.teacher)
         cached = self.cache.lookup(index, self.rt.device) if self.cache is not None else None
         values = self.step(x, views.target, x_t, cached, views.labels)
@@ -271,8 +279,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": seen, "best": self.best,
-                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict(),
-                "aug_rng": self.aug_gen.get_state().tolist()}
+                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict()}
         save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", modules, optimizer, meta)
         for old in sorted(self.run_dir.checkpoints.glob("ckpt-*.json"))[:-self.spec.output.keep]:
             old.unlink()
@@ -309,7 +316,6 @@ class Trainer:
         if changed:
             self.reporter.warn(f"resuming with a spec that differs from {self.run_dir.spec} in: {listed}")
         self.scheduler.load_state_dict(meta["scheduler"])
-        self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
         self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
         self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["sums"].items()}
         if not self.dist.is_main:  # the sums in a checkpoint are over all ranks: counted once, by rank 0
