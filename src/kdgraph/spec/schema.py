@@ -62,6 +62,19 @@ class TeacherSpec(ModelSpec):
         "student's view). `auto`: cache only when it is exact (data.augment and data.mix are none, and the data "
         "set is not imagefolder, whose random crops change every epoch) and the outputs take at most 1 GiB.",
     )
+    store: Optional[str] = Field(
+        default=None,
+        description="A teacher store written by `kdgraph teach` (docs/store.md): in epoch e every image's view e mod K "
+        "is rebuilt from the stored numbers and the teacher's stored outputs replace its forward. Refused when it was "
+        "written for another teacher, weights, data, augmentation or layers.",
+    )
+
+    @model_validator(mode="after")
+    def _store_or_cache(self) -> "TeacherSpec":
+        if self.store is not None and self.cache == "outputs":
+            raise ValueError("give either `store` (outputs per augmented view, from kdgraph teach) or `cache: "
+                             "outputs` (one output per un-augmented image), not both")
+        return self
 
 
 class SyntheticSpec(Section):
@@ -111,7 +124,7 @@ class DataSpec(Section):
         default="shared", description="`shared`: teachers and student see the identical augmented (and mixed) batch; "
         "`independent`: the teachers get their own augmentation draw (ablation)."
     )
-    mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Batch mixup/cutmix applied before every forward.")
+    mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Mixup/cutmix per image before every forward.")
     train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")
     test_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N test images.")
     num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
@@ -128,7 +141,8 @@ class DataSpec(Section):
 
 
 class MixSpec(Section):
-    """Batch mixing (Beyer et al.): a ~ Beta(p, p), a <- max(a, 1 - a), x~ = a x + (1 - a) roll(x, 1)."""
+    """Mixing per image (Beyer et al.): a partner from a permutation of the training set per epoch, a ~ Beta(p, p),
+    a <- max(a, 1 - a), x~ = a x + (1 - a) x_partner."""
 
     name: Literal["none", "mixup", "cutmix"] = Field(default="none", description="Mixing kind (`mix: mixup` also works).")
     alpha: PositiveFloat = Field(default=1.0, description="p of Beta(p, p) for the mixing ratio.")
@@ -313,6 +327,10 @@ class Spec(Section):
                 raise ValueError(f"teachers[{i}] needs a `name:` (pairs refer to it with `teacher_model`)")
             if names.count(name) > 1:
                 raise ValueError(f"teachers[{i}]: the name {name!r} is used twice")
+        stores = {t.store for t in self.teacher_specs.values() if t.store is not None}
+        if len(stores) > 1:
+            raise ValueError(f"the teachers name {len(stores)} stores ({', '.join(sorted(stores))}); every teacher "
+                             "reads one store, which `kdgraph teach` writes for all of them")
         known = list(self.teacher_specs)
         refs = [(f"distill.pairs[{i}]", p.teacher_model) for i, p in enumerate(self.distill.pairs)]
         if self.distill.logits is not None:

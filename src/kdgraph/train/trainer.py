@@ -75,9 +75,12 @@ class Trainer:
         if rt.compile_mode:
             self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self._compile_checked = False
-        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=spec.runtime.seed,
-                               dataset=plan.data.train, image_shape=plan.data.input_shape,
-                               norm=(plan.data.mean, plan.data.std), two_views=bool(self.graph.teachers))
+        self.store = plan.store  # a teacher store (`teacher.store`): the views' numbers and the teachers' outputs
+        online = [name for name in self.graph.teachers if self.store is None or name not in self.store.teachers]
+        seed = spec.runtime.seed if self.store is None or spec.data.views == "independent" else self.store.seed
+        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=seed, dataset=plan.data.train,
+                               image_shape=plan.data.input_shape, norm=(plan.data.mean, plan.data.std),
+                               two_views=bool(online))
         self.guard = StepGuard(list(trainable.buffers()), cfg.max_bad_steps, self.reporter.warn,
                                self._last_checkpoint)
         self.best = -1.0
@@ -200,10 +203,17 @@ class Trainer:
         return self.dist.broadcast(row)
 
     def _batches(self, epoch: int):
-        """The loader's batches of ``epoch`` with what their views need, prepared on the host so that the prefetcher
-        copies them too. In epoch ``e`` every image gets its view ``e``."""
+        """The loader's batches of ``epoch`` with what their views need (and, from a teacher store, the teachers'
+        outputs), prepared on the host so that the prefetcher copies them too. In epoch ``e`` every image gets its
+        view ``e`` (``e mod K`` from a store of K views)."""
         for x, y, index in self.loader:
-            yield x, y, index, {"views": self.views.prepare(index, epoch)}
+            if self.store is None:
+                yield x, y, index, {"views": self.views.prepare(index, epoch)}
+                continue
+            view = epoch % self.store.views
+            stored = self.store.params(index, view) if self.spec.data.views == "shared" else None
+            yield x, y, index, {"views": self.views.prepare(index, epoch if stored is None else view, stored),
+                                "teachers": self.store.outputs(index, view)}
 
     def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                      host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
@@ -211,6 +221,8 @@ class Trainer:
         views = self.views.views(x, y, host["views"])
         x, x_t = self._layout(views.student), self._layout(views.teacher)
         cached = self.cache.lookup(index, self.rt.device) if self.cache is not None else None
+        if "teachers" in host:
+            cached = {**(cached or {}), **host["teachers"]}
         values = self.step(x, views.target, x_t, cached, views.labels)
         if values is not None:
             for key, value in values.items():
@@ -240,7 +252,8 @@ class Trainer:
     def cache_teachers(self) -> None:
         """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set."""
         spec, data, rt = self.spec, self.data, self.rt
-        cached = teachers_to_cache(spec, self.graph.teachers, data)
+        online = {n: t for n, t in self.graph.teachers.items() if self.store is None or n not in self.store.teachers}
+        cached = teachers_to_cache(spec, online, data)
         if cached:
             share = f" ({-(-len(data.train) // self.dist.world):,} per process)" if self.dist.world > 1 else ""
             self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
