@@ -48,8 +48,8 @@ def test_the_store_holds_each_views_numbers_and_outputs(tmp_path, store_spec, se
 
 def test_refused_before_any_work(tmp_path, store_spec):
     whole = {"logits": {"temperature": 4.0}, "pairs": [{"teacher": "layer3", "student": "block3"}]}
-    with pytest.raises(StoreError, match=r"distill.pairs\[0\] \(pair:block3->layer3\) compares the whole output.*"
-                                         r"pool: gap.*--full-maps") as err:
+    with pytest.raises(StoreError, match=r"pair:block3->layer3 compares the whole 'layer3' output \(32x7x7\) of "
+                                         r"teacher 'teacher'.*pool: gap.*--full-maps") as err:
         teach(store_spec(distill=whole), out=tmp_path / "a", quiet=True)
     assert err.value.key == "distill.pairs[0]"
     with pytest.raises(StoreError, match="--top-k 10 must lie between 1 and 9"):

@@ -178,8 +178,8 @@ def register(main: click.Group) -> None:
                   help="Views per image (default: train.epochs, so every epoch has its own view).")
     @click.option("--out", default=None, metavar="STORE",
                   help="The store's folder (default: the spec's teacher.store, else stores/NAME).")
-    @click.option("--top-k", "top_k", type=int, default=None, metavar="K",
-                  help="Store the K largest logits in float16 instead of all of them.")
+    @click.option("--top-k", "top_k", type=int, default=None, metavar="k",
+                  help="Store the k largest logits in float16 (and the rest's log-mean-exp) instead of all of them.")
     @click.option("--full-maps", is_flag=True, help="Store tapped layers whole instead of pooled (large).")
     @click.option("--shard-images", type=click.IntRange(min=1), default=None, metavar="N",
                   help="Images per shard file (default: about 64 MiB per shard).")

@@ -1,12 +1,14 @@
 """Training from a teacher store (``teacher.store: PATH``): the store checked against the spec when the plan resolves,
 then per batch the numbers of each image's view and the teachers' outputs, read from the view in memory.
 
-In epoch ``e`` the trainer asks for view ``e mod K``. A view's shards are read (and their sha256 checked) when the
-view is first asked for; one view is held in memory at a time.
+In epoch ``e`` the trainer asks for view ``e mod K``. A view's shards are read (and their sha256 checked) in a
+background thread while the view before it trains, when two views fit in memory (else when it is first asked for);
+at most two views are held.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +37,10 @@ class TeacherStore:
         self.teachers = tuple(needs)
         self._view: Optional[int] = None
         self._records: dict[str, torch.Tensor] = {}
+        self._pending: dict[int, Future] = {}
+        self._reader: Optional[ThreadPoolExecutor] = None
+        # the next view is read while this one trains when two views fit in memory
+        self._ahead = self.views > 1 and 2 * manifest["bytes_per_view"] * manifest["data"]["images"] <= HOST_LIMIT
 
     def describe(self, epochs: int) -> str:
         """One line for the run's announcement: what the store serves and how its views map to the epochs."""
@@ -43,14 +49,31 @@ class TeacherStore:
         return (f"teacher.store {self.path}: {', '.join(self.teachers)} from the store, no teacher forward; {repeat} "
                 f"(seed {self.seed})")
 
+    def _read(self, view: int) -> dict[str, torch.Tensor]:
+        """The records of ``view`` over the whole training set, its shards read and their sha256 checked."""
+        entries = sorted((e for e in self.manifest["shards"] if e["view"] == view), key=lambda e: e["start"])
+        parts = [read_shard(self.path, e) for e in entries]
+        return {name: torch.cat([p[name] for p in parts]) if len(parts) > 1 else parts[0][name] for name in parts[0]}
+
+    def prefetch(self, view: int) -> None:
+        """Start reading ``view`` in a background thread (file reads, hashing and copies release the GIL), so that
+        the epoch that needs it does not wait; a no-op where two views do not fit in memory."""
+        view %= self.views
+        if view == self._view or view in self._pending or not (self._ahead or self._view is None):
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdgraph-store")
+        self._pending[view] = self._reader.submit(self._read, view)
+
     def _at(self, view: int) -> dict[str, torch.Tensor]:
-        """The records of ``view`` over the whole training set (its shards read and checked once)."""
+        """The records of ``view``: read when first asked for (or taken from :meth:`prefetch`), then the next view
+        is read ahead. At most two views are held: this one and the next."""
         if self._view != view:
-            self._records = {}  # the previous view goes first: one view in memory at a time
-            entries = sorted((e for e in self.manifest["shards"] if e["view"] == view), key=lambda e: e["start"])
-            parts = [read_shard(self.path, e) for e in entries]
-            self._records = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+            self._records = {}  # the previous view goes first
+            pending = self._pending.pop(view, None)
+            self._records = pending.result() if pending is not None else self._read(view)
             self._view = view
+            self.prefetch(view + 1)
         return self._records
 
     def params(self, index: torch.Tensor, view: int) -> ViewParams:
@@ -62,9 +85,10 @@ class TeacherStore:
             params.partner_crop = decode_params({"view/crop": records["view/crop"].index_select(0, params.partner)}).crop
         return params
 
-    def outputs(self, index: torch.Tensor, view: int) -> dict[str, dict[str, torch.Tensor]]:
+    def outputs(self, index: torch.Tensor, view: int, channels_last: bool = False) -> dict[str, dict[str, torch.Tensor]]:
         """Each served teacher's outputs for the images ``index`` in view ``view``, as its forward would return them
-        to the graph (logits ``output``, and each tapped layer)."""
+        to the graph (logits ``output``, and each tapped layer; maps channels-last where the teacher would run so,
+        which keeps the student's backward in one memory format)."""
         records = self._at(view)
         index = index.cpu()
         out: dict[str, dict[str, torch.Tensor]] = {}
@@ -76,7 +100,9 @@ class TeacherStore:
                 taps["output"] = decode_logits(name, rows, need.logits)
             stored = self.manifest["teachers"][name]["taps"]
             for tap in need.taps:
-                taps[tap] = decode_tap(rows[f"{prefix}tap/{tap}"], stored[tap]["layout"], stored[tap]["stored"] == "pooled")
+                value = decode_tap(rows[f"{prefix}tap/{tap}"], stored[tap]["layout"], stored[tap]["stored"] == "pooled")
+                taps[tap] = value.contiguous(memory_format=torch.channels_last) if channels_last and value.dim() == 4 \
+                    else value
             out[name] = taps
         return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -120,11 +121,13 @@ def _check_needs(spec: Spec, needs: dict[str, TeacherNeeds], top_k: Optional[int
         for name, need in needs.items():
             for tap, t in need.taps.items():
                 if t.pool is None and t.layout != "vector":
-                    pairs = ", ".join(t.pairs)
-                    raise StoreError(f"{pairs} compare{'s' if len(t.pairs) == 1 else ''} the whole output of teacher "
-                                     f"{name!r}'s {tap!r} ({'x'.join(map(str, t.shape))}), and a store holds pooled "
-                                     "layers unless asked: set pool: gap on the pair, or run kdgraph teach with "
-                                     "--full-maps", key=t.pairs[0].split(" ")[0])
+                    first, *others = t.pairs
+                    key, label = first.split(" ", 1)
+                    also = f" (so do {', '.join(others)})" if others else ""
+                    raise StoreError(f"{label.strip('()')} compares the whole {tap!r} output "
+                                     f"({'x'.join(map(str, t.shape))}) of teacher {name!r}{also}, and a store holds "
+                                     "pooled layers unless asked: set pool: gap on the pair, or run kdgraph teach with "
+                                     "--full-maps", key=key, line=spec.line_of("distill", "pairs", int(key[14:-1])))
     if top_k is not None:
         for name, need in needs.items():
             if need.logits is not None and not 0 < top_k < need.logits:
@@ -301,18 +304,25 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
                   f"({per_view:,} bytes per image and view; {human_size(total)} in {len(shards)} shard(s))")
     entries, computed, kept = [], 0, 0
     start_time = time.perf_counter()
-    with reporter.epoch_bar("teach", sum(stop - s for _, s, stop in mine)) as bar:
+    # a shard is written (serialised, hashed, fsynced) in a thread while the next one is computed
+    with reporter.epoch_bar("teach", sum(stop - s for _, s, stop in mine)) as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdgraph-teach") as writer:
+        writing: Optional[Future] = None
         for view, first, stop in mine:
             entry = (existing_shard(path, view, first, stop, names, listed.get((view, first)) if listed else None)
                      if previous is not None else None)
             if entry is None:
                 records = _shard(plan, maker, needs, rt, view, role, first, stop, batch, top_k, full_maps, bar)
-                entry = write_shard(path, view, first, records)
+                if writing is not None:
+                    entries.append(writing.result())
+                writing = writer.submit(write_shard, path, view, first, records)
                 computed += stop - first
             else:
                 kept += stop - first
                 bar.advance(stop - first)
-            entries.append(entry)
+                entries.append(entry)
+        if writing is not None:
+            entries.append(writing.result())
     seconds = time.perf_counter() - start_time
     entries = sorted(_gather(entries, dist), key=lambda e: (e["view"], e["start"]))
     test = data_fingerprint(data.test)

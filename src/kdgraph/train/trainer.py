@@ -213,7 +213,7 @@ class Trainer:
             view = epoch % self.store.views
             stored = self.store.params(index, view) if self.spec.data.views == "shared" else None
             yield x, y, index, {"views": self.views.prepare(index, epoch if stored is None else view, stored),
-                                "teachers": self.store.outputs(index, view)}
+                                "teachers": self.store.outputs(index, view, self.rt.channels_last)}
 
     def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                      host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
@@ -250,8 +250,11 @@ class Trainer:
         return self.rt.inputs(x) if x is not None else None
 
     def cache_teachers(self) -> None:
-        """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set."""
+        """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set; start reading a
+        teacher store's first view."""
         spec, data, rt = self.spec, self.data, self.rt
+        if self.store is not None:
+            self.store.prefetch(0)
         online = {n: t for n, t in self.graph.teachers.items() if self.store is None or n not in self.store.teachers}
         cached = teachers_to_cache(spec, online, data)
         if cached:
