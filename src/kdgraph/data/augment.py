@@ -201,15 +201,18 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor)
     (pixel centres; ``j`` becomes ``W − 1 − j`` when flipped), coordinates clamped to the image: one ``grid_sample``
     for the whole batch, on ``x``'s device, in ``x``'s dtype (float32 for integer images)."""
     _check_batch(x, "random_resized_crop_flip")
-    b = x.shape[0]
+    b, _, h, w = x.shape
     boxes = boxes.to(x.device, torch.float64)
     top, left, height, width = boxes.unbind(1)
     mirror = torch.where(flips.to(x.device), -1.0, 1.0).to(torch.float64)
-    theta = torch.zeros((b, 2, 3), dtype=torch.float64, device=x.device)  # output grid [-1, 1] -> input grid
-    theta[:, 0, 0], theta[:, 0, 2] = width * mirror, 2 * left + width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
+    # the sampling grid in [-1, 1] units: an axis-aligned affine map of the output pixel centres, written per axis
+    # (what F.affine_grid computes with a batched matmul over every pixel, 4x slower on a CPU), in float64
+    cols = (2 * torch.arange(w, dtype=torch.float64, device=x.device) + 1) / w - 1
+    rows = (2 * torch.arange(h, dtype=torch.float64, device=x.device) + 1) / h - 1
+    gx = (width * mirror)[:, None] * cols[None, :] + (2 * left + width - 1)[:, None]  # (B, W)
+    gy = height[:, None] * rows[None, :] + (2 * top + height - 1)[:, None]  # (B, H)
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
+    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1).to(dtype)
     return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
