@@ -15,14 +15,29 @@ from torch import nn
 from kdgraph.data import DataBundle, DataError, build_datasets, take
 from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import BuiltGraph, DistillGraph, PairReport, build_graph
+from kdgraph.graph.build import teacher_dtype
+from kdgraph.graph.inputs import student_preprocessing, teacher_inputs
 from kdgraph.graph.lookup import Teachers, named_teachers
+from kdgraph.graph.teacher import FrozenTeacher
+from kdgraph.models.preprocess import Preprocessing
 from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
 from kdgraph.runtime import Runtime, resolve_runtime
 from kdgraph.spec.schema import DataSpec, Spec
-from kdgraph.trace import LayerMap
+from kdgraph.trace import FeatureExtractor, LayerMap
 
-__all__ = ["Plan", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
+__all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
+
+
+class TeacherLogits(nn.Module):
+    """A frozen teacher as a classifier of the data's batches: its input conversion, then its logits."""
+
+    def __init__(self, frozen: FrozenTeacher):
+        super().__init__()
+        self.frozen = frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.frozen(x)["output"]
 
 
 @dataclass
@@ -40,9 +55,29 @@ class Plan:
     teacher_maps: dict[str, LayerMap]
     runtime: Runtime
     warnings: list[str] = field(default_factory=list)
+    own_teachers: frozenset[str] = frozenset()  # built from the spec (not modules passed from Python)
+    _classifiers: Optional[dict[str, nn.Module]] = field(default=None, repr=False)
     store: Optional[Any] = None
     """The teacher store the teachers read (``teacher.store``), opened and checked: a ``kdgraph.store.TeacherStore``."""
 
+    def teacher_classifiers(self) -> dict[str, nn.Module]:
+        """Every teacher that classifies this data set (one logit per class, by its layer map) as a module from the
+        data's batch to its logits, through its input conversion and precision: its ``FrozenTeacher`` when that
+        keeps the output, else a whole frozen copy built once (for the teacher's top-1 and the agreement metrics)."""
+        if self._classifiers is None:
+            self._classifiers = {}
+            for name, layer_map in self.teacher_maps.items():
+                if layer_map.logit_count != self.data.num_classes:
+                    continue
+                frozen = self.graph.teachers.get(name)
+                if frozen is None or not frozen.keep_output:
+                    tspec = self.spec.teacher_specs.get(name)
+                    frozen = FrozenTeacher(FeatureExtractor(self.teachers[name], [], layer_map, keep_output=True),
+                                           input=self.graph.inputs.get(name),
+                                           dtype=teacher_dtype(tspec) if tspec else None,
+                                           own=name in self.own_teachers)
+                self._classifiers[name] = TeacherLogits(frozen)
+        return self._classifiers
     @property
     def teacher(self) -> Optional[nn.Module]:
         """The first (usually only) teacher."""
@@ -60,18 +95,23 @@ class Plan:
                  "loss": r.spec.loss.name, "weight": r.spec.weight} for r in self.pairs]
 
 
-def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None) -> DataBundle:
-    """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given."""
+def build_data(cfg: DataSpec, seed: int, line: Optional[int] = None,
+               student: Optional[Preprocessing] = None) -> DataBundle:
+    """The train/test data sets a DataSpec names, cut to ``train_subset``/``test_subset`` when given, normalised
+    (and, without ``data.image_size``, sized) for the ``student``'s expected input when it is known."""
     synthetic = cfg.dataset == "synthetic"
+    student = student or Preprocessing()
+    size = cfg.image_size or (student.size[0] if student.size and student.size[0] == student.size[1] else None)
     try:
         bundle = build_datasets(
-            cfg.dataset, cfg.root, image_size=cfg.image_size, source=cfg.source, seed=seed,
+            cfg.dataset, cfg.root, image_size=size, source=cfg.source, seed=seed,
             num_classes=cfg.synthetic.classes if synthetic else None,
             synthetic_size=cfg.synthetic.train_size if synthetic else None,
-            channels=cfg.synthetic.channels if synthetic else None,
+            channels=cfg.synthetic.channels if synthetic else None, mean=student.mean, std=student.std,
         )
     except DataError as err:
-        raise with_key(err, "data", line) from None
+        key = "student.input" if student.mean and "normalis" in str(err) else "data"
+        raise with_key(err, key, line) from None
     if cfg.train_subset:
         bundle.train = take(bundle.train, cfg.train_subset)
     if cfg.test_subset:
@@ -125,7 +165,7 @@ def _weights_hint(model: str, kwargs: dict, key: str) -> str:
     scheme, _, name = model.partition(":")
     if scheme == "kdgraph" and not kwargs and (BUILTIN_DIR / f"{name}.safetensors").is_file():
         return f"set {key}.weights: builtin (the zoo's trained weights)"
-    if scheme in ("timm", "torchvision"):
+    if scheme in ("timm", "torchvision", "hf"):
         return f"set {key}.weights to a safetensors file of your trained teacher, or pretrained (published weights)"
     own = " (if the factory loads its own weights, this warning does not apply)" if scheme == "python" else ""
     return f"set {key}.weights to a safetensors file of your trained teacher{own}"
@@ -156,7 +196,8 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     except KdgraphError as err:
         err.line = err.line or spec.line_of(*err.key.split("."))
         raise
-    data = build_data(spec.data, spec.runtime.seed, spec.line_of("data"))
+    _check_teachers(spec)
+    data = build_data(spec.data, spec.runtime.seed, spec.line_of("data"), _student_input(spec))
     if not data.provides.indexable:
         raise KdgraphError(f"{data.description}: kdgraph trains on data it can index by position (the seeded order, "
                            "resuming mid-epoch, data-parallel shards and the teacher cache all need it); this source "
@@ -170,7 +211,10 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     if spec.runtime.precision == "fp64":  # before tracing: the teacher's BatchNorm is folded in float64 too
         for model in (student, *teachers.values()):
             model.double()
-    built = build_graph(spec, student, teachers, data.input_shape)
+    live = frozenset(named_teachers(spec, teacher))
+    inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live)
+    own = frozenset(teachers) - live
+    built = build_graph(spec, student, teachers, data.input_shape, inputs=inputs, own=own)
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
     classes = built.student_map.logit_count
@@ -179,9 +223,36 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
-    live = frozenset(named_teachers(spec, teacher))
     from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
 
     store = open_store(spec, data, built.graph, built.teacher_maps, teachers) if read_store else None
     return Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
-                plan_warnings(spec, built, live), store)
+                plan_warnings(spec, built, live) + input_warnings, own_teachers=own, store=store)
+
+
+def _student_input(spec: Spec) -> Optional[Preprocessing]:
+    """The student's expected input; its ``input.size`` must agree with ``data.image_size`` when both are given
+    (the data is produced at the student's size)."""
+    student = student_preprocessing(spec)
+    cfg = spec.student.input
+    if cfg is not None and cfg.size is not None and spec.data.image_size is not None and student.size != (
+            spec.data.image_size, spec.data.image_size):
+        raise KdgraphError(f"student.input.size {cfg.size} differs from data.image_size {spec.data.image_size}; the "
+                           "data is made at the student's size, so give one of them", key="student.input.size",
+                           line=spec.line_of("student", "input", "size"))
+    if spec.data.image_size is not None and student is not None:  # the data's size wins over published metadata
+        student = Preprocessing(student.mean, student.std, None, student.interpolation, student.source)
+    return student
+
+
+def _check_teachers(spec: Spec) -> None:
+    """``teacher.precision`` against the runtime: half precision needs float32 batches (not fp64), fp16 a GPU."""
+    for name, tspec in spec.teacher_specs.items():
+        key, path = spec.teacher_key(name)
+        if tspec.precision in ("bf16", "fp16") and spec.runtime.precision == "fp64":
+            raise KdgraphError(f"{key}.precision {tspec.precision} contradicts runtime.precision fp64 (everything in "
+                               "float64); set one of them differently", key=f"{key}.precision",
+                               line=spec.line_of(*path, "precision"))
+        if tspec.precision == "fp16" and spec.runtime.device == "cpu":
+            raise KdgraphError(f"{key}.precision fp16 needs a CUDA device; use bf16 on CPU", key=f"{key}.precision",
+                               line=spec.line_of(*path, "precision"))

@@ -242,3 +242,59 @@ def test_a_bundle_that_says_indexable_must_be(tmp_path):
     bundle = DataBundle(Stream(), Stream(), 2, (1, 2, 2), "stream", (0.0,), (1.0,),
                         provides=Provides(indexable=False, exact=False))
     assert not bundle.provides.indexable
+
+
+def test_imagefolder_same_batches_with_0_and_2_workers_and_after_a_skip(tmp_path, png_tree):
+    from kdgraph.data import WithIndex, make_loader
+
+    png_tree(tmp_path, per_class=6, size=(20, 16))
+    b = build_datasets("imagefolder", tmp_path, image_size=8, seed=3)
+
+    def epoch(workers, e, skip=0):
+        loader = make_loader(WithIndex(b.train), 4, train=True, seed=3, drop_last=True, num_workers=workers)
+        loader.set_epoch(e)
+        loader.skip(skip)
+        return list(loader)
+
+    zero, two = epoch(0, 1), epoch(2, 1)
+    assert len(zero) == 3
+    for (x0, y0, i0), (x2, y2, i2) in zip(zero, two):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2) and torch.equal(i0, i2)
+    resumed = epoch(2, 1, skip=1)
+    assert all(torch.equal(a[0], c[0]) for a, c in zip(zero[1:], resumed))
+    other = epoch(0, 2)  # a new crop per image and epoch
+    first = {int(i): x for x, _, idx in zero for i, x in zip(idx, x)}
+    again = {int(i): x for x, _, idx in other for i, x in zip(idx, x)}
+    assert any(not torch.equal(first[i], again[i]) for i in first)
+
+
+def test_imagefolder_decodes_like_pil_and_normalises_for_the_student(tmp_path, png_tree):
+    from torchvision import transforms as T
+
+    png_tree(tmp_path, size=(16, 16))
+    b = build_datasets("imagefolder", tmp_path, image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert b.mean == (0.5, 0.5, 0.5)
+    path = b.test.samples[0][0]
+    from PIL import Image
+    # 16 px -> resize 18 (16 / 0.875) -> centre crop 16: compare the decoded pixels only, before any resize
+    from kdgraph.data.sources.imagefolder import decode
+    assert torch.equal(decode(path), T.functional.pil_to_tensor(Image.open(path).convert("RGB")))
+    x, _ = b.test[0]
+    assert x.min() >= -1 and x.max() <= 1  # (p - 0.5) / 0.5 of pixels in [0, 1]
+
+
+def test_num_workers_auto_only_for_data_read_per_sample(tmp_path, png_tree, monkeypatch):
+    from kdgraph.data import make_loader
+    from kdgraph.data.loader import TensorBatchLoader, auto_workers
+
+    png_tree(tmp_path)
+    folder = build_datasets("imagefolder", tmp_path, image_size=8)
+    memory = build_datasets("synthetic", image_size=8)
+    assert isinstance(make_loader(memory.train, 4, train=True, seed=0, drop_last=True, num_workers="auto"),
+                      TensorBatchLoader)
+    loader = make_loader(folder.train, 2, train=True, seed=0, drop_last=True, num_workers="auto")
+    assert loader.num_workers == auto_workers() >= 1 and loader.persistent_workers
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert auto_workers() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert auto_workers() == 3

@@ -53,12 +53,15 @@ def test_quickstart_from_a_store_of_epochs_views_equals_the_online_run_step_by_s
     teacher_forwards.clear()
     steps["run"] = "store"
     stored = train(load_spec(QUICKSTART, [*SMALL, f"teacher.store={tmp_path / 'store'}"]), write=False, quiet=True)
-    assert teacher_forwards == []  # not in a step, not for the teacher's top-1 (teach measured it)
+    assert teacher_forwards == []  # not in a step, not for the teacher's top-1 or agreement (teach kept its logits)
     assert len(steps["online"]) == len(steps["store"]) == 3 * 4
     np.testing.assert_allclose(steps["store"], steps["online"], rtol=0, atol=1e-5)
     assert len(set(np.round(steps["online"], 4))) > 6  # the loss moves
     assert stored.summary["teacher_top1"] == online.summary["teacher_top1"]
     assert stored.summary["student_top1"] == pytest.approx(online.summary["student_top1"], abs=1 / 64)
+    for key in ("val_agree", "val_kl"):  # from the teacher's test logits the store holds, as online from its forward
+        assert stored.metrics[-1][key] == pytest.approx(online.metrics[-1][key], abs=1 / 64 if key == "val_agree"
+                                                        else 1e-2), key
 
 
 @pytest.mark.parametrize("data", [{"augment": "crop-flip", "mix": "cutmix"},

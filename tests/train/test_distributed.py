@@ -205,3 +205,53 @@ def test_ddp_processes_share_the_teacher_cache(work):
     out = kdgraph(work, *plain, "--set", f"output.dir={work / 'ddp_cache'}", nproc=2)
     assert "once over 256 training images (128 per process)" in " ".join(out.split())  # rich wraps lines
     assert_same_run(work, "ddp_cache", ref="no_cache")
+
+
+SHARD_CHECK = '''\
+import copy, json, sys
+import torch
+from kdgraph.plan import resolve_plan
+from kdgraph.spec import load_spec
+from kdgraph.train.launch import start_distributed
+
+spec = load_spec(sys.argv[1], ["teacher.shard=fsdp", "runtime.distributed=ddp"] + sys.argv[3:])
+dist = start_distributed(spec)
+torch.manual_seed(0)
+plan = resolve_plan(spec)
+frozen = plan.graph.teachers["teacher"]
+replica = copy.deepcopy(frozen)  # the whole teacher, as every rank holds it without sharding
+x, _ = plan.data.test.get_batch(torch.arange(16))
+want = replica(x)
+assert dist.shard_teachers(plan.graph, {"teacher": "fsdp"}) == ["teacher"]
+got = [frozen(x), frozen(x[:8])]  # twice: gathered for each forward, resharded after it
+diff = max(max(float((got[0][k] - want[k]).abs().max()) for k in want),
+           max(float((got[1][k] - want[k][:8]).abs().max()) for k in want))
+size = lambda p: p.numel() * p.element_size()
+local = sum(size(p.to_local()) if hasattr(p, "to_local") else size(p) for p in frozen.module.parameters())
+whole = sum(size(p) for p in replica.module.parameters())
+json.dump({"diff": diff, "local_bytes": local, "whole_bytes": whole, "keys": sorted(want)},
+          open(f"{sys.argv[2]}/rank{dist.rank}.json", "w"))
+dist.finish(plan.student)
+'''
+
+
+@pytest.mark.slow
+def test_sharded_teacher_gives_the_replicated_teachers_outputs(work):
+    """``teacher.shard: fsdp`` with 2 gloo processes: the teacher's parameters are split across the ranks (each
+    holds about half), and its outputs for the same batch equal the whole teacher's within 1e-6, forward after
+    forward. Then a whole training run with the sharded teacher ends where the replicated run ends."""
+    (work / "shard_check.py").write_text(SHARD_CHECK)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(work)]), OMP_NUM_THREADS="1")
+    for name in TORCHRUN_VARS:
+        env.pop(name, None)
+    argv = torchrun_argv(2, [])[:-2] + [str(work / "shard_check.py"), str(work / "spec.yaml"), str(work)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for rank in range(2):
+        report = json.loads((work / f"rank{rank}.json").read_text())
+        assert report["keys"] == ["layer3", "output"]
+        assert report["diff"] <= 1e-6, report
+        assert report["local_bytes"] < 0.6 * report["whole_bytes"], report
+
+    kdgraph(work, "--quiet", "--set", f"output.dir={work / 'teacher_fsdp'}", "--set", "teacher.shard=fsdp", nproc=2)
+    assert_same_run(work, "teacher_fsdp")

@@ -81,3 +81,20 @@ def test_a_cache_too_big_for_memory_is_refused_with_its_key(monkeypatch, spec):
     with pytest.raises(SpecError, match="would take .* GiB .*set cache: none") as err:
         train(spec(cache="outputs"), write=False, quiet=True)
     assert err.value.key == "teacher.cache"
+
+
+
+def test_exact_cache_in_float64_trains_the_same_student(spec):
+    """``runtime.precision: fp64`` (checking against a reference): the size probe and the cache feed the float64
+    teacher float64 images, and the cached run is the uncached one to rounding error."""
+    s = spec()
+    s.runtime.precision, s.train.epochs = "fp64", 1
+    cached = train(s, write=False, quiet=True).metrics[-1]["loss/total"]
+    s.teacher.cache = "none"
+    assert cached == pytest.approx(train(s, write=False, quiet=True).metrics[-1]["loss/total"], rel=0, abs=1e-12)
+
+
+def test_fixed_teacher_in_float64(spec):
+    s = spec(cache="outputs", data={"augment": "crop-flip"})
+    s.runtime.precision, s.train.epochs = "fp64", 1
+    assert torch.isfinite(torch.tensor(train(s, write=False, quiet=True).metrics[-1]["loss/total"]))

@@ -177,7 +177,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
 
     `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
     from kdgraph.cli import commands
-    from kdgraph.cli.render import print_layer_map, print_plan, traced_json
+    from kdgraph.cli.render import inputs_json, print_layer_map, print_plan, traced_json
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
     from kdgraph.plan import resolve_plan
@@ -205,7 +205,7 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
             click.echo(json.dumps({"student": plan.student_map.to_json(),
                                    "teacher": plan.teacher_map.to_json() if plan.teacher_map else None,
                                    **({"teachers": maps} if len(maps) > 1 else {}), "pairs": plan.pairs_json(),
-                                   "traced": traced_json(plan)},
+                                   "traced": traced_json(plan), "inputs": inputs_json(plan)},
                                   indent=1))
         else:
             print_plan(plan)

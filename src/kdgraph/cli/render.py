@@ -10,7 +10,7 @@ from rich.table import Table
 from kdgraph.graph.terms import TermKind
 from kdgraph.trace import LayerMap
 
-__all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json"]
+__all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json", "inputs_json", "print_inputs"]
 
 console = Console(highlight=False, width=160)
 
@@ -47,6 +47,28 @@ def traced_json(plan) -> dict:
     return {"student": one(plan.student_map), "teachers": {name: one(m) for name, m in plan.teacher_maps.items()}}
 
 
+def inputs_json(plan) -> dict:
+    """What each model reads: the data's normalisation and shape, and per teacher its conversion (``[]``: none)."""
+    data = plan.data
+    teachers = {name: {"shape": list(a.out_shape), "mean": list(a.mean), "std": list(a.std),
+                       "steps": a.steps(), "source": a.source} for name, a in plan.graph.inputs.items()}
+    return {"data": {"shape": list(data.input_shape), "mean": list(data.mean), "std": list(data.std)},
+            "teachers": teachers}
+
+
+def print_inputs(plan) -> None:
+    """One line per model: the student reads the data as it is; each teacher's conversion on the device."""
+    data = plan.data
+    norm = f"mean {tuple(round(v, 4) for v in data.mean)}, std {tuple(round(v, 4) for v in data.std)}"
+    console.print(f"input: student reads {_shape(data.input_shape)}, {norm}")
+    for name, adapter in plan.graph.inputs.items():
+        if adapter.identity:
+            console.print(f"input: {name} reads the student's batch unchanged (expected input from {adapter.source})")
+        else:
+            console.print(f"input: {name} reads {_shape(adapter.out_shape)} (from {adapter.source}): "
+                          + " → ".join(adapter.steps()))
+
+
 def print_plan(plan, maps: bool = True) -> None:
     """Both layer maps with the tapped layers marked, then one row per pair with the adapters inserted."""
     if maps:
@@ -55,6 +77,7 @@ def print_plan(plan, maps: bool = True) -> None:
             print_layer_map(teacher_map, {r.teacher.name: f"← {r.label}" for r in plan.pairs if r.teacher_name == name})
         print_layer_map(plan.student_map, s_marks)
     console.print(f"data: {plan.data.description}")
+    print_inputs(plan)
     table = Table(title=f"{plan.spec.name}: loss terms", title_justify="left")
     for column in ("term", "student", "teacher", "student side", "teacher side", "loss", "weight"):
         table.add_column(column)

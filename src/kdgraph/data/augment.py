@@ -163,8 +163,6 @@ def resized_crop_params(
     where it fits. ``draw=(offset, total)``: the numbers of a whole batch of ``total`` are drawn and rows
     ``offset:offset+batch`` returned (a data-parallel shard). Without ``flip`` every flag is False (the same numbers
     are drawn)."""
-    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
     offset, total = draw if draw is not None else (0, batch)
     if not 0 <= offset <= total - batch:
         raise DataError(f"random_resized_crop_flip: draw={draw!r} does not hold a batch of {batch} at that offset.")

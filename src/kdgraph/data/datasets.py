@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Subset as _TorchSubset
 
 from . import DataError
 
-__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select"]
+__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select", "renormalised"]
 
 # ------------------------------------------------------------- normalisation (mean, std)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -158,6 +159,23 @@ class TensorImageDataset(Dataset):
         return x, int(self.labels[i])
 
 
+class Subset(_TorchSubset):
+    """``torch.utils.data.Subset`` that passes the ``(index, epoch)`` keys of a seeded data set through (the position
+    mapped to the underlying index)."""
+
+    @property
+    def seeded(self) -> bool:
+        return bool(getattr(self.dataset, "seeded", False))
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            return self.dataset[(self.indices[key[0]], *key[1:])]
+        return self.dataset[self.indices[key]]
+
+    def __getitems__(self, keys: list) -> list:
+        return [self[key] for key in keys]
+
+
 def take(dataset: Dataset, n: int) -> Dataset:
     """The first ``n`` samples of ``dataset`` (all of it when shorter).
 
@@ -183,6 +201,25 @@ def _normalised_float(images_u8: torch.Tensor, mean: tuple, std: tuple) -> torch
     s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
     return (images_u8.float().div_(255.0) - m).div_(s)
 
+
+
+def renormalised(dataset: TensorImageDataset, mean_from: tuple, std_from: tuple, mean: tuple,
+                 std: tuple) -> TensorImageDataset:
+    """``dataset`` normalised with ``(mean, std)`` instead of ``(mean_from, std_from)``: stored floats converted once
+    (``x·s_from/s + (m_from − m)/s``), uint8 images given the new constants (normalised on access)."""
+    out = copy.copy(dataset)
+    c = dataset.images.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"the data has {c} channel(s) but the normalisation asked for has {len(mean)} mean and "
+                        f"{len(std)} std values; give one per channel")
+    if dataset._scale is None:
+        scale = torch.tensor([a / b for a, b in zip(std_from, std)], dtype=torch.float64).view(1, c, 1, 1)
+        shift = torch.tensor([(a - m) / s for a, m, s in zip(mean_from, mean, std)], dtype=torch.float64)
+        out.images = (dataset.images.double() * scale + shift.view(1, c, 1, 1)).to(dataset.images.dtype)
+    else:
+        out._scale = torch.tensor([1.0 / (255.0 * v) for v in std]).view(1, c, 1, 1)
+        out._shift = torch.tensor([m / v for m, v in zip(mean, std)]).view(1, c, 1, 1)
+    return out
 
 
 def select(dataset: Dataset, idx: torch.Tensor) -> Dataset:

@@ -19,7 +19,8 @@ only.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import os
+from typing import Any, Iterator, Union
 
 import numpy as np
 import torch
@@ -28,7 +29,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from . import DataError
 
 __all__ = ["epoch_indices", "shard_order", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "WithIndex",
-           "make_loader", "fetch"]
+           "make_loader", "auto_workers", "fetch"]
+
+
+def auto_workers() -> int:
+    """``data.num_workers: auto`` for data read per sample: the cores this process may use, shared among the
+    processes torchrun started on this node (``LOCAL_WORLD_SIZE``), one left to the training process, at least 1
+    and at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, per_process - 1))
 
 _MASK64 = (1 << 64) - 1
 
@@ -103,7 +113,8 @@ class EpochSampler(_EpochState, Sampler[int]):
     """
 
     def __init__(self, n: int, *, seed: int, shuffle: bool, batch_size: int = 1,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), keyed: bool = False) -> None:
+        self.keyed = bool(keyed)  # yield (index, epoch): a seeded data set draws its per-sample randomness from them
         self.n = int(n)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
@@ -118,7 +129,8 @@ class EpochSampler(_EpochState, Sampler[int]):
         idx = epoch_indices(self.n, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
         if self.world > 1:
             idx = shard_order(idx, self.global_batch, self.rank, self.world)
-        return iter(idx[skip * self.batch_size:].tolist())
+        idx = idx[skip * self.batch_size:].tolist()
+        return iter([(i, epoch) for i in idx] if self.keyed else idx)
 
     def __len__(self) -> int:
         return self.n if self.world == 1 else self.n // self.global_batch * self.batch_size
@@ -163,12 +175,13 @@ class WithIndex(Dataset):
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
         self.supports_batching = supports_batching(dataset)
+        self.seeded = bool(getattr(dataset, "seeded", False))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[Any, ...]:
-        return (*self.dataset[i], i)
+    def __getitem__(self, key: Any) -> tuple[Any, ...]:
+        return (*self.dataset[key], key[0] if isinstance(key, tuple) else key)
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ds = self.dataset
@@ -253,7 +266,8 @@ class SeededDataLoader(DataLoader):
     ) -> None:
         n = _check_common(dataset, batch_size)
         _check_shard(shard, int(batch_size), drop_last)
-        sampler = EpochSampler(n, seed=seed, shuffle=shuffle, batch_size=int(batch_size), shard=shard)
+        sampler = EpochSampler(n, seed=seed, shuffle=shuffle, batch_size=int(batch_size), shard=shard,
+                               keyed=bool(getattr(dataset, "seeded", False)))
         generator = torch.Generator()
         generator.manual_seed(_epoch_seed(seed, 0) ^ 0x5EED)
         super().__init__(
@@ -306,7 +320,7 @@ def make_loader(
     train: bool,
     seed: int,
     drop_last: bool,
-    num_workers: int = 0,
+    num_workers: Union[int, str] = 0,
     pin_memory: bool = False,
     fast: bool = True,
     shard: tuple[int, int] = (0, 1),
@@ -317,18 +331,22 @@ def make_loader(
     else a :class:`SeededDataLoader`. Both have ``set_epoch(e)``, ``skip(n)``, ``__len__`` and the
     same order for the same ``(seed, epoch)``. ``shard=(rank, world)``: ``batch_size`` is the global
     batch, this process gets its slice of each one; ``len`` and ``skip`` count global batches.
+    ``num_workers="auto"``: none for tensor-backed data (sliced in batches), :func:`auto_workers` for data read per
+    sample; a training loader keeps its workers from epoch to epoch (``persistent_workers``).
     """
     if fast and supports_batching(dataset):
         return TensorBatchLoader(
             dataset, batch_size, shuffle=train, seed=seed, drop_last=drop_last, pin_memory=pin_memory, shard=shard
         )
+    workers = auto_workers() if num_workers == "auto" else int(num_workers)
     return SeededDataLoader(
         dataset,
         batch_size,
         shuffle=train,
         seed=seed,
         drop_last=drop_last,
-        num_workers=num_workers,
+        num_workers=workers,
         pin_memory=pin_memory,
         shard=shard,
+        persistent_workers=train and workers > 0,
     )

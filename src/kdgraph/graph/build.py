@@ -13,6 +13,7 @@ from kdgraph.align import (AlignmentError, ChannelSelect, FeatureShape, PairAdap
 from kdgraph.errors import SpecError, with_key
 from kdgraph.graph.distill import DistillGraph
 from kdgraph.graph.heads import embedding_layer, head_terms
+from kdgraph.graph.inputs import InputAdapter
 from kdgraph.graph.lookup import Teachers, feature, layer, named_teachers, trace_pair_models
 from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.graph.terms import Term, TermKind, adapter_key
@@ -21,7 +22,7 @@ from kdgraph.spec.load import format_key
 from kdgraph.spec.schema import PairSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerInfo, LayerMap
 
-__all__ = ["PairReport", "BuiltGraph", "build_graph", "prune_masks"]
+__all__ = ["PairReport", "BuiltGraph", "build_graph", "prune_masks", "teacher_dtype"]
 
 
 @dataclass
@@ -141,12 +142,26 @@ def _unique_keys(labels: list[str]) -> list[str]:
     return [f"{key}#{i}" if keys.count(key) > 1 else key for i, key in enumerate(keys)]
 
 
+_PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def teacher_dtype(tspec) -> Optional[torch.dtype]:
+    """The dtype ``teacher.precision`` keeps a frozen teacher in (None: float32 under the runtime's autocast)."""
+    return _PRECISIONS[tspec.precision]
+
+
 def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: tuple[int, ...],
-                student_map: Optional[LayerMap] = None, teacher_maps: Optional[dict[str, LayerMap]] = None) -> BuiltGraph:
-    """Check every pair against the layer maps and assemble the graph; errors name the spec key and YAML line."""
+                student_map: Optional[LayerMap] = None, teacher_maps: Optional[dict[str, LayerMap]] = None,
+                inputs: Optional[dict[str, InputAdapter]] = None, own: frozenset[str] = frozenset()) -> BuiltGraph:
+    """Check every pair against the layer maps and assemble the graph; errors name the spec key and YAML line.
+
+    ``inputs``: each teacher's :class:`InputAdapter` (its layer map is traced at the shape it gives); ``own``: the
+    teachers kdgraph built from the spec (cast in place for ``teacher.precision``; others are copied first)."""
     teachers = named_teachers(spec, teacher)
+    inputs = inputs or {}
     if student_map is None or teacher_maps is None:
-        student_map, teacher_maps = trace_pair_models(spec, student, teachers, input_shape)
+        shapes = {name: adapter.out_shape for name, adapter in inputs.items()}
+        student_map, teacher_maps = trace_pair_models(spec, student, teachers, input_shape, shapes)
     reports: list[PairReport] = []
     terms: list[Term] = []
     student_adapters, teacher_adapters = nn.ModuleDict(), nn.ModuleDict()
@@ -175,8 +190,16 @@ def build_graph(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: 
     extractors = {}
     for name, model in teachers.items():
         taps = sorted({t.teacher_tap for t in terms if t.kind is TermKind.PAIR and t.teacher_name == name})
-        if taps or logits_from == name:
-            extractors[name] = FrozenTeacher(FeatureExtractor(model, taps, teacher_maps[name],
-                                                              keep_output=logits_from == name))
-    graph = DistillGraph(student_ex, extractors, student_adapters, teacher_adapters, terms, embedding=embedding)
+        tspec = spec.teacher_specs.get(name)
+        # a sharded teacher keeps its classifier when it has one: its top-1 and the agreement metrics then need no
+        # second, whole copy of it
+        classifies = teacher_maps[name].logit_count is not None and teacher_maps[name].logit_count == \
+            student_map.logit_count
+        keep = logits_from == name or (tspec is not None and tspec.shard == "fsdp" and classifies)
+        if taps or keep:
+            dtype = teacher_dtype(tspec) if tspec is not None else None
+            extractors[name] = FrozenTeacher(FeatureExtractor(model, taps, teacher_maps[name], keep_output=keep),
+                                             input=inputs.get(name), dtype=dtype, own=name in own)
+    graph = DistillGraph(student_ex, extractors, student_adapters, teacher_adapters, terms, embedding=embedding,
+                         inputs=inputs)
     return BuiltGraph(graph, reports, student_map, teacher_maps)

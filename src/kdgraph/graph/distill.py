@@ -34,8 +34,10 @@ class DistillGraph(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], student_adapters: nn.ModuleDict,
-                 teacher_adapters: nn.ModuleDict, terms: list[Term], embedding: str = "output"):
+                 teacher_adapters: nn.ModuleDict, terms: list[Term], embedding: str = "output",
+                 inputs: Optional[dict[str, nn.Module]] = None):
         super().__init__()
+        self.inputs = dict(inputs or {})  # each teacher's InputAdapter (also inside its FrozenTeacher); not trained
         self.student = student
         self.student_adapters = student_adapters
         self.teacher_adapters = teacher_adapters
@@ -66,6 +68,10 @@ class DistillGraph(nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> "DistillGraph":
         super().to(*args, **kwargs)
         for teacher in self.teachers.values():
+            if getattr(teacher, "sharded", False):  # FSDP placed its shards; only its input conversion moves
+                if teacher.input is not None:
+                    teacher.input.to(*args, **kwargs)
+                continue
             teacher.to(*args, **kwargs)
         return self
 

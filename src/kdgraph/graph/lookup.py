@@ -38,23 +38,29 @@ def named_teachers(spec: Spec, teacher: Teachers) -> dict[str, nn.Module]:
     return dict(teacher)
 
 
-def trace_pair_models(spec: Spec, student: nn.Module, teacher: Teachers,
-                      input_shape: tuple[int, ...]) -> tuple[LayerMap, dict[str, LayerMap]]:
-    """Layer maps of the student and every teacher, probed at the data's input shape."""
+def trace_pair_models(spec: Spec, student: nn.Module, teacher: Teachers, input_shape: tuple[int, ...],
+                      teacher_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> tuple[LayerMap, dict[str, LayerMap]]:
+    """Layer maps of the student and every teacher, probed at the data's input shape (a teacher at the shape its
+    input adapter gives it, ``teacher_shapes``, when it has one)."""
     student_map = _trace(student, input_shape, spec.student.model, ("student", ("student",)), spec)
     maps = {}
     for name, model in named_teachers(spec, teacher).items():
         tspec = spec.teacher_specs.get(name)
         where = spec.teacher_key(name) if tspec else ("teacher", ("teacher",))
-        maps[name] = _trace(model, input_shape, tspec.model if tspec else name, where, spec)
+        shape = (teacher_shapes or {}).get(name, input_shape)
+        maps[name] = _trace(model, shape, tspec.model if tspec else name, where, spec, converted=shape != input_shape)
     return student_map, maps
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, where: tuple[str, tuple], spec: Spec) -> LayerMap:
+def _trace(model: nn.Module, input_shape: tuple[int, ...], name: str, where: tuple[str, tuple], spec: Spec,
+           converted: bool = False) -> LayerMap:
     try:
         return trace_model(model, input_shape, name)
     except ValueError as err:  # the probe forward failed: almost always the data's shape vs the model's
-        key, path = ("data.image_size", ("data", "image_size")) if spec.data.image_size else where
+        if converted:  # the teacher's own input (teacher.input or its published size) does not fit it
+            key, path = f"{where[0]}.input", (*where[1], "input")
+        else:
+            key, path = ("data.image_size", ("data", "image_size")) if spec.data.image_size else where
         raise SpecError(f"{err}. The data gives inputs of shape {input_shape}; pick a model (or model kwargs such "
                         "as in_chans or img_size) or an image size that fit", key=key,
                         line=spec.line_of(*path)) from None

@@ -8,6 +8,7 @@ changed in memory or on disk. Models on the hooks path (fx could not trace them)
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import fx, nn
@@ -72,12 +73,21 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
 
 
 class FrozenTeacher(nn.Module):
-    """The teacher's feature extractor for inference only: eval mode, no gradients, BatchNorm folded (fx path)."""
+    """The teacher's feature extractor for inference only: eval mode, no gradients, BatchNorm folded (fx path).
 
-    def __init__(self, extractor: FeatureExtractor, fold: bool = True):
+    ``input`` (an ``InputAdapter``) converts the data's batch to what the teacher was trained for before it runs.
+    ``dtype`` (``teacher.precision``: bf16/fp16) keeps the weights in that type: the fold is computed in float32
+    first, the forward runs in ``dtype`` outside any autocast, and every output is returned in the batch's type, so
+    the losses and the teacher cache see float32 as before. On the hooks path a ``dtype`` is applied to a copy when
+    ``own`` is False (a module passed from Python is never changed)."""
+
+    def __init__(self, extractor: FeatureExtractor, fold: bool = True, input: Optional[nn.Module] = None,
+                 dtype: Optional[torch.dtype] = None, own: bool = False):
         super().__init__()
         self.folded = 0
+        self.sharded = False  # teacher.shard: fsdp (set by DistContext.shard_teachers)
         self.taps = extractor.taps
+        self.keep_output = extractor.keep_output
         self.output_shapes = extractor.output_shapes  # what forward returns, without the batch dim
         if extractor.method == "fx" and fold:
             source = extractor.graph_module
@@ -85,7 +95,11 @@ class FrozenTeacher(nn.Module):
             gm = fx.GraphModule(source, copy.deepcopy(eval_graph))
             self.module, self.folded = fold_batchnorm(gm)
         else:
-            self.module = extractor
+            self.module = extractor if own or dtype is None or extractor.method == "fx" else copy.deepcopy(extractor)
+        self.input = input if input is not None and not getattr(input, "identity", False) else None
+        self.dtype = dtype if dtype not in (None, torch.float32) else None
+        if self.dtype is not None:
+            self.module.to(self.dtype)
         self.module.requires_grad_(False)
         self.module.eval()
 
@@ -94,4 +108,10 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return self.module(x)
+            if self.input is not None:
+                x = self.input(x)
+            if self.dtype is None:
+                return self.module(x)
+            with torch.autocast(x.device.type, enabled=False):
+                out = self.module(x.to(self.dtype))
+            return {k: v.to(x.dtype) if torch.is_floating_point(v) else v for k, v in out.items()}

@@ -1,4 +1,5 @@
-"""Model references: ``timm:NAME``, ``torchvision:NAME``, ``python:package.module:factory``, ``kdgraph:NAME``.
+"""Model references: ``timm:NAME``, ``torchvision:NAME``, ``hf:ORG/NAME``, ``python:package.module:factory``,
+``kdgraph:NAME``.
 
 The scheme before the colon picks a builder from ``MODEL_SOURCES`` (as a name prefix picks a reader in timm); every
 builder is ``build(name, kwargs, pretrained) -> nn.Module`` and raises ``ModelError`` for what the user can fix.
@@ -118,6 +119,12 @@ def _zoo(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     return _construct(f"kdgraph:{name}", ZOO[name], kwargs)
 
 
+def _hf(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    from kdgraph.models import hf
+
+    return hf.build(name, kwargs, pretrained)
+
+
 def _live(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     raise ModelError(f"live:{name} stands for a module passed from Python: kdgraph.distill(spec, student=..., "
                      "teacher=...)")
@@ -126,6 +133,7 @@ def _live(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
 MODEL_SOURCES: dict[str, Callable[[str, dict[str, Any], bool], nn.Module]] = {
     "timm": _timm,
     "torchvision": _torchvision,
+    "hf": _hf,
     "python": _python,
     "kdgraph": _zoo,
     "live": _live,

@@ -18,7 +18,7 @@ from kdgraph.spec.section import Section, short_form
 __all__ = [
     "Spec", "ModelSpec", "DataSpec", "DistillSpec", "LogitsSpec", "PairSpec", "LossSpec", "TrainSpec",
     "OptimizerSpec", "ScheduleSpec", "RuntimeSpec", "SyntheticSpec", "OutputSpec", "SelfDistillSpec", "StageSpec",
-    "TeacherSpec", "MixSpec", "EvalSpec", "LogitLossSpec",
+    "TeacherSpec", "MixSpec", "EvalSpec", "LogitLossSpec", "InputSpec",
 ]
 
 
@@ -27,15 +27,42 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return did_you_mean(name, known, cutoff=0.4)
 
 
+class InputSpec(Section):
+    """The input a model was trained for. A key left out comes from the metadata published with pretrained weights
+    (timm's pretrained_cfg, torchvision's weights transforms, a Hugging Face preprocessor_config.json), else from
+    the data's own normalisation and size."""
+
+    mean: Optional[list[float]] = Field(default=None, description="Per-channel mean the model's inputs are "
+                                        "normalised with (pixels in [0, 1]), e.g. [0.5, 0.5, 0.5].")
+    std: Optional[list[PositiveFloat]] = Field(default=None, description="Per-channel standard deviation.")
+    size: Optional[Union[PositiveInt, tuple[PositiveInt, PositiveInt]]] = Field(
+        default=None, description="Input side (or [H, W]) in pixels.")
+    interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = Field(
+        default=None, description="Resampling used to reach `size` (default bilinear).")
+
+    @model_validator(mode="after")
+    def _channels(self) -> "InputSpec":
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"input.mean has {len(self.mean)} values but input.std {len(self.std)}; give one per "
+                             "channel in both")
+        return self
+
+
 class ModelSpec(Section):
     """A model reference, its constructor arguments and where its weights come from."""
 
-    model: str = Field(description="`timm:NAME`, `torchvision:NAME`, `python:package.module:factory` or `kdgraph:NAME`.")
+    model: str = Field(description="`timm:NAME`, `torchvision:NAME`, `hf:ORG/NAME` (or `hf:/path/to/folder`), "
+                       "`python:package.module:factory` or `kdgraph:NAME`.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model constructor.")
     weights: Optional[str] = Field(
         default=None,
         description="A safetensors path, `builtin` (zoo weights shipped with kdgraph) or `pretrained` "
-        "(timm/torchvision published weights, from the local cache when offline). None: random init.",
+        "(timm/torchvision/hf published weights, from the local cache only for hf). None: random init.",
+    )
+    input: Optional[InputSpec] = Field(
+        default=None, description="The input the model was trained for: {mean, std, size, interpolation}; unset "
+        "keys come from pretrained metadata, else the data. A teacher's batches are converted on the device; the "
+        "data is normalised and sized for the student.",
     )
 
     @field_validator("model")
@@ -61,6 +88,16 @@ class TeacherSpec(ModelSpec):
         "(with augmentation or mixing this is the 'fixed teacher' ablation: the teacher no longer sees the "
         "student's view). `auto`: cache only when it is exact (data.augment and data.mix are none, and the data "
         "set is not imagefolder, whose random crops change every epoch) and the outputs take at most 1 GiB.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="The frozen teacher's weights and forward: `bf16`/`fp16` keep it in half "
+        "precision (half the memory; BatchNorm is folded in float32 first, outputs are returned in float32). "
+        "`auto`: float32 weights under runtime.precision's autocast.",
+    )
+    shard: Literal["none", "fsdp"] = Field(
+        default="none", description="`fsdp` under torchrun: the teacher's parameters are sharded across the "
+        "processes with FSDP2 (gathered per layer for its forward, resharded after it), for teachers that do not "
+        "fit one device beside the student. `none`: a whole replica per process.",
     )
     store: Optional[str] = Field(
         default=None,
@@ -127,7 +164,10 @@ class DataSpec(Section):
     mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Mixup/cutmix per image before every forward.")
     train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")
     test_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N test images.")
-    num_workers: NonNegativeInt = Field(default=0, description="DataLoader workers for file-backed data sets.")
+    num_workers: Union[Literal["auto"], NonNegativeInt] = Field(
+        default="auto", description="Loader processes for file-backed data sets (imagefolder), with persistent "
+        "workers and pinned memory on CUDA. auto: sized from the CPU cores (one core left to the training process, "
+        "shared among the processes of a node, at most 8); in-memory data sets are sliced in batches and use none.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Used when dataset is `synthetic`.")
 
     _mix_named = short_form("mix")
@@ -203,11 +243,12 @@ class TrainSpec(Section):
 class EvalSpec(Section):
     """What is measured on the test split after training epochs (`eval: [top1, knn]` is short for `metrics:`)."""
 
-    metrics: list[Literal["top1", "knn", "linear_probe"]] = Field(
+    metrics: list[Literal["top1", "knn", "linear_probe", "map"]] = Field(
         default_factory=lambda: ["top1"], min_length=1,
         description="`top1` of the student's classifier; `knn`: k-NN top-1 on the student's embedding (cosine, train "
-        "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings. The first "
-        "metric picks `best.safetensors`.",
+        "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings; `map`: mean "
+        "average precision of test images retrieving train images by the cosine similarity of their embeddings "
+        "(kdgraph.train.retrieval). The first metric picks `best.safetensors`.",
     )
     embedding: Optional[str] = Field(
         default=None, description="Student layer used as the embedding (default: the input of its last Linear)."
@@ -289,7 +330,7 @@ class Spec(Section):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     self_distill: Optional[SelfDistillSpec] = Field(default=None, description="Heads for `teacher: self`.")
     train: TrainSpec = Field(default_factory=TrainSpec)
-    eval: "EvalSpec" = Field(default_factory=lambda: EvalSpec(), description="Evaluation metrics (`[top1, knn, linear_probe]`).")
+    eval: "EvalSpec" = Field(default_factory=lambda: EvalSpec(), description="Evaluation metrics (`[top1, knn, linear_probe, map]`).")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     output: OutputSpec = Field(default_factory=OutputSpec, description="A run directory path, or {dir, keep, checkpoint_every}.")
     _lines: Any = PrivateAttr(default=None)

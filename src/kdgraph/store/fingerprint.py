@@ -18,8 +18,8 @@ from kdgraph.graph import TermKind
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.views import crop_padding
 
-__all__ = ["DRAWS", "TapNeed", "TeacherNeeds", "weights_sha256", "data_fingerprint", "augmentation_policy",
-           "teacher_needs"]
+__all__ = ["DRAWS", "TEACHER_KEYS", "TapNeed", "TeacherNeeds", "weights_sha256", "teacher_identity",
+           "data_fingerprint", "augmentation_policy", "teacher_needs"]
 
 DRAWS = "splitmix64-v1"
 """The per-image draws of ``kdgraph.data.draws`` (recorded, so that a later change of them is caught)."""
@@ -39,6 +39,18 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(name.encode())
         _update(h, value.float() if value.is_floating_point() else value)
     return h.hexdigest()
+
+
+TEACHER_KEYS = ("model", "kwargs", "weights_sha256", "input", "precision")
+"""What identifies a teacher's outputs in a store (:func:`teacher_identity`)."""
+
+
+def teacher_identity(tspec: Any, model: nn.Module) -> dict[str, Any]:
+    """What decides a teacher's outputs on a given view: its reference and kwargs, a hash of its weights, the input
+    conversion the spec declares (``input``: mean, std, size, interpolation) and its ``precision``."""
+    return {"model": tspec.model, "kwargs": tspec.kwargs, "weights_sha256": weights_sha256(model),
+            "input": None if tspec.input is None else tspec.input.model_dump(mode="json"),
+            "precision": tspec.precision}
 
 
 def data_fingerprint(dataset: Any, chunk: int = 4096) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from kdgraph.errors import KdgraphError
 from kdgraph.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["FORMAT", "VERSION", "MANIFEST", "StoreError", "shard_name", "read_manifest", "write_manifest",
-           "write_shard", "read_shard", "existing_shard", "differences", "is_store", "describe", "human_size"]
+           "write_tensors", "write_shard", "read_shard", "existing_shard", "differences", "is_store", "describe", "human_size"]
 
 FORMAT, VERSION = "kdgraph teacher store", 1
 MANIFEST = "manifest.json"
@@ -70,16 +70,22 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
+def write_tensors(path: str | Path, name: str, tensors: dict[str, torch.Tensor], about: str) -> dict[str, Any]:
+    """Write a safetensors file of the store atomically; returns its entry (file, bytes, sha256) for the manifest,
+    which :func:`read_shard` checks."""
+    # one metadata key: safetensors writes a metadata map in no fixed order, and a store's bytes must not vary
+    data = save_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"kdgraph": about})
+    atomic_write_bytes(Path(path) / name, data)
+    return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def write_shard(path: str | Path, view: int, start: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Write one shard atomically; returns its manifest entry (file, view, images, bytes, sha256)."""
-    name = shard_name(view, start)
     n = len(next(iter(tensors.values())))
-    # one metadata key: safetensors writes a metadata map in no fixed order, and a store's bytes must not vary
-    data = save_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                      metadata={"kdgraph": f"teacher store shard: view {view}, images {start} to {start + n - 1}"})
-    atomic_write_bytes(Path(path) / name, data)
-    return {"file": name, "view": view, "start": start, "stop": start + n, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    entry = write_tensors(path, shard_name(view, start), tensors,
+                          f"teacher store shard: view {view}, images {start} to {start + n - 1}")
+    return {"file": entry["file"], "view": view, "start": start, "stop": start + n, "bytes": entry["bytes"],
+            "sha256": entry["sha256"]}
 
 
 def read_shard(path: str | Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -158,7 +164,10 @@ def describe(path: str | Path, manifest: Optional[dict[str, Any]] = None) -> lis
         top1 = about.get("test_top1", {}).get(name)
         kwargs = f" {t['kwargs']}" if t["kwargs"] else ""
         score = f", test top-1 {top1:.2%}" if top1 is not None else ""
-        lines.append(f"  teacher {name!r}: {t['model']}{kwargs}, weights sha256 {t['weights_sha256'][:16]}...{score}")
+        conversion = f", input {t['input']}" if t.get("input") else ""
+        conversion += f", precision {t['precision']}" if t.get("precision", "auto") != "auto" else ""
+        lines.append(f"  teacher {name!r}: {t['model']}{kwargs}, weights sha256 {t['weights_sha256'][:16]}...{score}"
+                     f"{conversion}")
         logits = t["logits"]
         if logits is not None and logits["top_k"] is None:
             lines.append(f"    logits: all {logits['classes']}")

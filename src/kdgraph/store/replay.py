@@ -16,7 +16,8 @@ import torch
 
 from kdgraph.data import DataBundle
 from kdgraph.spec.schema import Spec
-from kdgraph.store.fingerprint import TeacherNeeds, augmentation_policy, data_fingerprint, teacher_needs, weights_sha256
+from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_policy, data_fingerprint,
+                                       teacher_identity, teacher_needs)
 from kdgraph.store.manifest import StoreError, differences, human_size, read_manifest, read_shard
 from kdgraph.store.records import decode_logits, decode_params, decode_tap
 from kdgraph.train.views import ViewParams
@@ -106,6 +107,15 @@ class TeacherStore:
             out[name] = taps
         return out
 
+    def test_logits(self, data: DataBundle) -> dict[str, torch.Tensor]:
+        """The served teachers' logits on the test split in order, as ``teach`` computed them, where the test split
+        is the same (else none: those teachers are run to evaluate); the file's sha256 is checked."""
+        about = self.manifest.get("about", {})
+        if "test_logits" not in about or about.get("test") != data_fingerprint(data.test):
+            return {}
+        tensors = read_shard(self.path, about["test_logits"])
+        return {n: tensors[f"t/{n}"] for n in self.teachers if f"t/{n}" in tensors}
+
     def known_top1(self, data: DataBundle, teachers: int) -> dict[str, float]:
         """The test top-1 ``teach`` measured for the teachers it serves, as summary keys of a run with ``teachers``
         teachers (``teacher_top1``, or ``teacher_top1/NAME``), where the test split is the same."""
@@ -176,9 +186,8 @@ def open_store(spec: Spec, data: DataBundle, graph: Any, teacher_maps: dict[str,
         if stored is None:
             problems.append(f"teacher {name!r} is not in the store (it holds {', '.join(manifest['teachers'])})")
             continue
-        want["teachers"][name] = {"model": tspec.model, "kwargs": tspec.kwargs,
-                                  "weights_sha256": weights_sha256(teachers[name])}
-        have["teachers"][name] = {k: stored[k] for k in ("model", "kwargs", "weights_sha256")}
+        want["teachers"][name] = teacher_identity(tspec, teachers[name])
+        have["teachers"][name] = {k: stored.get(k) for k in TEACHER_KEYS}
         if name in needs:
             problems += _tap_problems(name, needs[name], stored)
     problems = differences(want, have) + problems

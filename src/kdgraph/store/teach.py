@@ -30,12 +30,13 @@ from kdgraph.data.loader import fetch
 from kdgraph.graph.lookup import Teachers
 from kdgraph.runtime import seed_everything
 from kdgraph.spec.schema import Spec
-from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_fingerprint, teacher_needs,
-                                       weights_sha256)
+from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_fingerprint, teacher_identity,
+                                       teacher_needs)
 from kdgraph.store.manifest import (FORMAT, MANIFEST, VERSION, StoreError, differences, existing_shard, human_size,
-                                    read_manifest, write_manifest, write_shard)
+                                    read_manifest, read_shard, write_manifest, write_shard, write_tensors)
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.train.distributed import DistContext
+from kdgraph.train.evaluate import logits_in_order
 from kdgraph.train.progress import Reporter
 from kdgraph.train.views import SHARED, TEACHER, ViewMaker
 
@@ -146,7 +147,7 @@ def _teacher_entries(spec: Spec, plan: Any, needs: dict[str, TeacherNeeds], layo
             taps[tap] = {"layout": t.layout, "shape": list(t.shape), "stored": "pooled" if pooled else "whole",
                          "pool": t.pool if pooled else None,
                          "record_shape": layout[f"t/{name}/tap/{tap}"]["shape"]}
-        out[name] = {"model": tspec.model, "kwargs": tspec.kwargs, "weights_sha256": weights_sha256(plan.teachers[name]),
+        out[name] = {**teacher_identity(tspec, plan.teachers[name]),
                      "logits": None if need.logits is None else {"classes": need.logits, "top_k": top_k},
                      "taps": taps}
     return out
@@ -155,6 +156,36 @@ def _teacher_entries(spec: Spec, plan: Any, needs: dict[str, TeacherNeeds], layo
 def _compared(manifest: dict[str, Any]) -> dict[str, Any]:
     """The part of a manifest two runs of ``teach`` must agree on to write one store together."""
     return {k: v for k, v in manifest.items() if k not in ("shards", "complete", "about")}
+
+
+TEST_LOGITS = "test_logits.safetensors"
+
+
+def _test_split(path: Path, plan: Any, needs: dict[str, TeacherNeeds], previous: Optional[dict[str, Any]], rt: Any,
+                dist: DistContext) -> dict[str, Any]:
+    """The manifest's ``about`` entries of the test split: its fingerprint, and for every served teacher that
+    classifies the data its logits on the test images (``test_logits.safetensors``: training evaluates the agreement
+    metrics from them without running the teacher) and its top-1. Kept from an earlier ``teach`` of the same test
+    split whose file is intact."""
+    test = data_fingerprint(plan.data.test)
+    about = (previous or {}).get("about", {})
+    if about.get("test") == test and "test_logits" in about:
+        try:
+            read_shard(path, about["test_logits"])
+            return {k: about[k] for k in ("test", "test_top1", "test_logits")}
+        except StoreError:
+            pass  # damaged: computed again
+    classifiers = {n: c for n, c in plan.teacher_classifiers().items() if n in needs}
+    if not classifiers:
+        return {"test": test, "test_top1": {}}
+    about = None
+    if dist.is_main:  # in one process, in the batches of one process: the same bytes under any process count
+        logits = {n: logits_in_order(c.to(rt.device), plan.data.test, plan.spec, rt) for n, c in classifiers.items()}
+        labels = fetch(plan.data.test, torch.arange(len(plan.data.test)))[1]
+        about = {"test": test, "test_top1": {n: float((v.argmax(1) == labels).double().mean()) for n, v in logits.items()},
+                 "test_logits": write_tensors(path, TEST_LOGITS, {f"t/{n}": v for n, v in logits.items()},
+                                              "teacher store: the teachers' logits on the test split, in order")}
+    return dist.broadcast(about)
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -233,7 +264,6 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
     ``full_maps``: store tapped layers whole, not pooled; ``shard_images``: images per shard (default: about 64 MiB
     per shard); ``max_bytes``: refuse a larger store before any work. ``teacher``: live teacher modules (Python)."""
     from kdgraph.plan import resolve_plan
-    from kdgraph.train.evaluate import teachers_top1
     from kdgraph.train.launch import start_distributed
 
     dist = start_distributed(spec)
@@ -325,14 +355,7 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
             entries.append(writing.result())
     seconds = time.perf_counter() - start_time
     entries = sorted(_gather(entries, dist), key=lambda e: (e["view"], e["start"]))
-    test = data_fingerprint(data.test)
-    if previous is not None and previous.get("about", {}).get("test") == test and "test_top1" in previous["about"]:
-        top1 = previous["about"]["test_top1"]
-    else:
-        measured = {name: plan.teachers[name] for name in needs}
-        scores = teachers_top1(measured, plan.teacher_maps, data, spec, rt, dist)
-        top1 = {(k.split("/", 1)[1] if "/" in k else next(iter(measured))): v for k, v in scores.items()}
-    manifest["about"].update(test=test, test_top1=top1)
+    manifest["about"].update(_test_split(path, plan, needs, previous, rt, dist))
     manifest.update(shards=entries, complete=True)
     if dist.is_main:
         write_manifest(path, manifest)

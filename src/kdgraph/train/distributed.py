@@ -210,6 +210,33 @@ class DistContext:
         fully_shard(graph, mesh=mesh)
         return graph
 
+    def shard_teachers(self, graph: nn.Module, modes: dict[str, str]) -> list[str]:
+        """FSDP2 for every frozen teacher whose ``teacher.shard`` is ``fsdp`` (forward only); returns their names.
+
+        Each module the teacher's forward calls and that holds parameters is its own unit (on the fx path: the
+        graph's ``call_module`` targets; on the hooks path: the modules its layer map saw run), innermost first,
+        and the teacher's root module holds the rest (parameters read with ``get_attr``, a class token). A unit's
+        parameters are gathered for its forward and resharded after it, so a process holds 1/W of the teacher plus
+        the largest unit. Every rank builds the same teacher from the spec (weights, or the same seed), so the
+        slices fit together without a broadcast of the whole teacher. Nothing is sharded in one process."""
+        names = [name for name, mode in modes.items() if mode == "fsdp" and name in graph.teachers]
+        if not self._several or not names:
+            return []
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self._device.type, (self.world,))
+        for name in names:
+            frozen = graph.teachers[name]
+            root = frozen.module
+            for unit in _teacher_units(root):
+                fully_shard(unit, mesh=mesh, reshard_after_forward=True)
+            fully_shard(root, mesh=mesh, reshard_after_forward=True)
+            frozen.sharded = True
+            if frozen.input is not None:
+                frozen.input.to(self._device)
+        return names
+
     # -- collectives -----------------------------------------------------------------------------------------------
     def barrier(self) -> None:
         if self._several:
@@ -267,19 +294,26 @@ class DistContext:
                     torch.distributed.broadcast(buffer, src=0)
         return _Logits(graph.student) if self.mode == "fsdp" else student
 
-    def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
-        """This rank's contiguous share of ``dataset``, padded to the same length on every rank (FSDP needs the
-        same number of forwards everywhere), and how many of its samples count (None: all of them)."""
+    def eval_positions(self, n: int) -> tuple[torch.Tensor, Optional[int]]:
+        """The data-set positions of this rank's :meth:`eval_shard` of ``n`` samples, and how many count (None: all
+        of them)."""
         if not self._several:
-            return dataset, None
-        n = len(dataset)
+            return torch.arange(n), None
         per = -(-n // self.world)
         start = min(self.rank * per, n)
         stop = min(start + per, n)
         idx = torch.arange(start, stop)
         if len(idx) < per:
             idx = torch.cat([idx, torch.full((per - len(idx),), max(stop - 1, 0), dtype=torch.long)])
-        return select(dataset, idx), stop - start
+        return idx, stop - start
+
+    def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
+        """This rank's contiguous share of ``dataset``, padded to the same length on every rank (FSDP needs the
+        same number of forwards everywhere), and how many of its samples count (None: all of them)."""
+        if not self._several:
+            return dataset, None
+        idx, valid = self.eval_positions(len(dataset))
+        return select(dataset, idx), valid
 
     def gather_shards(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's ``eval_shard`` rows of a per-sample tensor joined in data set order (collective): the first
@@ -350,6 +384,21 @@ class DistContext:
 
 
 LOCAL = DistContext()
+
+
+def _teacher_units(root: nn.Module) -> list[nn.Module]:
+    """The modules of a frozen teacher that its forward calls and that hold parameters, innermost first."""
+    from torch import fx
+
+    if isinstance(root, fx.GraphModule):
+        called = {node.target for node in root.graph.nodes if node.op == "call_module"}
+    else:  # the hooks path: a FeatureExtractor; its layer map lists every module that ran
+        prefix = "model."
+        called = {prefix + info.name for info in root.layer_map.layers if ":" not in info.name}
+    modules = dict(root.named_modules())
+    units = [modules[name] for name in called if name in modules and any(True for _ in modules[name].parameters())]
+    depth = {id(m): name.count(".") for name, m in modules.items()}
+    return sorted(units, key=lambda m: -depth[id(m)])
 
 
 def destroy() -> None:

@@ -16,13 +16,14 @@ from torch.utils.data import Dataset
 from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.runtime import Runtime
+from kdgraph.train.retrieval import mean_average_precision
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle
     from kdgraph.trace import LayerMap
     from kdgraph.train.distributed import DistContext
 
-__all__ = ["top1", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
+__all__ = ["top1", "logits_in_order", "top1_agreement", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
@@ -70,14 +71,89 @@ def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Opti
     return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
 
 
+def logits_in_order(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,
+                    dist: Optional["DistContext"] = None) -> torch.Tensor:
+    """``model``'s logits on every sample of ``dataset`` in order, float32 on the host (with ``dist``: each rank
+    computes its share, gathered)."""
+    share = dataset if dist is None else dist.eval_shard(dataset)[0]
+    parts = [out["output"].float().cpu() for out, _ in _eval_logits(model, lambda x: {"output": model(x)}, share,
+                                                                     spec, rt, dist.world if dist is not None else 1)]
+    part = torch.cat(parts)
+    return part if dist is None else dist.gather_shards(part, len(dataset))
+
+
+def top1_agreement(student: nn.Module, teachers: dict[str, nn.Module], dataset: Dataset, spec: Spec, rt: Runtime,
+                   dist: Optional["DistContext"] = None,
+                   cache: Optional[dict[tuple[str, int], torch.Tensor]] = None,
+                   stored: Optional[dict[str, torch.Tensor]] = None) -> dict[str, float]:
+    """The student's top-1 and, for every teacher that classifies the data, the agreement metrics of function
+    matching (Beyer et al., CVPR 2022), in one pass over ``dataset``:
+
+    - ``val_agree``: the fraction of images whose top-1 class is the same for student and teacher;
+    - ``val_kl``: the mean over images of ``KL(p_t ‖ p_s) = Σ_k p_t,k (log p_t,k − log p_s,k)``, the softmax of each
+      model's logits at temperature 1, in nats.
+
+    With several teachers the keys are ``val_agree/NAME`` and ``val_kl/NAME``. The frozen teachers' logits are
+    computed at the first call and kept in ``cache`` (by teacher and batch, on the host), so later evaluations run
+    only the student. ``stored``: teachers whose logits on ``dataset`` are given, in data-set order (a teacher store
+    holds them; these teachers do not run). With ``dist`` each rank takes its share and the sums are added over
+    ranks."""
+    cache = {} if cache is None else cache
+    stored = stored or {}
+    positions, valid = (torch.arange(len(dataset)), None) if dist is None else dist.eval_positions(len(dataset))
+    if dist is not None:
+        dataset, valid = dist.eval_shard(dataset)
+    batches, seen = iter(range(1 << 62)), 0
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal seen
+        b, out = next(batches), {"output": student(x)}
+        rows = positions[seen:seen + len(x)]
+        seen += len(x)
+        for name, logits in stored.items():
+            out[name] = logits.index_select(0, rows).to(x.device)
+        for name, teacher in teachers.items():
+            if (name, b) not in cache:
+                cache[(name, b)] = teacher(x).float().cpu()
+            out[name] = cache[(name, b)].to(x.device)
+        return out
+
+    teachers = {n: t for n, t in teachers.items() if n not in stored}
+    names = [*stored, *teachers]
+    sums = {"correct": 0.0, **{f"agree/{n}": 0.0 for n in names}, **{f"kl/{n}": 0.0 for n in names}}
+    total = 0
+    for logits, y in _eval_logits(student, forward, dataset, spec, rt, dist.world if dist is not None else 1):
+        keep = len(y) if valid is None else max(0, min(len(y), valid - total))
+        s = logits["output"][:keep].float()
+        sums["correct"] += float((s.argmax(1) == y[:keep]).sum())
+        log_ps = torch.log_softmax(s.double(), dim=1)
+        for name in names:
+            t = logits[name][:keep]
+            log_pt = torch.log_softmax(t.double(), dim=1)
+            sums[f"agree/{name}"] += float((s.argmax(1) == t.argmax(1)).sum())
+            sums[f"kl/{name}"] += float((log_pt.exp() * (log_pt - log_ps)).sum())
+        total += keep
+    if dist is not None:
+        reduced, total = dist.reduce_sums({k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}, total)
+        sums = {k: float(v) for k, v in reduced.items()}
+    n = max(1, total)
+    row = {"val_top1": sums["correct"] / n}
+    for name in names:
+        suffix = "" if len(names) == 1 else f"/{name}"
+        row[f"val_agree{suffix}"] = sums[f"agree/{name}"] / n
+        row[f"val_kl{suffix}"] = sums[f"kl/{name}"] / n
+    return row
+
+
 def teachers_top1(teachers: dict[str, nn.Module], maps: dict[str, "LayerMap"], data: "DataBundle", spec: Spec,
                   rt: Runtime, dist: Optional["DistContext"] = None, known: Optional[dict] = None) -> dict[str, float]:
     """Test top-1 of every teacher that classifies this data set (its layer map's probe gives one logit per class),
-    by summary key (``teacher_top1``, or ``teacher_top1/NAME`` with several teachers); a value already in ``known``
-    (a finished run's summary) is reused."""
+    by summary key (``teacher_top1``, or ``teacher_top1/NAME`` with several teachers in ``maps``); a value already in
+    ``known`` (a finished run's summary) is reused. ``teachers`` read the data's batches (``Plan.teacher_classifiers``:
+    each through its input conversion)."""
     known, scores = known or {}, {}
     for name, teacher in teachers.items():
-        key = "teacher_top1" if len(teachers) == 1 else f"teacher_top1/{name}"
+        key = "teacher_top1" if len(maps) == 1 else f"teacher_top1/{name}"
         if key in known or maps[name].logit_count == data.num_classes:
             scores[key] = known[key] if key in known else top1(teacher.to(rt.device), data.test, spec, rt, dist)
     return scores
@@ -142,8 +218,9 @@ def linear_probe_top1(train_e: torch.Tensor, train_y: torch.Tensor, test_e: torc
 
 
 def embedding_metrics(graph: nn.Module, train: Dataset, test: Dataset, spec: Spec, rt: Runtime) -> dict[str, float]:
-    """``val_knn`` and/or ``val_linear_probe`` as ``spec.eval.metrics`` asks, with the train split as the bank."""
-    wanted = [m for m in spec.eval.metrics if m in ("knn", "linear_probe")]
+    """``val_knn``, ``val_linear_probe`` and ``val_map`` as ``spec.eval.metrics`` asks, with the train split as the
+    bank (the retrieval database of ``map``)."""
+    wanted = [m for m in spec.eval.metrics if m in ("knn", "linear_probe", "map")]
     if not wanted:
         return {}
     bank, bank_y = embeddings(graph, train, spec, rt)
@@ -153,4 +230,6 @@ def embedding_metrics(graph: nn.Module, train: Dataset, test: Dataset, spec: Spe
         out["val_knn"] = knn_top1(bank, bank_y, queries, y, k=spec.eval.knn_k)
     if "linear_probe" in wanted:
         out["val_linear_probe"] = linear_probe_top1(bank, bank_y, queries, y)
+    if "map" in wanted:
+        out["val_map"] = mean_average_precision(queries, y, bank, bank_y)
     return out

@@ -93,8 +93,8 @@ def _announce(plan: Plan, trainer: Trainer, reporter: Reporter, known: dict[str,
     for warning in plan.warnings:
         reporter.warn(warning)
     summary: dict[str, Any] = {"name": spec.name, "data": plan.data.description}
-    for key, score in teachers_top1(plan.teachers, plan.teacher_maps, plan.data, spec, rt, trainer.dist,
-                                    known).items():
+    for key, score in teachers_top1(plan.teacher_classifiers(), plan.teacher_maps, plan.data, spec, rt,
+                                    trainer.dist, known).items():
         summary[key] = score
         reporter.info(f"  {key.removeprefix('teacher_top1/') if '/' in key else 'teacher'} top-1 {score:.2%}")
     if warning := schedule_warning(spec.train.schedule, spec.train.epochs):

@@ -66,7 +66,9 @@ def epoch_line(row: dict[str, Any], weights: dict[str, float]) -> str:
             weight = weights.get(label, 1.0)
             terms.append(f"{'' if weight == 1 else f'{weight:g}×'}{label} {value:.4f}")
     stage = f" [{row['stage']}]" if "stage" in row else ""
-    names = {"val_top1": "val", "val_knn": "val k-NN", "val_linear_probe": "val linear probe"}
+    names = {"val_top1": "val", "val_agree": "agree", "val_knn": "val k-NN", "val_linear_probe": "val linear probe",
+             "val_map": "val mAP"}
     evals = "".join(f"  {name} {row[k]:.2%}" for k, name in names.items() if k in row)
+    evals += f"  kl {row['val_kl']:.4f}" if "val_kl" in row else ""
     train = f"  train {row['train_top1']:.2%}" if "train_top1" in row else ""
     return f"epoch {row['epoch']}{stage}: {'  '.join(terms)}{train}{evals}  {row['images_per_s']:.0f} img/s"

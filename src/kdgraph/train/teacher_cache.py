@@ -33,6 +33,11 @@ def _image_bytes(outputs: dict[str, torch.Tensor]) -> int:
     return sum(v[0].numel() * 4 for v in outputs.values())
 
 
+def _input_dtype(teacher: nn.Module) -> torch.dtype:
+    """The floating dtype the teacher's weights have (float64 under ``runtime.precision: fp64``), for its inputs."""
+    return next((t.dtype for t in (*teacher.parameters(), *teacher.buffers()) if t.is_floating_point()), torch.float32)
+
+
 def _bytes_per_image(teacher: nn.Module) -> int:
     """Cache bytes of one image's outputs, from the shapes the layer map's probe gave (no forward here)."""
     return sum(math.prod(shape) * 4 for shape in teacher.output_shapes.values())
@@ -69,9 +74,10 @@ class TeacherCache:
                              drop_last=False, num_workers=spec.data.num_workers)
         for name, teacher in teachers.items():
             chunks: dict[str, list[torch.Tensor]] = {}
+            dtype = _input_dtype(teacher)
             with torch.no_grad():
                 for i, (x, *_) in enumerate(loader):
-                    x = x.to(device)
+                    x = x.to(device, dtype=dtype if x.is_floating_point() else None)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     out = teacher(x)

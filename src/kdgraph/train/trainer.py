@@ -25,7 +25,7 @@ from kdgraph.plan import Plan
 from kdgraph.runtime import Runtime
 from kdgraph.train.checkpoint import CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kdgraph.train.distributed import LOCAL, DistContext
-from kdgraph.train.evaluate import embedding_metrics, head_top1, top1
+from kdgraph.train.evaluate import embedding_metrics, head_top1, top1, top1_agreement
 from kdgraph.train.guard import StepGuard, total_norm
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.prefetch import prefetch
@@ -54,6 +54,11 @@ class Trainer:
         self.spec, self.plan, self.data, self.rt, self.run_dir, self.dist = spec, plan, plan.data, rt, run_dir, dist
         self.reporter = reporter or Reporter(quiet=True)
         self.student = plan.student
+        # teacher.shard: fsdp shards a teacher before anything moves it whole onto the device
+        self.sharded = dist.shard_teachers(plan.graph, {n: t.shard for n, t in spec.teacher_specs.items()})
+        if any(t.shard == "fsdp" for t in spec.teacher_specs.values()) and not self.sharded:
+            self.reporter.info("  teacher.shard: fsdp shards across torchrun processes; in one process the teacher "
+                               "stays whole")
         self.graph = plan.graph.to(rt.device)
         if rt.channels_last:
             self.graph.to(memory_format=torch.channels_last)
@@ -61,6 +66,8 @@ class Trainer:
         self.model = dist.wrap(self.graph, find_unused=bool(self.curriculum))  # the graph itself in one process
         cfg = spec.train
         self.cache: Optional[TeacherCache] = None  # built by cache_teachers() when training starts
+        self._teacher_logits: dict[tuple[str, int], torch.Tensor] = {}  # the teachers' test logits, for agreement
+        self._stored_logits: Optional[dict[str, torch.Tensor]] = None  # those a teacher store holds
         self.loader = make_loader(WithIndex(plan.data.train), spec.data.batch_size, train=True, seed=spec.runtime.seed,
                                   drop_last=spec.data.drop_last, num_workers=spec.data.num_workers,
                                   pin_memory=rt.device.type == "cuda", shard=dist.shard)
@@ -269,8 +276,18 @@ class Trainer:
         with every self-distillation head's top-1 beside ``val_top1``."""
         row = {}
         if "top1" in self.spec.eval.metrics:
-            row["val_top1"] = top1(self.dist.eval_module(self.student, self.graph), self.data.test, self.spec,
-                                   self.rt, self.dist)
+            student = self.dist.eval_module(self.student, self.graph)
+            classifies = self.plan.student_map.logit_count == self.data.num_classes
+            if self._stored_logits is None:  # a store's teachers are not run: teach kept their test logits
+                self._stored_logits = self.store.test_logits(self.data) if self.store is not None else {}
+            stored = {n: v for n, v in self._stored_logits.items() if classifies}
+            teachers = {name: t.to(self.rt.device) for name, t in self.plan.teacher_classifiers().items()
+                        if classifies and name not in stored}
+            if teachers or stored:  # val_top1 with val_agree and val_kl beside it, in one pass
+                row.update(top1_agreement(student, teachers, self.data.test, self.spec, self.rt, self.dist,
+                                          self._teacher_logits, stored))
+            else:
+                row["val_top1"] = top1(student, self.data.test, self.spec, self.rt, self.dist)
             if any(t.kind is TermKind.HEAD_CE for t in self.graph.terms):
                 row.update(head_top1(self.graph, self.data.test, self.spec, self.rt, self.dist))
         row.update(embedding_metrics(self.graph, self.data.train, self.data.test, self.spec, self.rt))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kdgraph.data import DataError
-from kdgraph.data.datasets import DataBundle
+from kdgraph.data.datasets import DataBundle, TensorImageDataset, renormalised
 from kdgraph.data.sources import digits, fashion_mnist, imagefolder, synthetic, torchvision
 from kdgraph.data.sources.common import SourceOptions
 from kdgraph.errors import suggest
@@ -85,6 +85,8 @@ def build_datasets(
     eval_transform: Callable | None = None,
     channels: int | None = None,
     seed: int = 0,
+    mean: tuple | None = None,
+    std: tuple | None = None,
 ) -> DataBundle:
     """Build the train/test datasets for ``name`` (see ``DATASET_NAMES``).
 
@@ -103,6 +105,23 @@ def build_datasets(
     if source != "auto" and not found.takes_source:
         raise DataError(f"source={source!r} only applies to fashion-mnist; {canon} takes its data from "
                         f"{found.origin}. Remove the source setting.")
-    return found.build(SourceOptions(canon, root, image_size=image_size, num_classes=num_classes, source=source,
-                                     seed=seed, synthetic_size=synthetic_size, channels=channels,
-                                     train_transform=train_transform, eval_transform=eval_transform))
+    bundle = found.build(SourceOptions(canon, root, image_size=image_size, num_classes=num_classes, source=source,
+                                       seed=seed, synthetic_size=synthetic_size, channels=channels,
+                                       train_transform=train_transform, eval_transform=eval_transform,
+                                       mean=tuple(mean) if mean else None, std=tuple(std) if std else None))
+    return _normalised_for(bundle, mean, std)
+
+
+def _normalised_for(bundle: DataBundle, mean: tuple | None, std: tuple | None) -> DataBundle:
+    """An in-memory bundle converted once to the normalisation asked for (a source that read ``opts.mean`` and
+    ``opts.std`` itself already carries them)."""
+    mean, std = tuple(mean or bundle.mean), tuple(std or bundle.std)
+    if mean == tuple(bundle.mean) and std == tuple(bundle.std):
+        return bundle
+    splits = (bundle.train, bundle.test)
+    if not all(isinstance(ds, TensorImageDataset) for ds in splits):
+        raise DataError(f"{bundle.description}: this source cannot be normalised with mean {mean}, std {std}; "
+                        "remove student.input.mean and std")
+    bundle.train, bundle.test = (renormalised(ds, bundle.mean, bundle.std, mean, std) for ds in splits)
+    bundle.mean, bundle.std = mean, std
+    return bundle

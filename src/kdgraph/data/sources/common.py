@@ -31,6 +31,10 @@ class SourceOptions:
     channels: Optional[int] = None
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
+    mean: Optional[tuple] = None
+    """The normalisation the student wants (``student.input``); None: the source's own. File-backed sources normalise
+    with it; in-memory bundles are converted once by ``build_datasets``."""
+    std: Optional[tuple] = None
 
 
 def check_num_classes(name: str, given: int | None, actual: int) -> None:
