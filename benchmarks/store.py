@@ -1,16 +1,18 @@
 """The teacher store (issue #17): what it costs and what it keeps, side by side in one run.
 
-    python3 benchmarks/store.py cost [--images 6144] [--rounds 3] [--threads 1]
+    python3 benchmarks/store.py cost [--images 12800] [--epochs 1] [--rounds 2] [--threads 2] [--logits-only]
     python3 benchmarks/store.py accuracy [--seeds 0 1 2] [--out docs/results/store.md]
 
-``cost``: the quickstart pair with ``resized-crop-flip`` and mixup on the first N training images: the student alone
-(same augmentation and mixing), KD from a store of K = epochs views (whole layer3 maps and all logits:
-``--full-maps``), online KD (the teacher runs every step), and the same two KD runs without the pair (logits only, a
-store of logits). All five train in one process, their steps interleaved one by one (on a shared machine the load
-drifts by the second), each step timed from the loader's batch to the optimizer step: the host's work (the views'
-numbers, the store's reads, the mixing partners), the views, forward, backward and update. An epoch's time is the
-sum of its steps. Then ``teach`` against the teacher's bare forward, interleaved by rounds: kdgraph's frozen teacher
-on the very views ``teach`` shows it, rendered beforehand, in batches of teach's size and memory format.
+``cost``: the quickstart pair with ``resized-crop-flip`` and mixup on the first N training images, three runs in one
+process: the student alone (same augmentation and mixing), KD from a store of K = epochs views (whole layer3 maps
+and all logits: ``--full-maps``), and online KD (the teacher runs every step); ``--logits-only`` adds the same two KD
+runs without the pair. Their steps are interleaved one by one (on a shared machine the load drifts by the second),
+each step timed as ``Trainer.epoch`` runs it: the next batch of ``Trainer.batches`` (the loader, the views' numbers,
+the store's records, the mixing partners) and ``Trainer.train_batch`` (the views, forward, backward, update). An
+epoch's time is the sum of its steps (no evaluation). Before that, ``teach`` against the teacher's bare forward,
+interleaved by rounds: ``teach --full-maps`` writing a store (the first round's store is the one KD reads), then
+kdgraph's frozen teacher alone on the very views ``teach`` shows it, rendered beforehand, in batches of teach's size
+and memory format.
 
 ``accuracy``: the same distillation on the full Fashion-MNIST (when installed), 3 epochs: online, from one store of 3
 views written once (seed 0) with all logits, and from one with the top 5 of 10 logits; every seed trains from the
@@ -39,6 +41,7 @@ from kdgraph.runtime import seed_everything  # noqa: E402
 from kdgraph.spec import load_spec  # noqa: E402
 from kdgraph.store.teach import teach  # noqa: E402
 from kdgraph.train import Trainer, train  # noqa: E402
+from kdgraph.train.prefetch import prefetch  # noqa: E402
 from kdgraph.train.views import ViewMaker  # noqa: E402
 
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
@@ -84,33 +87,25 @@ def bare_forward(common: list[str], views: int) -> float:
 
 
 class Stepper:
-    """One variant's training, a step at a time, through public API: its loader's batch, the views' numbers (drawn,
-    or read from the store with the teacher's outputs), the views, ``Trainer.step``."""
+    """One run's training a step at a time, as ``Trainer.epoch`` runs it: the next batch of ``Trainer.batches``
+    through the prefetcher, then ``Trainer.train_batch``."""
 
     def __init__(self, overrides: list[str]):
         s = spec(*overrides)
         seed_everything(s.runtime.seed)
         self.trainer = Trainer(resolve_plan(s))
-        self.trainer.cache_teachers()
-        self.epoch = -1
+        self.trainer.cache_teachers()  # as train() does before the first epoch (a store starts reading view 0)
+        self.batches = iter(())
 
     def start(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.trainer.loader.set_epoch(epoch)
-        self.batches = iter(self.trainer.loader)
+        t = self.trainer
+        t.enter_epoch(epoch)
+        t.graph.train()
+        t.loader.set_epoch(epoch)
+        self.batches = iter(prefetch(t.batches(epoch), t.rt.device))
 
     def step(self) -> None:
-        t = self.trainer
-        x, y, index = next(self.batches)
-        store = t.store
-        if store is None:
-            host, cached = t.views.prepare(index, self.epoch), None
-        else:
-            view = self.epoch % store.views
-            host = t.views.prepare(index, view, store.params(index, view))
-            cached = store.outputs(index, view, t.rt.channels_last)
-        views = t.views.views(x, y, host)
-        t.step(t.rt.inputs(views.student), views.target, None, cached, views.labels)
+        self.trainer.train_batch(*next(self.batches))
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -119,23 +114,25 @@ def cost(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     print(f"load before: {load()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="kdgraph-store-bench-"))
-    sizes, teach_rates, bare = {}, [], []
-    for name, extra, flags in (("pair", [], {"full_maps": True}), ("logits", LOGITS_ONLY, {})):
-        result = teach(spec(*common, *extra), out=work / name, quiet=True, **flags)
-        sizes[name] = (result.bytes, result.bytes_per_view)
-    for r in range(args.rounds):  # teach and the bare forward, interleaved
-        again = teach(spec(*common), out=work / f"again{r}", quiet=True, full_maps=True)
-        teach_rates.append(again.images_per_s)
+    teach_rates, bare = [], []
+    for r in range(args.rounds):  # teach and the bare forward, interleaved; the first store is the one KD reads
+        result = teach(spec(*common), out=work / f"pair{r}", quiet=True, full_maps=True)
+        teach_rates.append(result.images_per_s)
+        if r == 0:
+            sizes = {"pair": (result.bytes, result.bytes_per_view)}
         bare.append(bare_forward(common, args.epochs))
-        print(f"round {r + 1}: teach {again.images_per_s:.0f}/s, bare forward {bare[-1]:.0f}/s (load {load()})",
+        print(f"round {r + 1}: teach {teach_rates[-1]:.0f}/s, bare forward {bare[-1]:.0f}/s (load {load()})",
               flush=True)
     variants = {
         "student alone (same augmentation and mixup)": [*common, *ALONE],
-        "KD from the store (pair + logits, whole maps)": [*common, f"teacher.store={work / 'pair'}"],
+        "KD from the store (pair + logits, whole maps)": [*common, f"teacher.store={work / 'pair0'}"],
         "online KD (pair + logits)": common,
-        "KD from the store (logits only)": [*common, *LOGITS_ONLY, f"teacher.store={work / 'logits'}"],
-        "online KD (logits only)": [*common, *LOGITS_ONLY],
     }
+    if args.logits_only:
+        result = teach(spec(*common, *LOGITS_ONLY), out=work / "logits", quiet=True)
+        sizes["logits"] = (result.bytes, result.bytes_per_view)
+        variants["KD from the store (logits only)"] = [*common, *LOGITS_ONLY, f"teacher.store={work / 'logits'}"]
+        variants["online KD (logits only)"] = [*common, *LOGITS_ONLY]
     steppers = {name: Stepper(overrides) for name, overrides in variants.items()}
     steps = len(next(iter(steppers.values())).trainer.loader)
     epoch_s: dict[str, list[float]] = {name: [] for name in variants}
@@ -155,11 +152,11 @@ def cost(args: argparse.Namespace) -> None:
               + f" (load {load()})", flush=True)
     alone = epoch_s["student alone (same augmentation and mixup)"]
     lines = [f"| epoch ({args.images:,} images, batch 128, {args.threads} thread(s), steps interleaved) | "
-             f"seconds per epoch ({args.epochs} epochs) | × student alone, median [min, max] |", "| --- | --- | --- |"]
+             f"seconds per epoch ({args.epochs} epoch(s)) | × student alone |", "| --- | --- | --- |"]
     for name, values in epoch_s.items():
         ratios = [v / a for v, a in zip(values, alone)]
-        lines.append(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(ratios):.2f} "
-                     f"[{min(ratios):.2f}, {max(ratios):.2f}] |")
+        spread = f" [{min(ratios):.2f}, {max(ratios):.2f}]" if len(ratios) > 1 else ""
+        lines.append(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(ratios):.2f}{spread} |")
     pairs = [t / b for t, b in zip(teach_rates, bare)]
     lines += ["", "| teach against the teacher's bare forward (rounds interleaved) | image-views/s, median |",
               "| --- | --- |",
@@ -167,9 +164,9 @@ def cost(args: argparse.Namespace) -> None:
               f"| kdgraph's frozen teacher alone on the same views, ready batches | {statistics.median(bare):,.0f} |",
               f"| ratio, per round: median [min, max] | {statistics.median(pairs):.2f} [{min(pairs):.2f}, "
               f"{max(pairs):.2f}] |", "",
-              f"Stores: pair {sizes['pair'][0] / 2**20:.1f} MiB ({sizes['pair'][1]:,} bytes per image and view), "
-              f"logits {sizes['logits'][0] / 2**20:.2f} MiB ({sizes['logits'][1]:,} bytes per image and view). "
-              f"Load average (1/5/15 min) after: {load()}."]
+              "Stores: " + ", ".join(f"{name} {b / 2**20:.1f} MiB ({per:,} bytes per image and view)"
+                                     for name, (b, per) in sizes.items())
+              + f". Load average (1/5/15 min) after: {load()}."]
     print("\n".join(lines))
     subprocess.run(["rm", "-rf", str(work)], check=False)
 
@@ -219,10 +216,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cost")
-    c.add_argument("--images", type=int, default=6144)
-    c.add_argument("--epochs", type=int, default=2)
-    c.add_argument("--rounds", type=int, default=3)
-    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--images", type=int, default=12800)
+    c.add_argument("--epochs", type=int, default=1)
+    c.add_argument("--rounds", type=int, default=2)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--logits-only", action="store_true", help="also the KD runs without the pair")
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--epochs", type=int, default=3)

@@ -36,8 +36,7 @@ def script():
 @pytest.fixture(scope="session")
 def initial_adapters():
     """``initial_adapters(spec, student=..., teacher=...)``: the student-side adapters (projectors, heads) a run of
-    ``spec`` starts from, by kdgraph's key (the term's label: ``pair:block3->layer3``, ``head:block1``), in the order
-    of the spec's pairs or heads.
+    ``spec`` starts from, by the term's position (a pair's ``"0"``, a head's ``"head0"``).
 
     A run seeds every generator before it builds anything, so a run of the same spec with the same models builds the
     same adapters. This one trains a single step at a learning rate of 1e-300, which leaves every parameter as it was
@@ -50,7 +49,9 @@ def initial_adapters():
         doc["eval"]["every"] = 100
         result = train(spec_from_dict(doc), student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
                        write=False, quiet=True)
-        return result.plan.graph.student_adapters
+        graph = result.plan.graph
+        return nn.ModuleDict({f"head{t.index}" if t.kind.is_head else str(t.index): graph.student_adapters[t.adapter]
+                              for t in graph.terms if t.adapter in graph.student_adapters and t.index >= 0})
 
     return build
 

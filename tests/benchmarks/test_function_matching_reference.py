@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import epoch_indices, load_fashion_mnist, write_idx
+from kdgraph.data import load_fashion_mnist
+from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 from kdgraph.train.views import TEACHER

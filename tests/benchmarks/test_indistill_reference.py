@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import epoch_indices, load_fashion_mnist, write_idx
+from kdgraph.data import load_fashion_mnist
+from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 
@@ -52,8 +54,7 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     models = {"teacher": copy.deepcopy(teacher)} if variant != "alone" else {}
     fitnet = torch.nn.Conv2d(32, 64, 1, bias=False).double() if variant == "fitnet" else torch.nn.Identity()
     if variant == "fitnet":
-        first = next(iter(initial_adapters(spec, student=student, **models).values()))  # the first pair's
-        copy_params(first, fitnet)
+        copy_params(initial_adapters(spec, student=student, **models)["0"], fitnet)
 
     result = train(spec, student=copy.deepcopy(student), quiet=True, overwrite=True, **models)
     ours = [row["loss/total"] for row in result.metrics]

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import epoch_indices, load_fashion_mnist, resized_crop_flip, write_idx
+from kdgraph.data import load_fashion_mnist, resized_crop_flip
+from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 
@@ -61,10 +63,8 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     heads = ref.make_heads(variant).double()
     if used:
         built = initial_adapters(spec, student=student, teacher=used)
-        # kdgraph's adapters of pair i (keyed by its label, in the order of the pairs) are the reference's head of
-        # that pair's teacher
-        for ours, pair in zip(built.values(), spec.distill.pairs, strict=True):
-            copy_params(ours, heads["resnet" if pair.teacher_model == "resnet" else "wide"])
+        for i, pair in enumerate(spec.distill.pairs):  # kdgraph's pair i is the reference's head of that teacher
+            copy_params(built[str(i)], heads["resnet" if pair.teacher_model == "resnet" else "wide"])
 
     result = train(spec, student=copy.deepcopy(student), teacher=copy.deepcopy(used) or None, write=False, quiet=True)
     ours = [row["loss/total"] for row in result.metrics]

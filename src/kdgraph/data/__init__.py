@@ -7,9 +7,8 @@ Public API::
     DATASET_NAMES                                 # the names build_datasets knows (kdgraph.data.sources.SOURCES)
     take(dataset, n), select(dataset, idx)        # the first n samples (train_subset) / samples by position
     make_loader(dataset, batch_size, train=, seed=, drop_last=)
-    epoch_indices(n, seed=, epoch=, shuffle=)     # the order of an epoch (what a reference replays)
-    TensorImageDataset, WithIndex, load_fashion_mnist, write_idx
-    random_crop_flip, random_resized_crop_flip, mixup, cutmix, ...   # batch-level, on tensors (kdgraph.data.augment)
+    TensorImageDataset, WithIndex, load_fashion_mnist
+    random_crop_flip, random_resized_crop_flip, mixup, cutmix   # batch-level, on tensors (kdgraph.data.augment)
     crop_flip_params, resized_crop_params, sample_mix_ratio    # their random numbers (to replay them)
 """
 
@@ -25,7 +24,7 @@ class DataError(KdgraphError, ValueError):
     """
 
 
-from .fashion_mnist import load_fashion_mnist, write_idx  # noqa: E402
+from .fashion_mnist import load_fashion_mnist  # noqa: E402
 from .datasets import DataBundle, Provides, TensorImageDataset, select, take  # noqa: E402
 from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402
@@ -40,7 +39,7 @@ from .augment import (  # noqa: E402
     resized_crop_params,
     sample_mix_ratio,
 )
-from .loader import WithIndex, epoch_indices, make_loader  # noqa: E402
+from .loader import WithIndex, make_loader  # noqa: E402
 
 __all__ = [
     "DataError",
@@ -50,7 +49,6 @@ __all__ = [
     "TensorImageDataset",
     "build_datasets",
     "load_fashion_mnist",
-    "write_idx",
     "select",
     "take",
     "crop_flip",
@@ -65,5 +63,4 @@ __all__ = [
     "sample_mix_ratio",
     "WithIndex",
     "make_loader",
-    "epoch_indices",
 ]

@@ -189,11 +189,11 @@ class Trainer:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y, index, host) in enumerate(prefetch(self._batches(epoch), self.rt.device),
+            for i, (x, y, index, host) in enumerate(prefetch(self.batches(epoch), self.rt.device),
                                                     start=self.start_step):
                 if i >= self.steps:
                     break
-                values = self._train_batch(x, y, index, host)
+                values = self.train_batch(x, y, index, host)
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
                 if self.dist.stop_agreed(self) and done < self.steps:
@@ -209,10 +209,11 @@ class Trainer:
         self.start_step, self.sums, self.seen = 0, {}, 0
         return self.dist.broadcast(row)
 
-    def _batches(self, epoch: int):
+    def batches(self, epoch: int):
         """The loader's batches of ``epoch`` with what their views need (and, from a teacher store, the teachers'
         outputs), prepared on the host so that the prefetcher copies them too. In epoch ``e`` every image gets its
-        view ``e`` (``e mod K`` from a store of K views)."""
+        view ``e`` (``e mod K`` from a store of K views). Each item is ``(x, y, index, host)``, for
+        :meth:`train_batch` (on the device) after the prefetcher (``kdgraph.train.prefetch``)."""
         for x, y, index in self.loader:
             if self.store is None:
                 yield x, y, index, {"views": self.views.prepare(index, epoch)}
@@ -222,9 +223,9 @@ class Trainer:
             yield x, y, index, {"views": self.views.prepare(index, epoch if stored is None else view, stored),
                                 "teachers": self.store.outputs(index, view, self.rt.channels_last)}
 
-    def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
-                     host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
-        """Views of one loader batch, one step, and its values added to the epoch's running sums."""
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                    host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
+        """Views of one batch of :meth:`batches`, one step, and its values added to the epoch's running sums."""
         views = self.views.views(x, y, host["views"])
         x, x_t = self._layout(views.student), self._layout(views.teacher)
         cached = self.cache.lookup(index, self.rt.device) if self.cache is not None else None
