@@ -125,8 +125,13 @@ def mix_ratio(rng: np.random.Generator, alpha: float = 1.0) -> float:
     return max(a, 1.0 - a)
 
 
-def mixup(x: torch.Tensor, a: float) -> torch.Tensor:
-    return a * x + (1.0 - a) * torch.roll(x, 1, dims=0)
+def mixup(x: torch.Tensor, a, partner: torch.Tensor | None = None) -> torch.Tensor:
+    """``a x + (1 - a) partner``: the partner of image ``i`` is image ``i - 1`` of the batch (``roll(x, 1)``), the
+    paper's, unless ``partner`` gives one per image; ``a`` one ratio, or one per image (a ``(B,)`` tensor, taken in
+    ``x``'s dtype). The replay tests pass kdgraph's own partners and ratios (per image, ``kdgraph.train.views``)."""
+    if isinstance(a, torch.Tensor):
+        a = a.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return a * x + (1.0 - a) * (torch.roll(x, 1, dims=0) if partner is None else partner)
 
 
 # -- models -----------------------------------------------------------------------------------------------------------
@@ -205,10 +210,13 @@ def draw_views(variant: str, x: torch.Tensor, y: torch.Tensor, generator: torch.
     return student, teacher, target
 
 
-def views(x, boxes, flips, a):
-    """Inception crop, flip, then mixup with ratio ``a`` (None: no mixing)."""
+def views(x, boxes, flips, a, partner=None):
+    """Inception crop, flip, then mixup with ratio ``a`` (None: no mixing); ``partner=(images, boxes, flips)``: each
+    image mixed with its own partner, seen through the partner's crop (see :func:`mixup`)."""
     out = resized_crop(x, boxes, flips)
-    return out if a is None else mixup(out, a)
+    if a is None:
+        return out
+    return mixup(out, a, None if partner is None else resized_crop(*partner))
 
 
 def step_loss(variant: str, student, teacher, x, x_teacher, target, cached) -> dict[str, torch.Tensor]:

@@ -57,6 +57,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     own_teachers: frozenset[str] = frozenset()  # built from the spec (not modules passed from Python)
     _classifiers: Optional[dict[str, nn.Module]] = field(default=None, repr=False)
+    store: Optional[Any] = None
+    """The teacher store the teachers read (``teacher.store``), opened and checked: a ``kdgraph.store.TeacherStore``."""
 
     def teacher_classifiers(self) -> dict[str, nn.Module]:
         """Every teacher that classifies this data set (one logit per class, by its layer map) as a module from the
@@ -187,8 +189,10 @@ def _check_last_batch(spec: Spec, images: int, student: nn.Module) -> None:
                            "true or change data.batch_size", key="data.drop_last", line=spec.line_of("data", "drop_last"))
 
 
-def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None) -> Plan:
-    """Data, models (weights loaded), layer maps and the graph; raises user errors naming spec keys."""
+def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teachers = None, *,
+                 read_store: bool = True) -> Plan:
+    """Data, models (weights loaded), layer maps and the graph, and the teacher store checked against them
+    (``read_store=False``: not opened, as ``kdgraph teach`` writes it); raises user errors naming spec keys."""
 
     try:
         resolve_runtime(spec.runtime)  # device/precision errors before any heavy work
@@ -223,8 +227,11 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
                            f"num_classes: {data.num_classes} in student.kwargs", key="student",
                            line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
+    from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
+
+    store = open_store(spec, data, built.graph, built.teacher_maps, teachers) if read_store else None
     return Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
-                plan_warnings(spec, built, live) + input_warnings, own_teachers=own)
+                plan_warnings(spec, built, live) + input_warnings, own_teachers=own, store=store)
 
 
 def _student_input(spec: Spec) -> Optional[Preprocessing]:

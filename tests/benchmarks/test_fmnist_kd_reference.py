@@ -2,12 +2,13 @@
 
 Same initial weights (the student and teacher passed as live modules, the adapter's initial weights copied to the
 reference), the same images (idx files written from the embedded subset, read by each side's own reader), the same
-order and crops (kdgraph's own draws, replayed into the reference's crop): then every step's loss must agree within
-1e-5. Both run in float64 (``runtime.precision: fp64``): the projector recipe's log-sum of fourth powers is chaotic
+order and crops (kdgraph's own per-image draws, ``ViewMaker.draw``, replayed into the reference's crop): then every
+step's loss must agree within 1e-5. Both run in float64 (``runtime.precision: fp64``): the projector recipe's log-sum of fourth powers is chaotic
 enough that float32 rounding alone (the reference against itself with channels-last convolutions) moves its sixth
 loss by 1e-3. The images start as float32 on both sides: kdgraph keeps the normalised data set in float32 and
 converts batches to float64, so the reference normalises its float32 crops before converting too (normalising in
-float64 instead moves the first loss by 2e-8, which the log-sum without BatchNorm grows to 1e-4 by the sixth step). Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), so the per-epoch metrics are per-step
+float64 instead moves the first loss by 2e-8, which the log-sum without BatchNorm grows to 1e-4 by the sixth step).
+Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), so the per-epoch metrics are per-step
 losses and the whole pipeline is compared: loader, normalisation, crop-flip, views, graph, losses, optimizer,
 schedule.
 """
@@ -21,13 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import crop_flip_params, load_fashion_mnist
+from kdgraph.data import load_fashion_mnist
 from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
 from kdgraph.plan import resolve_plan
 from kdgraph.runtime import seed_everything
+from kdgraph.train.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, TRAIN, BATCH, SEED = 6, 256, 64, 3
@@ -85,11 +87,12 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, tmp_
 
     x01, y = ref.load_split(idx_root, "train")
     optimizer, scheduler = ref.make_optimizer([*student.parameters(), *adapter.parameters()], 0.05, STEPS)
-    crops = torch.Generator().manual_seed(SEED + 7)  # kdgraph's augmentation generator
+    # kdgraph's views: image i of epoch e gets the crop of view e, a function of (seed, e, i) alone
+    views = ViewMaker(spec.data, num_classes=10, seed=SEED, dataset=plan.data.train, image_shape=(1, 28, 28))
     theirs = []
     for step in range(STEPS):
         idx = epoch_indices(TRAIN, seed=SEED, epoch=step, shuffle=True)[:BATCH]
-        tops, lefts, flips = crop_flip_params(BATCH, 2, crops)
+        tops, lefts, flips = views.draw(idx, view=step).crop.unbind(1)
         x = ref.normalise(ref.crop_and_flip(x01[idx], tops, lefts, flips, 2)).double()
         theirs.append(ref.train_step(variant, student, adapter, teacher, optimizer, scheduler, x, y[idx])["total"])
     assert len(ours) == STEPS

@@ -2,9 +2,8 @@
 
 The shipped spec (specs/methods/function_matching.yaml) and each ablation variant of benchmarks/fidelity.py, on 256
 images written as idx files: the same initial student and teacher (live modules), kdgraph's own batch order, crop
-boxes, flips and mixing ratios (``resized_crop_params`` and ``sample_mix_ratio`` drawn from kdgraph's augmentation
-generator, seeded ``runtime.seed + 7``) replayed into the reference's own crop (a bilinear resampler written out
-pixel by pixel) and mixup. Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), in float64; every step's loss
+boxes, flips, mixing partners and ratios (``ViewMaker.draw``: per image, a function of (seed, epoch, image) alone)
+replayed into the reference's own crop (a bilinear resampler written out pixel by pixel) and mixup. Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), in float64; every step's loss
 must agree within 1e-5. The crops are computed in float32 on both sides, as kdgraph augments the float32 batch before
 converting it.
 """
@@ -16,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist, resized_crop_params, sample_mix_ratio
+from kdgraph.data import load_fashion_mnist
 from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
+from kdgraph.train.views import TEACHER
 
 STEPS, TRAIN, BATCH, SEED = 5, 256, 32, 3
 
@@ -36,6 +36,14 @@ def idx_root(tmp_path_factory):
     return root
 
 
+def replay(ref, x, idx, params):
+    """The reference's views of images ``idx`` with kdgraph's numbers ``params`` (``ViewMaker.draw``): each image's
+    inception box and flip, and with mixing its partner (seen through the partner's own box) and its ratio."""
+    crop = lambda c: (c[:, :4], c[:, 4] > 0.5)  # noqa: E731
+    partner = None if params.partner is None else (x[params.partner], *crop(params.partner_crop))
+    return ref.views(x[idx], *crop(params.crop), params.ratio, partner)
+
+
 def teacher_and_student(ref):
     torch.manual_seed(0)
     teacher, student = ref.Teacher().eval().double(), ref.Student().double()
@@ -48,7 +56,7 @@ def teacher_and_student(ref):
 
 @pytest.mark.parametrize("variant", ["function-matching", "independent", "fixed", "fixed-nomix", "consistent-nomix",
                                      "alone"])
-def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, script, tmp_path):
+def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, script, kdgraph_views, tmp_path):
     ref, fidelity = script("references/function_matching"), script("fidelity")
     family = fidelity.FAMILIES["function_matching"]
     overrides = ["teacher.weights=null", *family.variants[variant].overrides, f"data.root={idx_root}",
@@ -64,19 +72,16 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     x, y = ref.load_split(idx_root, "train")  # normalised float32, as kdgraph keeps it
     cache = ref.cached_logits(teacher, x.double()) if variant.startswith("fixed") else None
     optimizer, scheduler = ref.make_optimizer(student, 3e-3, STEPS, warmup=2)
-    g = torch.Generator().manual_seed(SEED + 7)  # kdgraph's augmentation generator
+    views = kdgraph_views(spec, TRAIN)
     mixing = variant not in ("fixed-nomix", "consistent-nomix")
+    onehot = torch.nn.functional.one_hot(y, 10).float()
     theirs = []
     for step in range(STEPS):
         idx = epoch_indices(TRAIN, seed=SEED, epoch=step, shuffle=True)[:BATCH]
-        boxes, flips = resized_crop_params(BATCH, (0.5, 1.0), generator=g)
-        a = sample_mix_ratio(1.0, g) if mixing else None
-        x_s = ref.views(x[idx], boxes, flips, a).double()
-        x_t = None
-        if variant == "independent":
-            t_boxes, t_flips = resized_crop_params(BATCH, (0.5, 1.0), generator=g)
-            x_t = ref.views(x[idx], t_boxes, t_flips, sample_mix_ratio(1.0, g)).double()
-        target = ref.mixup(torch.nn.functional.one_hot(y[idx], 10).float(), a).double() if mixing else y[idx]
+        shared = views.draw(idx, view=step)
+        x_s = replay(ref, x, idx, shared).double()
+        x_t = replay(ref, x, idx, views.draw(idx, view=step, role=TEACHER)).double() if variant == "independent" else None
+        target = ref.mixup(onehot[idx], shared.ratio, onehot[shared.partner]).double() if mixing else y[idx]
         theirs.append(ref.train_step(variant, student, teacher, optimizer, scheduler, x_s, x_t, target,
                                      None if cache is None else cache[idx])["total"])
     assert len(ours) == STEPS

@@ -2,7 +2,8 @@
 
 The shipped spec (specs/methods/self_distillation.yaml) on the first 128 embedded images: the same initial ResNet
 (passed as a live module), the heads' initial weights copied from the ones kdgraph builds, kdgraph's own batch order
-and crop draws replayed into the reference's crop. Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), in
+and crops (``ViewMaker.draw``: per image, a function of (seed, epoch, image) alone) replayed into the reference's
+crop. Each kdgraph epoch is one step (``max_steps_per_epoch: 1``), in
 float64; every step's total loss must agree within 1e-5, and so must the test top-1 of every head afterwards.
 
 The reference crops the float32 normalised image padded with normalised black, as kdgraph does, rather than the
@@ -18,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import crop_flip_params
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
@@ -28,7 +28,8 @@ STEPS, TRAIN, TEST, BATCH, SEED = 5, 128, 32, 16, 3
 
 
 @pytest.mark.parametrize("variant", ["byot", "deep-supervision"])
-def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, script, initial_adapters, copy_params, tmp_path):
+def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, script, initial_adapters, copy_params, kdgraph_views,
+                                                         tmp_path):
     ref, fidelity = script("references/self_distillation"), script("fidelity")
     family = fidelity.FAMILIES["self_distillation"]
     overrides = [*family.variants[variant].overrides, f"data.train_subset={TRAIN}", f"data.test_subset={TEST}",
@@ -48,13 +49,13 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, script, initia
     x01, y = ref.load_split(None, "train", "embedded")
     x01, y = x01[:TRAIN], y[:TRAIN]
     optimizer, scheduler = ref.make_optimizer([*student.parameters(), *heads.parameters()], 0.1, STEPS)
-    crops = torch.Generator().manual_seed(SEED + 7)  # kdgraph's augmentation generator
+    views = kdgraph_views(spec, TRAIN)  # kdgraph's crops: per image, a function of (seed, epoch, image)
     theirs = []
     for step in range(STEPS):
         idx = epoch_indices(TRAIN, seed=SEED, epoch=step, shuffle=True)[:BATCH]
-        tops, lefts, flips = crop_flip_params(BATCH, 2, crops)
+        tops, lefts, flips = views.draw(idx, view=step).crop.unbind(1)
         black = (0 - ref.MEAN) / ref.STD  # crop the normalised image, padded with normalised black, as kdgraph does
-        x = ref.crop_and_flip(ref.normalise(x01[idx]), tops, lefts, flips, 2, fill=black).double()
+        x = ref.crop_and_flip(ref.normalise(x01[idx]), tops, lefts, flips.bool(), 2, fill=black).double()
         theirs.append(ref.train_step(variant, student, heads, optimizer, scheduler, x, y[idx])["total"])
     assert len(ours) == STEPS
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5, err_msg=f"{variant}: kdgraph {ours} vs {theirs}")

@@ -3,8 +3,8 @@
 The shipped spec (specs/methods/simreg_two_teachers.yaml) and every variant of benchmarks/fidelity.py's ``simreg``
 family (head and teacher ablations, + CE, the student alone) on 256 images written as idx files: the same initial
 student and teachers (live modules), the heads' initial weights copied from the ones kdgraph builds, kdgraph's own
-batch order, crop boxes and flips (``resized_crop_params`` from its augmentation generator, seeded ``runtime.seed +
-7``) replayed. Each kdgraph epoch is one step, in float64; every step's loss must agree within 1e-5, and so must the
+batch order, crop boxes and flips (``ViewMaker.draw``: per image, a function of (seed, epoch, image) alone)
+replayed. Each kdgraph epoch is one step, in float64; every step's loss must agree within 1e-5, and so must the
 final k-NN and linear-probe accuracies.
 
 The crops: kdgraph crops the float32 batch before converting it to float64, and float32's rounding of the sampling
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist, resized_crop_flip, resized_crop_params
+from kdgraph.data import load_fashion_mnist, resized_crop_flip
 from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
@@ -50,7 +50,7 @@ def models(ref):
 @pytest.mark.parametrize("variant", ["simreg", "simreg-ce", "mlp-shallow", "linear", "resnet-only", "wide-only",
                                      "alone"])
 def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, script, initial_adapters, copy_params,
-                                                         tmp_path):
+                                                         kdgraph_views, tmp_path):
     ref, fidelity = script("references/simreg"), script("fidelity")
     family = fidelity.FAMILIES["simreg"]
     overrides = [*family.variants[variant].overrides, f"data.root={idx_root}", "data.source=full",
@@ -72,11 +72,12 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     x, y = ref.load_split(idx_root, "train")  # normalised float32, as kdgraph keeps it
     by_ref_name = {"resnet": teachers["resnet"], "wide": teachers["cnn_wide"]}
     optimizer, scheduler = ref.make_optimizer([*student.parameters(), *heads.parameters()], 0.05, STEPS)
-    g = torch.Generator().manual_seed(SEED + 7)  # kdgraph's augmentation generator
+    views = kdgraph_views(spec, TRAIN)  # kdgraph's crops: per image, a function of (seed, epoch, image)
     theirs = []
     for step in range(STEPS):
         idx = epoch_indices(TRAIN, seed=SEED, epoch=step, shuffle=True)[:BATCH]
-        boxes, flips = resized_crop_params(BATCH, (0.5, 1.0), generator=g)
+        crop = views.draw(idx, view=step).crop
+        boxes, flips = crop[:, :4], crop[:, 4] > 0.5
         torch.testing.assert_close(ref.resized_crop(x[idx].double(), boxes, flips),
                                    resized_crop_flip(x[idx].double(), boxes, flips), rtol=0, atol=1e-12)
         x_s = resized_crop_flip(x[idx], boxes, flips).double()  # float32, as kdgraph crops

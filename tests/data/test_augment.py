@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from kdgraph.data import (DataError, cutmix, cutmix_box, mixup, random_crop_flip, random_resized_crop_flip,
                           resized_crop_flip, resized_crop_params, sample_mix_ratio)
+from kdgraph.data.augment import (crop_flip, crop_flip_offsets, cutmix_boxes, mix_images, mix_targets, paste_boxes,
+                                  resized_crop_boxes)
 
 
 def _gen(seed=0):
@@ -240,3 +242,60 @@ def test_random_crop_flip_draws_what_crop_flip_params_draws():
     torch.testing.assert_close(random_crop_flip(x, 2, _gen(4), fill=-0.5), crop_flip(x, oy, ox, flips, 2, -0.5))
     with pytest.raises(DataError, match="2 values for 1 channels"):
         crop_flip(x, oy, ox, flips, 2, (0.1, 0.2))
+
+
+# -- per image ---------------------------------------------------------------------------------------------------------
+def test_crop_flip_offsets_cover_the_range_and_crop_like_the_generator_path():
+    u = torch.rand(2000, 3, generator=_gen(0), dtype=torch.float64)
+    oy, ox, flips = crop_flip_offsets(u, 2)
+    assert sorted(set(oy.tolist())) == [0, 1, 2, 3, 4] and sorted(set(ox.tolist())) == [0, 1, 2, 3, 4]
+    assert 0.45 < flips.float().mean() < 0.55
+    assert not crop_flip_offsets(u, 2, flip=False)[2].any()
+    x = _batch(6, 2, 6, 7)
+    out = crop_flip(x, oy[:6], ox[:6], flips[:6], 2)
+    xp = F.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        ref = xp[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 7]
+        torch.testing.assert_close(out[i], ref.flip(-1) if flips[i] else ref)
+
+
+def test_resized_crop_boxes_are_the_generator_paths_numbers():
+    g = _gen(4)
+    boxes, flips = resized_crop_params(7, (0.3, 0.8), generator=g)
+    u = torch.rand((7, 5), generator=_gen(4), dtype=torch.float64)
+    boxes2, flips2 = resized_crop_boxes(u, (0.3, 0.8))
+    assert torch.equal(boxes, boxes2) and torch.equal(flips, flips2)
+
+
+def test_cutmix_boxes_follow_cutmix_box_per_image():
+    ratios = torch.tensor([0.5, 0.75, 0.9, 1.0], dtype=torch.float64)
+    u = torch.rand(4, 2, generator=_gen(3), dtype=torch.float64)
+    boxes, lam = cutmix_boxes(ratios, u, 16, 12)
+    for b in range(4):
+        cut = math.sqrt(1 - float(ratios[b]))
+        ch, cw = int(round(16 * cut)), int(round(12 * cut))
+        cy, cx = int(float(u[b, 0]) * 16), int(float(u[b, 1]) * 12)
+        want = (max(cy - ch // 2, 0), min(cy + ch - ch // 2, 16), max(cx - cw // 2, 0), min(cx + cw - cw // 2, 12))
+        assert tuple(boxes[b].tolist()) == want
+        assert math.isclose(float(lam[b]), 1 - (want[1] - want[0]) * (want[3] - want[2]) / (16 * 12))
+    assert float(lam[3]) == 1.0  # ratio 1: nothing pasted
+
+
+def test_per_image_mixing_and_pasting():
+    x, partner = torch.randn(3, 2, 5, 5, generator=_gen(1)), torch.randn(3, 2, 5, 5, generator=_gen(2))
+    ratio = torch.tensor([1.0, 0.5, 0.75], dtype=torch.float64)
+    mixed = mix_images(x, partner, ratio)
+    for b in range(3):
+        torch.testing.assert_close(mixed[b], float(ratio[b]) * x[b] + (1 - float(ratio[b])) * partner[b])
+    boxes = torch.tensor([[0, 0, 0, 0], [1, 3, 2, 5], [0, 5, 0, 5]])
+    pasted = paste_boxes(x, partner, boxes)
+    torch.testing.assert_close(pasted[0], x[0])
+    torch.testing.assert_close(pasted[2], partner[2])
+    want = x[1].clone()
+    want[:, 1:3, 2:5] = partner[1][:, 1:3, 2:5]
+    torch.testing.assert_close(pasted[1], want)
+    y = F.one_hot(torch.tensor([0, 1, 2]), 4)
+    yp = F.one_hot(torch.tensor([3, 3, 2]), 4)
+    t = mix_targets(y, yp, ratio)
+    torch.testing.assert_close(t[1], torch.tensor([0.0, 0.5, 0.0, 0.5]))
+    torch.testing.assert_close(t.sum(1), torch.ones(3))

@@ -146,3 +146,17 @@ def test_a_data_error_in_a_worker_keeps_its_one_line_message():
     with pytest.raises(DataError) as info:
         list(loader)
     assert str(info.value) == "imagefolder: train/b/broken.png cannot be read as an image; delete or replace the file."
+
+
+def test_fetch_gathers_any_positions_with_or_without_the_batched_path():
+    from kdgraph.data import TensorImageDataset
+    from kdgraph.data.loader import fetch
+
+    images = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 1, 2, 2)
+    labels = torch.tensor([4, 3, 2, 1, 0])
+    idx = torch.tensor([3, 0, 3])
+    fast = TensorImageDataset(images, labels)
+    slow = TensorImageDataset(images, labels, transform=lambda x: x)  # per-sample path
+    for ds in (fast, slow, torch.utils.data.TensorDataset(images, labels)):
+        x, y = fetch(ds, idx)
+        assert torch.equal(x, images[idx]) and torch.equal(y, labels[idx])

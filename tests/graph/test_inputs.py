@@ -63,8 +63,8 @@ def test_teacher_at_twice_the_resolution_with_shared_views():
              plan.graph.student.register_forward_pre_hook(lambda m, a: seen.setdefault("student", a[0].clone()))]
     trainer = Trainer(plan)
     trainer.enter_epoch(0)
-    x, y, idx = next(iter(trainer.loader))
-    values = trainer._train_batch(x, y, idx)
+    x, y, idx, host = next(iter(trainer.batches(0)))
+    values = trainer.train_batch(x, y, idx, host)
     for hook in hooks:
         hook.remove()
     # shared views: the teacher is handed the student's augmented, mixed 32-px batch itself (not a second draw) ...

@@ -60,6 +60,11 @@ def test_agreement_and_kl_match_the_written_out_computation(batch):
     assert again == row
     two = top1_agreement(Fixed(STUDENT), {"a": Fixed(TEACHER), "b": Fixed(STUDENT)}, data, spec, rt)
     assert two["val_agree/a"] == pytest.approx(agree) and two["val_agree/b"] == 1.0 and two["val_kl/b"] == 0.0
+    # logits given in data-set order (a teacher store's): the same metrics, nothing run; beside a teacher that runs
+    stored = top1_agreement(Fixed(STUDENT), {"t": None}, data, spec, rt, stored={"t": torch.tensor(TEACHER)})
+    assert stored == row
+    mixed = top1_agreement(Fixed(STUDENT), {"b": Fixed(STUDENT)}, data, spec, rt, stored={"a": torch.tensor(TEACHER)})
+    assert mixed == two
 
 
 def test_agreement_is_logged_next_to_val_top1(tmp_path):

@@ -62,3 +62,13 @@ def test_cuda_prefetch_copies_pinned_batches():
     torch.cuda.synchronize()
     for (x, y), (ex, ey) in zip(out, data):
         assert x.is_cuda and torch.equal(x.cpu(), ex) and torch.equal(y.cpu(), ey)
+
+
+def test_nested_batches_are_copied_whole():
+    from kdgraph.train.prefetch import to_device
+
+    batch = (torch.zeros(2), {"views": {"crop": torch.ones(2, 3)}, "teachers": {"t": {"output": torch.ones(2, 4)}}})
+    out = list(prefetch([batch], torch.device("cpu")))[0]
+    assert out[1]["teachers"]["t"]["output"].shape == (2, 4) and out[1]["views"]["crop"].shape == (2, 3)
+    moved = to_device(batch, torch.device("meta"))
+    assert moved[1]["views"]["crop"].device.type == "meta" and moved[0].device.type == "meta"

@@ -155,7 +155,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("targets", metavar="MODEL|SPEC [STUDENT]", nargs=-1, required=True)
+@click.argument("targets", metavar="MODEL|SPEC|STORE [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")
 @click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Model constructor kwargs as JSON (with "
@@ -172,7 +172,8 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
 def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str | None, teacher_kwargs: str | None,
             student_kwargs: str | None, as_json: bool, overrides: tuple[str, ...], plot: str | None,
             suggest: bool) -> None:
-    """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs.
+    """Show the traced layer map of MODEL (e.g. timm:resnet18), or both maps of SPEC with its pairs, or what a
+    teacher STORE (a folder written by kdgraph teach) holds.
 
     `inspect TEACHER STUDENT --suggest` prints proposed pairs as YAML for `distill.pairs`."""
     from kdgraph.cli import commands
@@ -189,6 +190,12 @@ def inspect(targets: tuple[str, ...], input_shape: str | None, kwargs_json: str 
     if len(targets) != 1:
         raise click.UsageError("inspect takes one MODEL or SPEC; two models only with --suggest")
     target = targets[0]
+    if Path(target).is_dir():
+        from kdgraph.store.manifest import describe, read_manifest
+
+        manifest = read_manifest(target)
+        click.echo(json.dumps(manifest, indent=1) if as_json else "\n".join(describe(target, manifest)))
+        return
     if plot:
         commands.check_plot_target(plot)
     if _is_spec(target):

@@ -1,13 +1,17 @@
 """Batch-level, device-agnostic augmentations on image tensors ``(B, C, H, W)``.
 
-Random draws come from an optional ``torch.Generator`` (CPU or on ``x.device``); the
-drawn numbers are moved to ``x.device``, so the same generator state gives the same
-augmentation on CPU and GPU.
+Two ways to give the random numbers:
 
-Mixup / CutMix follow the "function matching" recipe of Beyer et al. 2022 ("Knowledge
-distillation: A good teacher is patient and consistent"): one ratio per batch,
-``a ~ Beta(alpha, alpha)``, ``a <- max(a, 1 - a)``, and the partner of sample ``i`` is
-sample ``i - 1`` (``torch.roll(x, 1, dims=0)``).
+- **From a generator** (``random_crop_flip``, ``random_resized_crop_flip``, ``mixup``, ``cutmix``): an optional
+  ``torch.Generator`` (CPU or on ``x.device``) draws the numbers of the whole batch; they are moved to ``x.device``,
+  so the same generator state gives the same augmentation on CPU and GPU. Mixup / CutMix then follow the "function
+  matching" recipe of Beyer et al. 2022 with the batch as the pool of partners: one ratio per batch,
+  ``a ~ Beta(alpha, alpha)``, ``a <- max(a, 1 - a)``, and the partner of sample ``i`` is sample ``i - 1``
+  (``torch.roll(x, 1, dims=0)``).
+- **Per image** (``crop_flip_offsets``, ``resized_crop_boxes``, ``cutmix_boxes``, ``mix_images``, ``paste_boxes``,
+  ``mix_targets``): the numbers come as uniforms, one row per image, and the mixing partner as a second batch. This
+  is what kdgraph's training and its teacher store use (``kdgraph.train.views``): every number then depends only on
+  ``(seed, view, image)`` (``kdgraph.data.draws``), one ratio and one partner per image.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 from . import DataError
 
 __all__ = ["crop_flip_params", "crop_flip", "random_crop_flip", "resized_crop_params", "resized_crop_flip",
-           "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix"]
+           "random_resized_crop_flip", "sample_mix_ratio", "mixup", "cutmix_box", "cutmix", "crop_flip_offsets",
+           "resized_crop_boxes", "cutmix_boxes", "mix_images", "paste_boxes", "mix_targets"]
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -158,13 +163,26 @@ def resized_crop_params(
     where it fits. ``draw=(offset, total)``: the numbers of a whole batch of ``total`` are drawn and rows
     ``offset:offset+batch`` returned (a data-parallel shard). Without ``flip`` every flag is False (the same numbers
     are drawn)."""
-    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
     offset, total = draw if draw is not None else (0, batch)
     if not 0 <= offset <= total - batch:
         raise DataError(f"random_resized_crop_flip: draw={draw!r} does not hold a batch of {batch} at that offset.")
     gdev = _gen_device(generator)
     u = torch.rand((total, 5), generator=generator, device=gdev, dtype=torch.float64)[offset:offset + batch]
+    return resized_crop_boxes(u, scale, ratio, flip=flip)
+
+
+def resized_crop_boxes(
+    u: torch.Tensor,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    flip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The boxes and flips of :func:`resized_crop_params` from ``(B, 5)`` float64 numbers uniform in [0, 1): area
+    from ``u[:, 0]``, log aspect ratio from ``u[:, 1]``, ``left`` from ``u[:, 2]``, ``top`` from ``u[:, 3]``, a flip
+    where ``u[:, 4] < 1/2``. The generator's draw and the per-image draw (``kdgraph.data.draws``) share it."""
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+        raise DataError(f"random_resized_crop_flip: bad scale {scale} or ratio {ratio}.")
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     width = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
@@ -181,15 +199,18 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor)
     (pixel centres; ``j`` becomes ``W − 1 − j`` when flipped), coordinates clamped to the image: one ``grid_sample``
     for the whole batch, on ``x``'s device, in ``x``'s dtype (float32 for integer images)."""
     _check_batch(x, "random_resized_crop_flip")
-    b = x.shape[0]
+    b, _, h, w = x.shape
     boxes = boxes.to(x.device, torch.float64)
     top, left, height, width = boxes.unbind(1)
     mirror = torch.where(flips.to(x.device), -1.0, 1.0).to(torch.float64)
-    theta = torch.zeros((b, 2, 3), dtype=torch.float64, device=x.device)  # output grid [-1, 1] -> input grid
-    theta[:, 0, 0], theta[:, 0, 2] = width * mirror, 2 * left + width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
+    # the sampling grid in [-1, 1] units: an axis-aligned affine map of the output pixel centres, written per axis
+    # (what F.affine_grid computes with a batched matmul over every pixel, 4x slower on a CPU), in float64
+    cols = (2 * torch.arange(w, dtype=torch.float64, device=x.device) + 1) / w - 1
+    rows = (2 * torch.arange(h, dtype=torch.float64, device=x.device) + 1) / h - 1
+    gx = (width * mirror)[:, None] * cols[None, :] + (2 * left + width - 1)[:, None]  # (B, W)
+    gy = height[:, None] * rows[None, :] + (2 * top + height - 1)[:, None]  # (B, H)
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
+    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1).to(dtype)
     return F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -294,3 +315,61 @@ def cutmix(
     out[:, :, y0:y1, x0:x1] = torch.roll(x, 1, dims=0)[:, :, y0:y1, x0:x1]
     lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
     return out, _mix_targets(y_onehot, lam)
+
+
+# -- per image ---------------------------------------------------------------------------------------------------------
+# The numbers arrive as uniforms, one row per image (kdgraph.data.draws), and the mixing partner as a second batch:
+# what kdgraph's training and its teacher store use, so that a view depends on (seed, view, image) alone.
+
+def crop_flip_offsets(u: torch.Tensor, padding: int, *, flip: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The offsets and flips of :func:`crop_flip` from ``(B, 3)`` numbers uniform in [0, 1): ``oy = ⌊u₀·(2p + 1)⌋``,
+    ``ox = ⌊u₁·(2p + 1)⌋`` (int64), a flip where ``u₂ < 1/2`` (and ``flip``)."""
+    span = 2 * padding + 1
+    oy = (u[:, 0] * span).floor().to(torch.int64).clamp(max=span - 1)
+    ox = (u[:, 1] * span).floor().to(torch.int64).clamp(max=span - 1)
+    return oy, ox, (u[:, 2] < 0.5) & flip
+
+
+def cutmix_boxes(ratio: torch.Tensor, u: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the box :func:`cutmix_box` draws for a ratio ``ratio[b]``, its centre from ``(B, 2)`` uniforms
+    (``cy = ⌊u₀·h⌋``, ``cx = ⌊u₁·w⌋``): boxes ``(B, 4)`` int64 ``(y0, y1, x0, x1)`` of nominal area
+    ``(1 − ratio)·h·w`` clipped to the image, and the label weight ``λ = 1 − box area / (h·w)`` (float64)."""
+    cut = torch.sqrt((1.0 - ratio.to(torch.float64)).clamp(min=0.0))
+    ch, cw = torch.round(h * cut).to(torch.int64), torch.round(w * cut).to(torch.int64)
+    cy = (u[:, 0] * h).floor().to(torch.int64).clamp(max=h - 1)
+    cx = (u[:, 1] * w).floor().to(torch.int64).clamp(max=w - 1)
+    y0, y1 = (cy - ch // 2).clamp(min=0), (cy + ch - ch // 2).clamp(max=h)
+    x0, x1 = (cx - cw // 2).clamp(min=0), (cx + cw - cw // 2).clamp(max=w)
+    boxes = torch.stack([y0, y1, x0, x1], dim=1)
+    lam = 1.0 - ((y1 - y0) * (x1 - x0)).to(torch.float64) / float(h * w)
+    return boxes, lam
+
+
+def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+def mix_images(x: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Mixup with one partner and one ratio per image: ``x̃[b] = a[b]·x[b] + (1 − a[b])·partner[b]``."""
+    a = _per_image(ratio, x)
+    return a * x + (1.0 - a) * partner
+
+
+def paste_boxes(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """CutMix with one partner and one box per image: the box ``(y0, y1, x0, x1)`` of ``partner[b]`` pasted into
+    ``x[b]``."""
+    _check_batch(x, "cutmix")
+    h, w = x.shape[-2:]
+    boxes = boxes.to(x.device)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    inside_y = (rows[None, :] >= boxes[:, 0:1]) & (rows[None, :] < boxes[:, 1:2])  # (B, H)
+    inside_x = (cols[None, :] >= boxes[:, 2:3]) & (cols[None, :] < boxes[:, 3:4])  # (B, W)
+    inside = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]  # (B, 1, H, W)
+    return torch.where(inside, partner, x)
+
+
+def mix_targets(y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Soft targets of a mixed batch, float32: ``λ[b]·y[b] + (1 − λ[b])·y_partner[b]`` (one-hot or soft rows)."""
+    lam = lam.to(y.device, torch.float32)[:, None]
+    return lam * y.float() + (1.0 - lam) * y_partner.to(y.device).float()

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from . import DataError
 
 __all__ = ["epoch_indices", "shard_order", "EpochSampler", "TensorBatchLoader", "SeededDataLoader", "WithIndex",
-           "make_loader", "auto_workers"]
+           "make_loader", "auto_workers", "fetch"]
 
 
 def auto_workers() -> int:
@@ -154,6 +154,19 @@ def supports_batching(dataset: Any) -> bool:
     if isinstance(dataset, TensorDataset):
         return True
     return bool(getattr(dataset, "supports_batching", False)) and hasattr(dataset, "get_batch")
+
+
+def fetch(dataset: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels at positions ``idx`` (any order, repeats allowed) as one batch ``(x, y)``: sliced by
+    index where the data set allows it, else read sample by sample and stacked (mixing partners, the teacher store)."""
+    idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
+    if isinstance(dataset, TensorDataset):
+        return tuple(t.index_select(0, idx) for t in dataset.tensors[:2])  # type: ignore[return-value]
+    if supports_batching(dataset):
+        x, y, *_ = dataset.get_batch(idx)
+        return x, y
+    samples = [dataset[int(i)] for i in idx]
+    return torch.stack([torch.as_tensor(s[0]) for s in samples]), torch.as_tensor([int(s[1]) for s in samples])
 
 
 class WithIndex(Dataset):

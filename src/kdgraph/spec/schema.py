@@ -99,6 +99,19 @@ class TeacherSpec(ModelSpec):
         "processes with FSDP2 (gathered per layer for its forward, resharded after it), for teachers that do not "
         "fit one device beside the student. `none`: a whole replica per process.",
     )
+    store: Optional[str] = Field(
+        default=None,
+        description="A teacher store written by `kdgraph teach` (docs/store.md): in epoch e every image's view e mod K "
+        "is rebuilt from the stored numbers and the teacher's stored outputs replace its forward. Refused when it was "
+        "written for another teacher, weights, data, augmentation or layers.",
+    )
+
+    @model_validator(mode="after")
+    def _store_or_cache(self) -> "TeacherSpec":
+        if self.store is not None and self.cache == "outputs":
+            raise ValueError("give either `store` (outputs per augmented view, from kdgraph teach) or `cache: "
+                             "outputs` (one output per un-augmented image), not both")
+        return self
 
 
 class SyntheticSpec(Section):
@@ -148,7 +161,7 @@ class DataSpec(Section):
         default="shared", description="`shared`: teachers and student see the identical augmented (and mixed) batch; "
         "`independent`: the teachers get their own augmentation draw (ablation)."
     )
-    mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Batch mixup/cutmix applied before every forward.")
+    mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Mixup/cutmix per image before every forward.")
     train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")
     test_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N test images.")
     num_workers: Union[Literal["auto"], NonNegativeInt] = Field(
@@ -168,7 +181,8 @@ class DataSpec(Section):
 
 
 class MixSpec(Section):
-    """Batch mixing (Beyer et al.): a ~ Beta(p, p), a <- max(a, 1 - a), x~ = a x + (1 - a) roll(x, 1)."""
+    """Mixing per image (Beyer et al.): a partner from a permutation of the training set per epoch, a ~ Beta(p, p),
+    a <- max(a, 1 - a), x~ = a x + (1 - a) x_partner."""
 
     name: Literal["none", "mixup", "cutmix"] = Field(default="none", description="Mixing kind (`mix: mixup` also works).")
     alpha: PositiveFloat = Field(default=1.0, description="p of Beta(p, p) for the mixing ratio.")
@@ -359,6 +373,10 @@ class Spec(Section):
                 raise ValueError(f"teachers[{i}] needs a `name:` (pairs refer to it with `teacher_model`)")
             if names.count(name) > 1:
                 raise ValueError(f"teachers[{i}]: the name {name!r} is used twice")
+        stores = {t.store for t in self.teacher_specs.values() if t.store is not None}
+        if len(stores) > 1:
+            raise ValueError(f"the teachers name {len(stores)} stores ({', '.join(sorted(stores))}); every teacher "
+                             "reads one store, which `kdgraph teach` writes for all of them")
         known = list(self.teacher_specs)
         refs = [(f"distill.pairs[{i}]", p.teacher_model) for i, p in enumerate(self.distill.pairs)]
         if self.distill.logits is not None:

@@ -294,19 +294,26 @@ class DistContext:
                     torch.distributed.broadcast(buffer, src=0)
         return _Logits(graph.student) if self.mode == "fsdp" else student
 
-    def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
-        """This rank's contiguous share of ``dataset``, padded to the same length on every rank (FSDP needs the
-        same number of forwards everywhere), and how many of its samples count (None: all of them)."""
+    def eval_positions(self, n: int) -> tuple[torch.Tensor, Optional[int]]:
+        """The data-set positions of this rank's :meth:`eval_shard` of ``n`` samples, and how many count (None: all
+        of them)."""
         if not self._several:
-            return dataset, None
-        n = len(dataset)
+            return torch.arange(n), None
         per = -(-n // self.world)
         start = min(self.rank * per, n)
         stop = min(start + per, n)
         idx = torch.arange(start, stop)
         if len(idx) < per:
             idx = torch.cat([idx, torch.full((per - len(idx),), max(stop - 1, 0), dtype=torch.long)])
-        return select(dataset, idx), stop - start
+        return idx, stop - start
+
+    def eval_shard(self, dataset: Dataset) -> tuple[Dataset, Optional[int]]:
+        """This rank's contiguous share of ``dataset``, padded to the same length on every rank (FSDP needs the
+        same number of forwards everywhere), and how many of its samples count (None: all of them)."""
+        if not self._several:
+            return dataset, None
+        idx, valid = self.eval_positions(len(dataset))
+        return select(dataset, idx), valid
 
     def gather_shards(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's ``eval_shard`` rows of a per-sample tensor joined in data set order (collective): the first
@@ -329,10 +336,6 @@ class DistContext:
         return dict(zip(keys, values[:-1])), values[-1]
 
     # -- state -----------------------------------------------------------------------------------------------------
-    def draw(self, batch: int) -> Optional[tuple[int, int]]:
-        """``random_crop_flip(draw=...)`` for this rank's slice of a global batch (same crops as one process)."""
-        return (self.rank * batch, self.world * batch) if self._several else None
-
     def full_state(self, modules: dict[str, nn.Module], optimizer: Optional[torch.optim.Optimizer]
                    ) -> tuple[dict[str, Any], Any]:
         """Modules and optimizer as full state dicts for a checkpoint (FSDP: gathered, collective; rank 0 holds the

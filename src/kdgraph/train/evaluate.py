@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from kdgraph.trace import LayerMap
     from kdgraph.train.distributed import DistContext
 
-__all__ = ["top1", "top1_agreement", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
+__all__ = ["top1", "logits_in_order", "top1_agreement", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
@@ -71,9 +71,21 @@ def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Opti
     return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
 
 
+def logits_in_order(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,
+                    dist: Optional["DistContext"] = None) -> torch.Tensor:
+    """``model``'s logits on every sample of ``dataset`` in order, float32 on the host (with ``dist``: each rank
+    computes its share, gathered)."""
+    share = dataset if dist is None else dist.eval_shard(dataset)[0]
+    parts = [out["output"].float().cpu() for out, _ in _eval_logits(model, lambda x: {"output": model(x)}, share,
+                                                                     spec, rt, dist.world if dist is not None else 1)]
+    part = torch.cat(parts)
+    return part if dist is None else dist.gather_shards(part, len(dataset))
+
+
 def top1_agreement(student: nn.Module, teachers: dict[str, nn.Module], dataset: Dataset, spec: Spec, rt: Runtime,
                    dist: Optional["DistContext"] = None,
-                   cache: Optional[dict[tuple[str, int], torch.Tensor]] = None) -> dict[str, float]:
+                   cache: Optional[dict[tuple[str, int], torch.Tensor]] = None,
+                   stored: Optional[dict[str, torch.Tensor]] = None) -> dict[str, float]:
     """The student's top-1 and, for every teacher that classifies the data, the agreement metrics of function
     matching (Beyer et al., CVPR 2022), in one pass over ``dataset``:
 
@@ -83,29 +95,39 @@ def top1_agreement(student: nn.Module, teachers: dict[str, nn.Module], dataset: 
 
     With several teachers the keys are ``val_agree/NAME`` and ``val_kl/NAME``. The frozen teachers' logits are
     computed at the first call and kept in ``cache`` (by teacher and batch, on the host), so later evaluations run
-    only the student. With ``dist`` each rank takes its share and the sums are added over ranks."""
+    only the student. ``stored``: teachers whose logits on ``dataset`` are given, in data-set order (a teacher store
+    holds them; these teachers do not run). With ``dist`` each rank takes its share and the sums are added over
+    ranks."""
     cache = {} if cache is None else cache
-    valid = None
+    stored = stored or {}
+    positions, valid = (torch.arange(len(dataset)), None) if dist is None else dist.eval_positions(len(dataset))
     if dist is not None:
         dataset, valid = dist.eval_shard(dataset)
-    batches = iter(range(1 << 62))
+    batches, seen = iter(range(1 << 62)), 0
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal seen
         b, out = next(batches), {"output": student(x)}
+        rows = positions[seen:seen + len(x)]
+        seen += len(x)
+        for name, logits in stored.items():
+            out[name] = logits.index_select(0, rows).to(x.device)
         for name, teacher in teachers.items():
             if (name, b) not in cache:
                 cache[(name, b)] = teacher(x).float().cpu()
             out[name] = cache[(name, b)].to(x.device)
         return out
 
-    sums = {"correct": 0.0, **{f"agree/{n}": 0.0 for n in teachers}, **{f"kl/{n}": 0.0 for n in teachers}}
+    teachers = {n: t for n, t in teachers.items() if n not in stored}
+    names = [*stored, *teachers]
+    sums = {"correct": 0.0, **{f"agree/{n}": 0.0 for n in names}, **{f"kl/{n}": 0.0 for n in names}}
     total = 0
     for logits, y in _eval_logits(student, forward, dataset, spec, rt, dist.world if dist is not None else 1):
         keep = len(y) if valid is None else max(0, min(len(y), valid - total))
         s = logits["output"][:keep].float()
         sums["correct"] += float((s.argmax(1) == y[:keep]).sum())
         log_ps = torch.log_softmax(s.double(), dim=1)
-        for name in teachers:
+        for name in names:
             t = logits[name][:keep]
             log_pt = torch.log_softmax(t.double(), dim=1)
             sums[f"agree/{name}"] += float((s.argmax(1) == t.argmax(1)).sum())
@@ -116,8 +138,8 @@ def top1_agreement(student: nn.Module, teachers: dict[str, nn.Module], dataset: 
         sums = {k: float(v) for k, v in reduced.items()}
     n = max(1, total)
     row = {"val_top1": sums["correct"] / n}
-    for name in teachers:
-        suffix = "" if len(teachers) == 1 else f"/{name}"
+    for name in names:
+        suffix = "" if len(names) == 1 else f"/{name}"
         row[f"val_agree{suffix}"] = sums[f"agree/{name}"] / n
         row[f"val_kl{suffix}"] = sums[f"kl/{name}"] / n
     return row

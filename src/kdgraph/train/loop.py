@@ -159,7 +159,11 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     done = resume and run_dir is not None and finished(run_dir, spec.train.epochs)  # nothing left to train
     trainer = Trainer(plan, runtime=rt, reporter=reporter, run_dir=run_dir, dist=dist)
     known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
+    if plan.store is not None:  # measured by kdgraph teach: a store run never runs its teachers
+        known = {**plan.store.known_top1(plan.data, len(plan.teachers)), **known}
     summary = _announce(plan, trainer, reporter, known)
+    if plan.store is not None:
+        reporter.info(f"  {plan.store.describe(spec.train.epochs)}")
     if done:
         reporter.info(f"  {run_dir.path}: all {spec.train.epochs} epochs are done; nothing to train")
     else:

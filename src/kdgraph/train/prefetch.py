@@ -4,6 +4,8 @@ On CUDA, batch k+1 is copied (``non_blocking=True``, from the loader's pinned me
 training step of batch k runs on the current stream. Before a batch is handed out, the current stream waits for
 its copy, and every tensor is marked with ``record_stream`` so the caching allocator does not reuse its memory
 while the current stream still reads it. On any other device ``prefetch`` is a plain ``.to(device)`` passthrough.
+A batch is a tuple of tensors, or of tuples and dicts of them (nested): the loader's ``(x, y, index)`` and what the
+views and a teacher store prepared for it on the host.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Iterable, Iterator, Optional, Protocol
 
 import torch
 
-__all__ = ["prefetch", "Prefetcher", "CopyStream", "CudaCopyStream"]
+__all__ = ["prefetch", "Prefetcher", "CopyStream", "CudaCopyStream", "to_device"]
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -34,12 +36,12 @@ class CudaCopyStream:
 
     def copy(self, batch: Batch) -> Batch:
         with torch.cuda.stream(self.stream):
-            return tuple(t.to(self.device, non_blocking=True) for t in batch)
+            return to_device(batch, self.device, non_blocking=True)
 
     def hand_over(self, batch: Batch) -> None:
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self.stream)
-        for t in batch:
+        for t in _tensors(batch):
             t.record_stream(current)
 
 
@@ -73,9 +75,31 @@ class Prefetcher:
         return self.stream.copy(tuple(batch))
 
 
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``obj`` (a tensor, or a tuple, list or dict of them, nested) with every tensor on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def _passthrough(loader: Iterable[Any], device: torch.device) -> Iterator[Batch]:
     for batch in loader:
-        yield tuple(t.to(device) for t in batch)
+        yield to_device(tuple(batch), device)
 
 
 def prefetch(loader: Iterable[Any], device: torch.device) -> Iterable[Batch]:

@@ -33,7 +33,7 @@ from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.stages import Curriculum
 from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
-from kdgraph.train.views import make_views
+from kdgraph.train.views import ViewMaker
 
 __all__ = ["Trainer"]
 
@@ -67,6 +67,7 @@ class Trainer:
         cfg = spec.train
         self.cache: Optional[TeacherCache] = None  # built by cache_teachers() when training starts
         self._teacher_logits: dict[tuple[str, int], torch.Tensor] = {}  # the teachers' test logits, for agreement
+        self._stored_logits: Optional[dict[str, torch.Tensor]] = None  # those a teacher store holds
         self.loader = make_loader(WithIndex(plan.data.train), spec.data.batch_size, train=True, seed=spec.runtime.seed,
                                   drop_last=spec.data.drop_last, num_workers=spec.data.num_workers,
                                   pin_memory=rt.device.type == "cuda", shard=dist.shard)
@@ -82,7 +83,12 @@ class Trainer:
         if rt.compile_mode:
             self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self._compile_checked = False
-        self.aug_gen = torch.Generator().manual_seed(spec.runtime.seed + 7)
+        self.store = plan.store  # a teacher store (`teacher.store`): the views' numbers and the teachers' outputs
+        online = [name for name in self.graph.teachers if self.store is None or name not in self.store.teachers]
+        seed = spec.runtime.seed if self.store is None or spec.data.views == "independent" else self.store.seed
+        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=seed, dataset=plan.data.train,
+                               image_shape=plan.data.input_shape, norm=(plan.data.mean, plan.data.std),
+                               two_views=bool(online))
         self.guard = StepGuard(list(trainable.buffers()), cfg.max_bad_steps, self.reporter.warn,
                                self._last_checkpoint)
         self.best = -1.0
@@ -189,10 +195,11 @@ class Trainer:
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
             bar.advance(n=self.start_step)
-            for i, (x, y, *index) in enumerate(prefetch(self.loader, self.rt.device), start=self.start_step):
+            for i, (x, y, index, host) in enumerate(prefetch(self.batches(epoch), self.rt.device),
+                                                    start=self.start_step):
                 if i >= self.steps:
                     break
-                values = self._train_batch(x, y, index[0])
+                values = self.train_batch(x, y, index, host)
                 bar.advance(status=f"loss {float(values['total']):.3f}" if values is not None and i % 10 == 0 else None)
                 done = i + 1
                 if self.dist.stop_agreed(self) and done < self.steps:
@@ -208,13 +215,28 @@ class Trainer:
         self.start_step, self.sums, self.seen = 0, {}, 0
         return self.dist.broadcast(row)
 
-    def _train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
-        """Views of one loader batch, one step, and its values added to the epoch's running sums."""
-        views = make_views(x, y, self.spec.data, self.data.num_classes, self.aug_gen,
-                           two_views=bool(self.graph.teachers), draw=self.dist.draw(len(x)),
-                           norm=(self.data.mean, self.data.std))
+    def batches(self, epoch: int):
+        """The loader's batches of ``epoch`` with what their views need (and, from a teacher store, the teachers'
+        outputs), prepared on the host so that the prefetcher copies them too. In epoch ``e`` every image gets its
+        view ``e`` (``e mod K`` from a store of K views). Each item is ``(x, y, index, host)``, for
+        :meth:`train_batch` (on the device) after the prefetcher (``kdgraph.train.prefetch``)."""
+        for x, y, index in self.loader:
+            if self.store is None:
+                yield x, y, index, {"views": self.views.prepare(index, epoch)}
+                continue
+            view = epoch % self.store.views
+            stored = self.store.params(index, view) if self.spec.data.views == "shared" else None
+            yield x, y, index, {"views": self.views.prepare(index, epoch if stored is None else view, stored),
+                                "teachers": self.store.outputs(index, view, self.rt.channels_last)}
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                    host: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
+        """Views of one batch of :meth:`batches`, one step, and its values added to the epoch's running sums."""
+        views = self.views.views(x, y, host["views"])
         x, x_t = self._layout(views.student), self._layout(views.teacher)
         cached = self.cache.lookup(index, self.rt.device) if self.cache is not None else None
+        if "teachers" in host:
+            cached = {**(cached or {}), **host["teachers"]}
         values = self.step(x, views.target, x_t, cached, views.labels, index)
         if values is not None:
             for key, value in values.items():
@@ -242,9 +264,13 @@ class Trainer:
         return self.rt.inputs(x) if x is not None else None
 
     def cache_teachers(self) -> None:
-        """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set."""
+        """Compute the outputs of the teachers ``teacher.cache`` selects, once, over the training set; start reading a
+        teacher store's first view."""
         spec, data, rt = self.spec, self.data, self.rt
-        cached = teachers_to_cache(spec, self.graph.teachers, data)
+        if self.store is not None:
+            self.store.prefetch(0)
+        online = {n: t for n, t in self.graph.teachers.items() if self.store is None or n not in self.store.teachers}
+        cached = teachers_to_cache(spec, online, data)
         if cached:
             share = f" ({-(-len(data.train) // self.dist.world):,} per process)" if self.dist.world > 1 else ""
             self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
@@ -258,11 +284,15 @@ class Trainer:
         row = {}
         if "top1" in self.spec.eval.metrics:
             student = self.dist.eval_module(self.student, self.graph)
+            classifies = self.plan.student_map.logit_count == self.data.num_classes
+            if self._stored_logits is None:  # a store's teachers are not run: teach kept their test logits
+                self._stored_logits = self.store.test_logits(self.data) if self.store is not None else {}
+            stored = {n: v for n, v in self._stored_logits.items() if classifies}
             teachers = {name: t.to(self.rt.device) for name, t in self.plan.teacher_classifiers().items()
-                        if self.plan.student_map.logit_count == self.data.num_classes}
-            if teachers:  # val_top1 with val_agree and val_kl beside it, in one pass
+                        if classifies and name not in stored}
+            if teachers or stored:  # val_top1 with val_agree and val_kl beside it, in one pass
                 row.update(top1_agreement(student, teachers, self.data.test, self.spec, self.rt, self.dist,
-                                          self._teacher_logits))
+                                          self._teacher_logits, stored))
             else:
                 row["val_top1"] = top1(student, self.data.test, self.spec, self.rt, self.dist)
             if any(t.kind is TermKind.HEAD_CE for t in self.graph.terms):
@@ -289,8 +319,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "seen": seen, "best": self.best,
-                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict(),
-                "aug_rng": self.aug_gen.get_state().tolist()}
+                "sums": {k: float(v) for k, v in sums.items()}, "scheduler": self.scheduler.state_dict()}
         save_checkpoint(self.run_dir.checkpoints, f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}", modules, optimizer, meta)
         for old in sorted(self.run_dir.checkpoints.glob("ckpt-*.json"))[:-self.spec.output.keep]:
             old.unlink()
@@ -327,7 +356,6 @@ class Trainer:
         if changed:
             self.reporter.warn(f"resuming with a spec that differs from {self.run_dir.spec} in: {listed}")
         self.scheduler.load_state_dict(meta["scheduler"])
-        self.aug_gen.set_state(torch.tensor(meta["aug_rng"], dtype=torch.uint8))
         self.start_step, self.seen, self.best = meta["step_in_epoch"], meta["seen"], meta["best"]
         self.sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["sums"].items()}
         if not self.dist.is_main:  # the sums in a checkpoint are over all ranks: counted once, by rank 0

@@ -1,0 +1,11 @@
+"""The teacher store: run the teachers once over K augmented views of the training set, distil many times.
+
+``kdgraph teach SPEC`` (:func:`kdgraph.store.teach.teach`) writes, per image and view, the numbers that rebuild the
+view's exact pixels and the teachers' outputs (logits, all or top-k; the tapped layers, pooled or whole), in
+checksummed safetensors shards with a JSON manifest; ``teacher.store: PATH`` trains from it
+(:class:`kdgraph.store.replay.TeacherStore`): no teacher forward, the same pixels. docs/store.md.
+
+Modules: ``records`` (one record's tensors: names, dtypes, top-k replay), ``manifest`` (the files: manifest,
+shards, checksums), ``fingerprint`` (what a store must agree on with a spec), ``teach`` (the writer), ``replay``
+(the reader). Import them directly; this package imports nothing, so that ``kdgraph.plan`` can read a store lazily.
+"""
