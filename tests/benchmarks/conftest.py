@@ -13,6 +13,7 @@ from torch import nn
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
+from kdgraph.train.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +67,17 @@ def copy_parameters(source: nn.Module, target: nn.Module) -> None:
 @pytest.fixture(scope="session")
 def copy_params():
     return copy_parameters
+
+
+@pytest.fixture(scope="session")
+def kdgraph_views():
+    """``kdgraph_views(spec, images)``: the ``ViewMaker`` of a run of ``spec`` on ``images`` training images of shape
+    ``(1, 28, 28)``, whose ``draw(index, view=epoch)`` gives the numbers of the views kdgraph trains on in that epoch
+    (crops, mixing partners and ratios: a function of (seed, epoch, image) alone), for a reference to replay.
+    ``role=TEACHER`` gives the teachers' own view under ``data.views: independent``."""
+
+    def make(spec, images: int, image_shape=(1, 28, 28)) -> ViewMaker:
+        return ViewMaker(spec.data, num_classes=10, seed=spec.runtime.seed, dataset=range(images),
+                         image_shape=image_shape, two_views=True)
+
+    return make
