@@ -242,7 +242,8 @@ def table(rows: list[dict], name: str, seeds: list[int], epochs: int) -> str:
                     deltas.append(f"{100 * (m - m0):+.2f}")
                     verdicts.append("yes" if m - m0 > 2 * max(s, s0) else "no")
                 gain, wins = " / ".join(deltas), " / ".join(verdicts)
-            lines.append(f"| {spec.label} | {metric.removeprefix('val_')} | {100 * m_r:.2f} ± {100 * s_r:.2f} | "
+            label = spec.label.replace("|", "\\|")  # a formula's |x| must not split the markdown cell
+            lines.append(f"| {label} | {metric.removeprefix('val_')} | {100 * m_r:.2f} ± {100 * s_r:.2f} | "
                          f"{100 * m_k:.2f} ± {100 * s_k:.2f} | {100 * (m_k - m_r):+.2f} | {same} | {gain} | {wins} |")
     return "\n".join(lines)
 
