@@ -22,8 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist
-from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
@@ -45,14 +43,9 @@ def load(path: str):
 
 
 @pytest.fixture(scope="module")
-def idx_root(tmp_path_factory):
+def idx_root(tmp_path_factory, fmnist_subset):
     """The first 256 training and 128 test images of the embedded subset, as the idx files both sides read."""
-    root = tmp_path_factory.mktemp("fmnist")
-    for split, prefix, n in (("train", "train", TRAIN), ("test", "t10k", 128)):
-        data = load_fashion_mnist(split=split, source="embedded")
-        write_idx(root / f"{prefix}-images-idx3-ubyte", data.images[:n].numpy())
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", data.labels[:n].numpy().astype(np.uint8))
-    return root
+    return fmnist_subset(tmp_path_factory.mktemp("fmnist"), TRAIN, 128)
 
 
 def kdgraph_spec(variant: str, root: Path, tmp_path: Path):

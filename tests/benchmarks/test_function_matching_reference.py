@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist
-from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
@@ -26,14 +24,9 @@ STEPS, TRAIN, BATCH, SEED = 5, 256, 32, 3
 
 
 @pytest.fixture(scope="module")
-def idx_root(tmp_path_factory):
+def idx_root(tmp_path_factory, fmnist_subset):
     """The first 256 training and 64 test images of the embedded subset, as the idx files both sides read."""
-    root = tmp_path_factory.mktemp("fmnist")
-    for split, prefix, n in (("train", "train", TRAIN), ("test", "t10k", 64)):
-        data = load_fashion_mnist(split=split, source="embedded")
-        write_idx(root / f"{prefix}-images-idx3-ubyte", data.images[:n].numpy())
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", data.labels[:n].numpy().astype(np.uint8))
-    return root
+    return fmnist_subset(tmp_path_factory.mktemp("fmnist"), TRAIN, 64)
 
 
 def replay(ref, x, idx, params):

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist
-from kdgraph.data.fashion_mnist import write_idx
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
@@ -26,13 +24,8 @@ STEPS, TRAIN, TEST, BATCH, SEED = 6, 256, 64, 32, 3
 
 
 @pytest.fixture(scope="module")
-def idx_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    for split, prefix, n in (("train", "train", TRAIN), ("test", "t10k", TEST)):
-        data = load_fashion_mnist(split=split, source="embedded")
-        write_idx(root / f"{prefix}-images-idx3-ubyte", data.images[:n].numpy())
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", data.labels[:n].numpy().astype(np.uint8))
-    return root
+def idx_root(tmp_path_factory, fmnist_subset):
+    return fmnist_subset(tmp_path_factory.mktemp("fmnist"), TRAIN, TEST)
 
 
 @pytest.mark.parametrize("variant", ["indistill", "all-at-once", "fitnet", "kd", "alone"])

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.data import load_fashion_mnist, resized_crop_flip
-from kdgraph.data.fashion_mnist import write_idx
+from kdgraph.data import resized_crop_flip
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
@@ -28,13 +27,8 @@ STEPS, TRAIN, TEST, BATCH, SEED = 5, 256, 128, 32, 3
 
 
 @pytest.fixture(scope="module")
-def idx_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    for split, prefix, n in (("train", "train", TRAIN), ("test", "t10k", TEST)):
-        data = load_fashion_mnist(split=split, source="embedded")
-        write_idx(root / f"{prefix}-images-idx3-ubyte", data.images[:n].numpy())
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", data.labels[:n].numpy().astype(np.uint8))
-    return root
+def idx_root(tmp_path_factory, fmnist_subset):
+    return fmnist_subset(tmp_path_factory.mktemp("fmnist"), TRAIN, TEST)
 
 
 def models(ref):
