@@ -87,8 +87,9 @@ def test_update_is_the_momentum_formula(gen: torch.Generator) -> None:
                 assert torch.equal(bank[row], before[row])  # untouched
 
 
-def test_scores_and_z(gen: torch.Generator) -> None:
-    N, d, K, T = 8, 4, 3, 0.07
+@pytest.mark.parametrize("N", [8, 40])  # N <= 8 (K + 1): one product with the whole bank; above: the gathered rows
+def test_scores_and_z(gen: torch.Generator, N: int) -> None:
+    d, K, T = 4, 3, 0.07
     mem = CRDMemory(N, d, num_negatives=K, temperature=T, generator=torch.Generator().manual_seed(2)).double()
     vs = torch.nn.functional.normalize(torch.randn(2, d, generator=gen, dtype=torch.float64), dim=1)
     vt = torch.nn.functional.normalize(torch.randn(2, d, generator=gen, dtype=torch.float64), dim=1)
