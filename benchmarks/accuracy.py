@@ -5,11 +5,19 @@
 Each recipe is compared with the same student trained alone for the same budget (and plain KD where a teacher
 exists). Uses the full Fashion-MNIST when Debian's dataset-fashion-mnist is installed (or data.root), else the
 embedded subset; the table says which.
+
+With ``--log FILE`` every finished run is appended as a JSON line and skipped when asked again, so a sweep can be
+interrupted, or split over processes with ``--only`` (each ``--set runtime.threads=1``) sharing one log; a last call
+without ``--only`` then writes the whole table from the log:
+
+    python3 benchmarks/accuracy.py zoo --epochs 2 --set runtime.threads=1 --log runs/zoo.jsonl --only 0 2 4 &
+    python3 benchmarks/accuracy.py zoo --epochs 2 --set runtime.threads=1 --log runs/zoo.jsonl --only 1 3 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -65,6 +73,17 @@ RECIPES = {
             ("reviewkd", "ReviewKD"), ("sp", "SP"), ("cc", "CC"), ("rkd", "RKD"), ("vid", "VID"), ("crd", "CRD"),
             ("ickd", "ICKD"))],
     ],
+    "zoo-diagnostics": [  # why a catalogue method lost at the catalogue's short budget: one change each
+        ("DKD + logit standardisation, DKD's warm-up (half weight in epoch 1)", "specs/zoo/dkd_ls.yaml",
+         ["distill.logits.warmup_epochs=2"]),
+        *[(f"{label}, weight / 10", f"specs/zoo/{name}.yaml",
+           [f"distill.pairs[{i}].weight={weight / 10:g}" for i, weight in enumerate(weights)])
+          for name, label, weights in (("nst", "NST", (50.0,) * 3), ("at", "AT", (500.0,) * 3),
+                                       ("ofd", "OFD", (2.5e-4, 5.0e-4, 1.0e-3)), ("rkd", "RKD", (1.0,)))],
+        ("KD + logit standardisation, weight 0.9 (plain KD's) instead of 9", "specs/zoo/kd_ls.yaml",
+         ["distill.logits.weight=0.9"]),
+        ("DKD, DKD's warm-up (half weight in epoch 1)", "specs/zoo/dkd.yaml", ["distill.logits.warmup_epochs=2"]),
+    ],
     "quickstart": [
         ("student alone", "specs/quickstart.yaml", ["teacher=null", "distill.logits=null", "distill.pairs=[]"]),
         ("KD (logits + layer3 pair)", "specs/quickstart.yaml", []),
@@ -92,10 +111,27 @@ def epoch_overrides(path: str, overrides: list[str], epochs: int) -> list[str]:
     return [f"train.stages[{last}].epochs={epochs}", f"train.epochs={before + epochs}"]
 
 
+def _logged(log: Path | None, key: dict) -> dict | None:
+    """The logged run with these label, seed, epochs and overrides, if one finished before."""
+    if log is None or not log.exists():
+        return None
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        if all(row.get(k) == v for k, v in key.items()):
+            return row
+    return None
+
+
 def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: int,
-        extra: list[str] = ()) -> tuple[list[dict], str]:
+        extra: list[str] = (), log: Path | None = None) -> tuple[list[dict], str]:
     rows, description = [], ""
     for seed in seeds:
+        key = {"label": label, "seed": seed, "epochs": epochs, "extra": list(extra)}
+        done = _logged(log, key)
+        if done is not None:
+            rows.append(done["metrics"])
+            description = done["data"]
+            continue
         spec = load_spec(ROOT / path, [*overrides, f"runtime.seed={seed}", *epoch_overrides(path, overrides, epochs),
                                         "train.baseline=false", *extra])
         start = time.perf_counter()
@@ -105,6 +141,10 @@ def run(label: str, path: str, overrides: list[str], seeds: list[int], epochs: i
         description = result.summary["data"]
         scores = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         print(f"{label} seed {seed}: {scores} ({row['seconds']:.0f} s)", flush=True)
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as f:  # one short line per write: processes sharing the log do not interleave
+                f.write(json.dumps({**key, "data": description, "metrics": row}) + "\n")
     return rows, description
 
 
@@ -138,6 +178,8 @@ def main() -> None:
                         help="run only these variants of the recipe (0-based positions in its list)")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="extra KEY=VALUE override for every run (e.g. runtime.threads=1)")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="JSON lines of finished runs: appended to, and runs found there are not redone")
     args = parser.parse_args()
     zoo = args.recipe == "zoo"
     table = ["| variant | metric | accuracy (%) mean ± std |" + (" vs plain KD | CIFAR-100, published |" if zoo else ""),
@@ -146,7 +188,7 @@ def main() -> None:
     variants = RECIPES[args.recipe]
     reference = None
     for label, path, overrides in [variants[i] for i in args.only] if args.only is not None else variants:
-        rows, source = run(label, path, overrides, args.seeds, args.epochs, args.extra)
+        rows, source = run(label, path, overrides, args.seeds, args.epochs, args.extra, args.log)
         keys = sorted((k for k in rows[0] if k.startswith("val_") and not k.startswith("val_kl")),  # % only
                       key=lambda k: (k != "val_top1", k))
         for key in keys:
