@@ -250,8 +250,9 @@ def table(rows: list[dict], name: str, seeds: list[int], epochs: int) -> str:
 
 def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path,
          metrics: Optional[list[str]] = None) -> None:
-    """One panel per metric (default: the family's): the mean curve over the seeds per variant, kdgraph solid, the
-    reference dashed, one colour per variant."""
+    """One panel per metric (default: the family's), two to a row: the mean curve over the seeds per variant, kdgraph
+    solid, the reference dashed, one colour per variant. The y axis spans the curves after the first third of the
+    epochs, where the variants separate (the first epochs' low accuracies would flatten the differences)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,8 +260,13 @@ def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path,
 
     family = FAMILIES[name]
     metrics = metrics or list(family.metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    ncols = min(2, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        late: list[float] = []
         for i, (variant, spec) in enumerate(family.variants.items()):
             for side, style in (("kdgraph", "-"), ("reference", "--")):
                 curves = [r["curve"] for r in rows if r["family"] == name and r["variant"] == variant
@@ -272,11 +278,15 @@ def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path,
                             by_epoch.setdefault(point["epoch"], []).append(point[metric])
                 xs = sorted(e for e, v in by_epoch.items() if len(v) == len(curves))
                 if xs:
-                    ax.plot(xs, [100 * statistics.mean(by_epoch[e]) for e in xs], style, color=f"C{i}",
-                            label=f"{spec.label} ({side})")
+                    ys = [100 * statistics.mean(by_epoch[e]) for e in xs]
+                    ax.plot(xs, ys, style, color=f"C{i}", label=f"{spec.label} ({side})")
+                    late += [y for x, y in zip(xs, ys) if x > epochs / 3]
+        if late:
+            ax.set_ylim(min(late) - 0.5, max(late) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"test {metric.removeprefix('val_')} (%)")
-        ax.set_title(f"{name}: {metric.removeprefix('val_')}, mean of {len(seeds)} seeds", fontsize=9)
+        ax.set_title(f"{name}: {metric.removeprefix('val_')}, mean of {len(seeds)} seeds (y: after epoch "
+                     f"{epochs // 3})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(family.data, fontsize=9)

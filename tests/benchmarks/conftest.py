@@ -81,24 +81,3 @@ def kdgraph_views():
                          image_shape=image_shape, two_views=True)
 
     return make
-
-
-def write_fmnist_subset(root: Path, train: int, test: int) -> Path:
-    """The first ``train`` training and ``test`` test images of the embedded subset as idx files in ``root``: the files
-    both kdgraph and a reference read."""
-    import numpy as np
-
-    from kdgraph.data import load_fashion_mnist
-    from kdgraph.data.fashion_mnist import write_idx
-
-    for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
-        data = load_fashion_mnist(split=split, source="embedded")
-        write_idx(root / f"{prefix}-images-idx3-ubyte", data.images[:n].numpy())
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", data.labels[:n].numpy().astype(np.uint8))
-    return root
-
-
-@pytest.fixture(scope="session")
-def fmnist_subset():
-    """``fmnist_subset(root, train, test)``: :func:`write_fmnist_subset`."""
-    return write_fmnist_subset
