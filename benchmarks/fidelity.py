@@ -285,8 +285,8 @@ def plot(rows: list[dict], name: str, seeds: list[int], epochs: int, path: Path,
             ax.set_ylim(min(late) - 0.5, max(late) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"test {metric.removeprefix('val_')} (%)")
-        ax.set_title(f"{name}: {metric.removeprefix('val_')}, mean of {len(seeds)} seeds (y: after epoch "
-                     f"{epochs // 3})", fontsize=9)
+        over = f"mean of {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+        ax.set_title(f"{name}: {metric.removeprefix('val_')}, {over} (y: after epoch {epochs // 3})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(family.data, fontsize=9)

@@ -87,6 +87,23 @@ def test_independent_views_differ_and_keep_student_labels():
     assert not torch.equal(maker.draw(index, 0, SHARED).crop, maker.draw(index, 0, TEACHER).crop)
 
 
+def test_independent_mixed_views_mix_the_same_pair_with_their_own_noise():
+    """Independent noise on the same images: the teacher's view of image i mixes i with the student's partner, each
+    through the teacher's own crops and ratio (a teacher mixed with another image would teach that image's class)."""
+    maker = _maker(DataSpec(augment="resized-crop-flip", views="independent", mix={"name": "mixup", "alpha": 1.0}))
+    index = torch.tensor([4, 9, 0, 31, 17, 22])
+    student, teacher = maker.draw(index, 3, SHARED), maker.draw(index, 3, TEACHER)
+    assert torch.equal(teacher.partner, student.partner)
+    assert not torch.equal(teacher.crop, student.crop) and not torch.equal(teacher.partner_crop, student.partner_crop)
+    assert not torch.equal(teacher.ratio, student.ratio)
+    views = _views(maker, index, 3)
+    x, _ = maker.dataset.get_batch(index)
+    xp, _ = maker.dataset.get_batch(student.partner)
+    own = resized_crop_flip(x, teacher.crop[:, :4], teacher.crop[:, 4] > 0.5)
+    theirs = resized_crop_flip(xp, teacher.partner_crop[:, :4], teacher.partner_crop[:, 4] > 0.5)
+    torch.testing.assert_close(views.teacher, mix_images(own, theirs, teacher.ratio))
+
+
 def test_no_augmentation_passes_the_batch_through():
     maker = _maker(DataSpec())
     x, y = maker.dataset.get_batch(torch.arange(6))

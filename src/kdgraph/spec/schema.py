@@ -73,7 +73,8 @@ class DataSpec(Section):
     )
     views: Literal["shared", "independent"] = Field(
         default="shared", description="`shared`: teachers and student see the identical augmented (and mixed) batch; "
-        "`independent`: the teachers get their own augmentation draw (ablation)."
+        "`independent`: the teachers get their own augmentation draw and mixing ratio, on the same images and mixing "
+        "partners (ablation)."
     )
     mix: "MixSpec" = Field(default_factory=lambda: MixSpec(), description="Mixup/cutmix per image before every forward.")
     train_subset: Optional[PositiveInt] = Field(default=None, description="Use only the first N training images.")

@@ -1,8 +1,8 @@
 """What each model sees in a training step: augmentation, shared or independent views, mixup/cutmix, targets.
 
 Function matching (Beyer et al., CVPR 2022) needs teacher and student to see the *same* augmented and mixed
-batch (``data.views: shared``); ``independent`` gives the teachers their own augmentation and mixing draw (the
-ablation). With mixing, the labels become soft targets ``λ·onehot(y) + (1 − λ)·onehot(y_partner)`` for the CE term.
+batch (``data.views: shared``); ``independent`` gives the teachers their own augmentation and mixing ratio (the
+ablation: independent noise on the same images, each mixed with the same partner). With mixing, the labels become soft targets ``λ·onehot(y) + (1 − λ)·onehot(y_partner)`` for the CE term.
 
 A view is a function of ``(runtime.seed, view, image index)`` alone (:mod:`kdgraph.data.draws`): in epoch ``e`` the
 view number is ``e`` (or ``e mod K`` from a teacher store of K views). Not of the batch the image is in, its place
@@ -108,7 +108,7 @@ class ViewMaker:
         self.fill = normalised_fill(data.crop_fill, norm)
         self.mixing = data.mix.name != "none"
         self.independent = two_views and data.views == "independent"
-        self._perms: dict[tuple[int, int], torch.Tensor] = {}
+        self._perms: dict[int, torch.Tensor] = {}
 
     @property
     def active(self) -> bool:
@@ -127,13 +127,14 @@ class ViewMaker:
         boxes, flips = resized_crop_boxes(uniforms(key, index, 5), self.data.crop_scale)
         return torch.cat([boxes, flips.to(torch.float64)[:, None]], dim=1)
 
-    def partners(self, view: int, role: int = SHARED) -> torch.Tensor:
-        """``π_v``: image ``i``'s mixing partner in view ``view`` is ``π_v[i]`` (a permutation of the training set)."""
-        if (view, role) not in self._perms:
+    def partners(self, view: int) -> torch.Tensor:
+        """``π_v``: image ``i``'s mixing partner in view ``view`` is ``π_v[i]`` (a permutation of the training set),
+        in every role."""
+        if view not in self._perms:
             if len(self._perms) >= 4:  # a view is used for a whole epoch: keep only the last few
                 self._perms.pop(next(iter(self._perms)))
-            self._perms[(view, role)] = permutation(view_key(self.seed, view, role, _PARTNER), self.n)
-        return self._perms[(view, role)]
+            self._perms[view] = permutation(view_key(self.seed, view, SHARED, _PARTNER), self.n)
+        return self._perms[view]
 
     def draw(self, index: torch.Tensor, view: int, role: int = SHARED) -> ViewParams:
         """The numbers of view ``view`` of the images ``index`` (data-set positions, on the CPU) in ``role``."""
@@ -141,7 +142,10 @@ class ViewMaker:
         params = ViewParams(crop=self._crop(index, view, role))
         if not self.mixing:
             return params
-        params.partner = self.partners(view, role).index_select(0, index)
+        # Every role mixes an image with the same partner: independent views are independent noise on the same pair
+        # of images (own crops and ratio), not another image (a teacher mixed with an image the student never sees
+        # would teach that image's class as noise).
+        params.partner = self.partners(view).index_select(0, index)
         params.partner_crop = self._crop(params.partner, view, role)
         b = symmetric_beta(view_key(self.seed, view, role, _RATIO), index, self.data.mix.alpha)
         a = torch.maximum(b, 1.0 - b)
