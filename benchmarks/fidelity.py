@@ -231,7 +231,8 @@ def table(rows: list[dict], name: str, seeds: list[int], epochs: int) -> str:
             if not all(len(v) == len(seeds) for v in sides.values()):
                 continue
             (m_r, s_r), (m_k, s_k) = stats(sides["reference"]), stats(sides["kdgraph"])
-            same = "yes" if abs(m_k - m_r) <= 2 * max(s_r, s_k) else "**no**"
+            one = len(seeds) < 2  # one run per side: no spread, so no verdicts
+            same = "–" if one else "yes" if abs(m_k - m_r) <= 2 * max(s_r, s_k) else "**no**"
             gain, wins = "", ""
             base_metric = "val_top1" if metric.startswith("val_top1") else metric
             base = {side: _values(rows, name, first, side, base_metric, seeds, epochs) for side in sides}
@@ -240,11 +241,12 @@ def table(rows: list[dict], name: str, seeds: list[int], epochs: int) -> str:
                 for side in ("reference", "kdgraph"):
                     (m, s), (m0, s0) = stats(sides[side]), stats(base[side])
                     deltas.append(f"{100 * (m - m0):+.2f}")
-                    verdicts.append("yes" if m - m0 > 2 * max(s, s0) else "no")
+                    verdicts.append("–" if one else "yes" if m - m0 > 2 * max(s, s0) else "no")
                 gain, wins = " / ".join(deltas), " / ".join(verdicts)
             label = spec.label.replace("|", "\\|")  # a formula's |x| must not split the markdown cell
-            lines.append(f"| {label} | {metric.removeprefix('val_')} | {100 * m_r:.2f} ± {100 * s_r:.2f} | "
-                         f"{100 * m_k:.2f} ± {100 * s_k:.2f} | {100 * (m_k - m_r):+.2f} | {same} | {gain} | {wins} |")
+            ref, ours = (f"{100 * m:.2f}" + ("" if one else f" ± {100 * s:.2f}") for m, s in ((m_r, s_r), (m_k, s_k)))
+            lines.append(f"| {label} | {metric.removeprefix('val_')} | {ref} | {ours} | {100 * (m_k - m_r):+.2f} | "
+                         f"{same} | {gain} | {wins} |")
     return "\n".join(lines)
 
 

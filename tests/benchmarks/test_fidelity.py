@@ -42,6 +42,9 @@ def test_table_compares_the_sides_and_the_gain_over_the_student_alone(script, tm
     # kd: the sides differ by 4.1 points, more than 2 std (2 x 1.00); both beat the student alone by > 2 std
     assert lines[3] == ("| KD: 0.1·CE + 0.9·T²·KL, T = 4 | top1 | 86.00 ± 1.00 | 90.10 ± 0.10 | +4.10 | **no** | "
                         "+5.00 / +8.60 | yes / yes |")
+    # one seed: the values alone, and no verdicts (one run has no spread to judge a difference by)
+    one = fidelity.table(rows, "fmnist_kd", [0], 5).splitlines()
+    assert one[3] == "| KD: 0.1·CE + 0.9·T²·KL, T = 4 | top1 | 85.00 | 90.00 | +5.00 | – | +5.00 / +9.50 | – / – |"
     pytest.importorskip("matplotlib")
     fidelity.plot(rows, "fmnist_kd", [0, 1, 2], 5, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
