@@ -1,4 +1,4 @@
-"""specs/methods/: `kdgraph validate` passes on every shipped method recipe, and each header says where its evidence is.
+"""specs/methods/: `kdgraph validate` passes on every shipped method recipe, and each header cites its paper.
 
 A recipe that reads the full Fashion-MNIST validates against idx files written from the embedded subset when the
 Debian copy is absent (`data.root`), so the check runs on any machine. The second step of the assistant chain names

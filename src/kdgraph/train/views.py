@@ -2,7 +2,8 @@
 
 Function matching (Beyer et al., CVPR 2022) needs teacher and student to see the *same* augmented and mixed
 batch (``data.views: shared``); ``independent`` gives the teachers their own augmentation and mixing ratio (the
-ablation: independent noise on the same images, each mixed with the same partner). With mixing, the labels become soft targets ``λ·onehot(y) + (1 − λ)·onehot(y_partner)`` for the CE term.
+ablation: independent noise on the same images, each mixed with the same partner). With mixing, the labels become
+soft targets ``λ·onehot(y) + (1 − λ)·onehot(y_partner)`` for the CE term.
 
 A view is a function of ``(runtime.seed, view, image index)`` alone (:mod:`kdgraph.data.draws`): in epoch ``e`` the
 view number is ``e`` (or ``e mod K`` from a teacher store of K views). Not of the batch the image is in, its place
