@@ -6,7 +6,8 @@
 #
 # first-light               issue #18 in ONE call (~8 min): nvidia-smi, the CUDA-only tests, the quickstart for one epoch
 #                          with the default runtime policy (and that policy), gpu_step.py resnet34->resnet18 at
-#                          batch 128 and 256; everything under $OUT, each part kept even when another fails.
+#                          batch 128 (with profiles) and 256; one archive $OUT/first-light.tgz, each part kept even
+#                          when another fails, a summary printed last.
 # Phases, in the order worth spending device time on (about 25 minutes in all on an H100):
 #   tests                    the CUDA-only tests (device-side step guard, side-stream prefetch) + the compile tests
 #   step PAIR BATCH          benchmarks/gpu_step.py for one pair and batch: the issue's hand-written variants and
@@ -22,7 +23,7 @@ mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null && ! python3 -c "import pydantic, pytest" 2> /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
 fi
-export PYTHONPATH="$PWD/.site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+export PYTHONPATH="$PWD/.site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 - > "$OUT/versions.txt" << 'EOF'
 import torch, timm, pydantic
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
@@ -32,8 +33,8 @@ cat "$OUT/versions.txt"
 
 case "$phase" in
   tests)
-    python3 -m pytest -p no:cacheprovider -rs tests/train/test_guard_device.py tests/train/test_prefetch.py \
-      tests/train/test_runtime.py 2>&1 | tee "$OUT/tests.txt"
+    python3 -m pytest -p no:cacheprovider -rs tests/train/test_cuda.py tests/train/test_guard_device.py \
+      tests/train/test_prefetch.py tests/test_runtime.py 2>&1 | tee "$OUT/tests.txt"
     ;;
   step)
     pair=${2:?step needs PAIR}; batch=${3:?step needs BATCH}
@@ -57,21 +58,38 @@ print(f"one process {rate['one']:.0f} img/s; DDP, 1 process {rate['ddp1']:.0f} i
 EOF
     ;;
   first-light)
-    # issue #18 in one device call of at most ~8 minutes: run with timeout_s 540, then give the machine back
-    (nvidia-smi 2>&1 || echo "no nvidia-smi") | tee "$OUT/nvidia-smi.txt"
-    python3 -m pytest -p no:cacheprovider -rs -q tests/train/test_guard_device.py tests/train/test_prefetch.py \
-      tests/train/test_runtime.py 2>&1 | tee "$OUT/tests.txt" || true
-    quick=(--overwrite --set train.epochs=1 --set train.baseline=false --set "output=$OUT/quickstart")
+    # issue #18 in one device call of at most ~8 minutes (run with timeout_s 540, then give the machine back).
+    # Everything lands in $W and comes back as ONE archive (the device returns at most 8 files); the summary
+    # is printed last, so the call's output tail holds it even when the archive is not fetched.
+    W=${FL_WORK:-/tmp/first-light}; rm -rf "$W"; mkdir -p "$W"; cp "$OUT/versions.txt" "$W/"  # not under $OUT
+    (nvidia-smi; nvidia-smi -q -d CLOCK,POWER,PERFORMANCE) > "$W/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$W/nvidia-smi.txt"
+    # correctness, side by side (neither is a timing): the CUDA-only + runtime tests, the quickstart for one epoch
+    # with the default runtime policy (whatever `auto` resolves to)
+    workers=(); if python3 -c "import xdist" 2> /dev/null; then workers=(-n 4); fi  # each test compiles: in parallel
+    timeout 150 python3 -m pytest -p no:cacheprovider -rs "${workers[@]}" tests/train/test_cuda.py \
+      tests/train/test_guard_device.py tests/train/test_prefetch.py tests/train/test_trainer.py tests/test_runtime.py \
+      > "$W/tests.txt" 2>&1 &
+    tests=$!
+    quick=(--overwrite --set train.epochs=1 --set train.baseline=false --set "output=$W/quickstart")
     if [ "$DEVICE" = cpu ]; then quick+=(--set data.source=embedded --set train.max_steps_per_epoch=5); fi
-    python3 -m kdgraph train specs/quickstart.yaml "${quick[@]}" 2>&1 | tee "$OUT/quickstart.log" || true
-    grep -m1 "device " "$OUT/quickstart.log" | tee "$OUT/runtime_policy.txt" || true  # e.g. "device cuda, bf16, compiled"
-    # the best hand-written variant of issue #18 beside kdgraph's default step (the other variants: phase `step`)
-    if [ "$DEVICE" = cpu ]; then size=(--image-size 32 --steps 1 --warmup 0 --threads 1); else size=(); fi
-    for batch in 128 256; do
-      timeout 170 python3 benchmarks/gpu_step.py --device "$DEVICE" --pairs resnet34-resnet18 --batch "$batch" \
-        --variants fx-reduce-overhead-fused,kdgraph "${size[@]}" --out "$OUT/gpu_step-$batch.md" 2>&1 \
-        | tee "$OUT/gpu_step-$batch.log" || true
-    done
+    timeout 150 python3 -m kdgraph train specs/quickstart.yaml "${quick[@]}" > "$W/quickstart.log" 2>&1 &
+    quickstart=$!
+    wait $tests || echo "tests exit $?" >> "$W/tests.txt"
+    wait $quickstart || echo "quickstart exit $?" >> "$W/quickstart.log"
+    # timing, alone on the GPU: the issue's best hand-written variant beside kdgraph's default step (batch 128 also
+    # eager hooks, the issue's plain baseline, and a profile of each variant's warm steps)
+    if [ "$DEVICE" = cpu ]; then size=(--image-size 32 --steps 1 --warmup 0 --threads 1); else size=(--steps 200 --warmup 10); fi
+    timeout 150 python3 benchmarks/gpu_step.py --device "$DEVICE" --pairs resnet34-resnet18 --batch 128 \
+      --variants eager-hooks,fx-reduce-overhead-fused,kdgraph "${size[@]}" --profile "$W" --out "$W/gpu_step-128.md" \
+      > "$W/gpu_step-128.log" 2>&1 || echo "gpu_step 128 exit $?" >> "$W/gpu_step-128.log"
+    timeout 120 python3 benchmarks/gpu_step.py --device "$DEVICE" --pairs resnet34-resnet18 --batch 256 \
+      --variants fx-reduce-overhead-fused,kdgraph "${size[@]}" --out "$W/gpu_step-256.md" \
+      > "$W/gpu_step-256.log" 2>&1 || echo "gpu_step 256 exit $?" >> "$W/gpu_step-256.log"
+    tar czf "$OUT/first-light.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$W" .
+    echo "== tests"; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed|exit" "$W/tests.txt" || tail -n 20 "$W/tests.txt"
+    for f in versions.txt quickstart.log; do echo "== $f"; tail -n 25 "$W/$f"; done
+    echo "== metrics"; cat "$W"/quickstart/metrics.jsonl 2>/dev/null || true
+    for b in 128 256; do echo "== gpu_step $b"; cat "$W/gpu_step-$b.md" 2>/dev/null || tail -n 20 "$W/gpu_step-$b.log"; done
     ;;
   *)
     echo "unknown phase $phase: use first-light, tests, step PAIR BATCH or ddp" >&2

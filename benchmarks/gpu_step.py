@@ -20,7 +20,7 @@ memory is reset before each variant is moved to the device, and every variant is
 
     python3 benchmarks/gpu_step.py --pairs resnet34-resnet18,vit_small-vit_tiny --batch 128 256 --out gpu.md
     python3 benchmarks/gpu_step.py --device cpu --image-size 64 --batch 8 --steps 3 --warmup 1 \\
-        --variants eager-hooks,kdgraph                       # a smoke run on CPU
+        --variants eager-hooks,kdgraph --profile /tmp       # a smoke run on CPU, with profiles
 """
 
 from __future__ import annotations
@@ -153,6 +153,26 @@ def hand_step(variant: str, templates: tuple[nn.Module, nn.Module, nn.Module], p
     return step
 
 
+def profile(step: Callable[[], object], device: torch.device, path: Path, steps: int = 5) -> None:
+    """Where one variant's time goes: ``steps`` warm steps under torch.profiler, the top kernels by device time."""
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    averages = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total", "self_cpu_time_total"):
+        try:
+            text = averages.table(sort_by=key, row_limit=40)
+            break
+        except (AttributeError, KeyError, RuntimeError):
+            continue
+    path.write_text(f"{steps} steps, sorted by {key}\n{text}\n")
+
+
 def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -185,13 +205,19 @@ def run_pair(pair: str, batch: int, args, variants: list[str]) -> list[tuple[str
             loop.graph.train()
             row = measure("kdgraph", lambda: loop.step(x, y), device, batch, args.steps, args.warmup,
                           loss_of=lambda v: float(v["total"]))
+            if args.profile:
+                profile(lambda: loop.step(x, y), device, Path(args.profile) / f"profile-{pair}-{batch}-kdgraph.txt")
             mode = f"compile {rt.compile_mode}" if rt.compile_mode else "eager"
+            if rt.compile_mode and loop.compiled is None:
+                mode += " FAILED: ran eagerly"
             note = f"{rt.precision}, {mode}, fused SGD: {bool(loop.optimizer.defaults.get('fused'))}, " \
                    f"teacher BNs folded: {getattr(loop.graph.teacher, 'folded', 0)}"
             del loop
         else:
             step = hand_step(variant, templates, pair, device, rt.channels_last, x, y)
             row = measure(variant, step, device, batch, args.steps, args.warmup)
+            if args.profile:
+                profile(step, device, Path(args.profile) / f"profile-{pair}-{batch}-{variant}.txt")
             note = ""
             del step
         out.append((variant, row, note))
@@ -236,6 +262,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the markdown table to FILE")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after timing, profile 5 steps of each variant: top kernels to DIR/profile-*.txt")
     args = p.parse_args(argv)
     pairs, variants = args.pairs.split(","), args.variants.split(",")
     variants = sorted(variants, key=lambda v: v == "kdgraph")  # kdgraph last: its plan keeps its models alive

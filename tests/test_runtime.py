@@ -28,6 +28,18 @@ def test_auto_policy_on_cpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only errors")
+def test_auto_policy_on_a_cuda_machine(monkeypatch):
+    """What auto resolves to where CUDA exists (CUDA itself is not needed to decide it): bf16 and CUDA graphs, but
+    eager with precision fp64, the reference check (a compiled float64 backward crashed on an H200, torch 2.11)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    rt = resolve_runtime(RuntimeSpec())
+    assert (rt.device.type, rt.dtype, rt.compile_mode) == ("cuda", torch.bfloat16, "reduce-overhead")
+    rt = resolve_runtime(RuntimeSpec(precision="fp64"))
+    assert (rt.device.type, rt.float64, rt.compile_mode) == ("cuda", True, None)
+    assert resolve_runtime(RuntimeSpec(precision="fp64", compile="reduce-overhead")).compile_mode == "reduce-overhead"
+
+
 def test_gpu_only_settings_fail_clearly_on_cpu():
     with pytest.raises(KdgraphError, match="runtime.device.*no CUDA GPU"):
         resolve_runtime(RuntimeSpec(device="cuda"))
@@ -82,6 +94,29 @@ def test_compiled_step_matches_eager_losses_and_gradients():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-5)
 
 
+def test_the_compiled_step_is_one_graph_under_autocast(monkeypatch):
+    """No graph break in the distillation graph under bf16 autocast: the loss terms switch autocast off without
+    asking torch whether autocast exists (a builtin torch.compile 2.11 cannot trace; on the first GPU run it split the
+    step into three CUDA graphs instead of two)."""
+    from kdgraph.graph import build_graph
+    from kdgraph.models import create_model
+
+    spec = spec_from_dict(TINY)
+    student = create_model(spec.student.model, spec.student.kwargs)
+    teacher = create_model(spec.teacher.model, spec.teacher.kwargs)
+    graph = build_graph(spec, student, teacher, (1, 28, 28)).graph.train()
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+
+    def refuse(device_type):
+        raise AssertionError("torch.amp.is_autocast_available called inside the step")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", refuse)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(graph)(x, y)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 def test_tensorboard_sink_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     doc = dict(TINY, runtime={"log": ["jsonl", "tensorboard"]}, output=str(tmp_path / "run"))
@@ -106,6 +141,7 @@ def test_fp64_trains_in_float64_end_to_end(tmp_path):
     assert {p.dtype for p in result.student.parameters()} == {torch.float64}
     graph = result.plan.graph
     assert {p.dtype for p in graph.student_adapters.parameters()} == {torch.float64}
-    out = graph(torch.zeros(2, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 1]))
+    device = result.plan.runtime.device  # the GPU under runtime auto, where there is one
+    out = graph(torch.zeros(2, 1, 28, 28, dtype=torch.float64, device=device), torch.tensor([0, 1], device=device))
     assert out.total.dtype == torch.float64 and {v.dtype for v in out.terms.values()} == {torch.float64}
     assert 0 <= result.metrics[-1]["val_top1"] <= 1

@@ -33,7 +33,6 @@ and a resumed run is bit-identical when the generator's state is checkpointed wi
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdgraph.losses.checks import check_positive
-from kdgraph.losses.feature import fp32_compute
+from kdgraph.losses.feature import autocast_off, fp32_compute
 from kdgraph.losses.registry import register_loss
 from kdgraph.losses.state import RandomStream
 
@@ -212,13 +211,7 @@ class CRDMemory(nn.Module):
         elif contrast_index.ndim != 2 or contrast_index.shape[0] != student.shape[0]:
             raise ValueError(f"CRDMemory: contrast_index must be (B, K + 1), got {tuple(contrast_index.shape)}")
         contrast_index = contrast_index.to(self.memory_student.device)
-        device_type = self.memory_student.device.type
-        autocast_off = (
-            torch.autocast(device_type, enabled=False)
-            if torch.amp.is_autocast_available(device_type)
-            else contextlib.nullcontext()
-        )
-        with autocast_off:
+        with autocast_off(self.memory_student.device.type):
             s = student.to(self.memory_student.dtype)
             t = teacher.to(self.memory_student.dtype)
             scores_student = self._scores(s, self.memory_teacher, contrast_index, self.z_student)

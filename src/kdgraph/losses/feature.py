@@ -36,11 +36,18 @@ def _upcast(x: Any) -> Any:
     return x
 
 
-def _autocast_off(x: Tensor) -> contextlib.AbstractContextManager[Any]:
-    dev = x.device.type
-    if torch.amp.is_autocast_available(dev):
-        return torch.autocast(device_type=dev, enabled=False)
-    return contextlib.nullcontext()
+#: Device types autocast supports, asked once at import: ``torch.amp.is_autocast_available`` is a C builtin that
+#: torch.compile (2.11) cannot trace, so asking inside a loss broke the compiled graph in two at every loss term
+#: (measured on an H200: three CUDA graphs per step instead of two, 0.965x the hand-written step).
+_AUTOCAST_DEVICES = {dev: torch.amp.is_autocast_available(dev) for dev in ("cpu", "cuda", "xpu", "mps", "hpu")}
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """A context with autocast disabled on ``device_type`` (a null context where autocast does not exist)."""
+    available = _AUTOCAST_DEVICES.get(device_type)
+    if available is None:  # a device type not asked at import: ask once, outside the hot path from then on
+        available = _AUTOCAST_DEVICES[device_type] = torch.amp.is_autocast_available(device_type)
+    return torch.autocast(device_type=device_type, enabled=False) if available else contextlib.nullcontext()
 
 
 def fp32_compute(fn: _Fn) -> _Fn:
@@ -49,7 +56,7 @@ def fp32_compute(fn: _Fn) -> _Fn:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Tensor:
         first = args[0] if args else next(iter(kwargs.values()))
-        with _autocast_off(first):
+        with autocast_off(first.device.type):
             args = tuple(_upcast(a) for a in args)
             kwargs = {k: _upcast(v) for k, v in kwargs.items()}
             return fn(*args, **kwargs)

@@ -205,7 +205,7 @@ class RuntimeSpec(Section):
         default="auto", description="auto: bf16 on CUDA, fp32 on CPU. fp64: models, adapters and batches in float64, "
         "no autocast: slow, for checking a run against a reference to rounding error.")
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
-        default="auto", description="auto: compiled with CUDA graphs on CUDA, eager on CPU."
+        default="auto", description="auto: compiled with CUDA graphs on CUDA, eager on CPU and with precision fp64."
     )
     channels_last: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on for conv nets.")
     log: list[Literal["jsonl", "tensorboard"]] = Field(

@@ -38,6 +38,25 @@ from kdgraph.train.views import ViewMaker
 __all__ = ["Trainer"]
 
 
+def move_sharing(graph: nn.Module, student: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """Move ``graph`` onto ``device`` (channels-last when asked), the ``student`` module sharing its buffers after.
+
+    ``Module.to`` gives every buffer slot a new tensor. The traced student keeps the student's root-level buffers
+    (fx ``get_attr``) in slots of its own, so after a move the student module kept the old tensors: on the CPU beside
+    parameters on the GPU, and deaf to the run (seen on the first GPU run: a buffer set to NaN was never read)."""
+    before = [(module, key, buf) for module in graph.modules() for key, buf in module._buffers.items()
+              if buf is not None]
+    graph.to(device)
+    if channels_last:
+        graph.to(memory_format=torch.channels_last)
+    moved = {id(buf): module._buffers[key] for module, key, buf in before if module._buffers[key] is not buf}
+    for module in student.modules():
+        for key, buf in module._buffers.items():
+            if buf is not None and id(buf) in moved:
+                module._buffers[key] = moved[id(buf)]
+    return graph
+
+
 class Trainer:
     """The training state of one run: the graph on its device (wrapped for data parallelism), the loader, optimizer
     and schedule, the curriculum, the step guard, the teacher cache, the running sums of the current epoch and the
@@ -59,9 +78,7 @@ class Trainer:
         if any(t.shard == "fsdp" for t in spec.teacher_specs.values()) and not self.sharded:
             self.reporter.info("  teacher.shard: fsdp shards across torchrun processes; in one process the teacher "
                                "stays whole")
-        self.graph = plan.graph.to(rt.device)
-        if rt.channels_last:
-            self.graph.to(memory_format=torch.channels_last)
+        self.graph = move_sharing(plan.graph, self.student, rt.device, rt.channels_last)
         self.curriculum = Curriculum(spec.train.stages, self.graph.terms)
         self.model = dist.wrap(self.graph, find_unused=bool(self.curriculum))  # the graph itself in one process
         cfg = spec.train
