@@ -162,7 +162,8 @@ INDISTILL = Family(
         "indistill": Variant("InDistill: pruned layers one by one (1, 1, 2 epochs), then KD", [],
                              ["indistill", *KD_TEACHER]),
     },
-    ("val_top1", "val_map"), "full Fashion-MNIST", 12, kdgraph_overrides=("data.source=full",))
+    ("val_top1", "val_map"), "embedded Fashion-MNIST subset (12,000 train / 2,000 test)", 12, ("--data", "embedded"),
+    ("data.source=embedded",))
 
 FAMILIES: dict[str, Family] = {"fmnist_kd": FMNIST_KD, "projector": PROJECTOR_ABLATION,
                                "self_distillation": SELF_DISTILLATION, "function_matching": FUNCTION_MATCHING,

@@ -20,9 +20,10 @@ model compression", WACV 2025, written out as the paper describes it, at a scale
 - the ablations: ``all-at-once`` (the three pruned layers together for 4 epochs, then the same KD), ``fitnet`` (one
   layer, stage 3, through a 1x1 convolution to the teacher's 64 channels, for 4 epochs, then the same KD), ``kd``
   (the KD stage for all 12 epochs), ``alone`` (CE);
-- data: the Fashion-MNIST idx files, mean 0.2860, std 0.3530, no augmentation; batch 128, the last partial batch
+- data: the Fashion-MNIST idx files (``--data full``) or the class-balanced 12,000/2,000 subset kdgraph embeds
+  (``--data embedded``, read from its .npz), mean 0.2860, std 0.3530, no augmentation; batch 128, the last partial batch
   dropped; SGD, lr 0.05, momentum 0.9, weight decay 5e-4 on weights only, one per-step cosine over the whole run;
-- evaluation: test top-1, and retrieval mAP: every test embedding (the student's pooled last block) queries the 60,000
+- evaluation: test top-1, and retrieval mAP: every test embedding (the student's pooled last block) queries the
   train embeddings ranked by cosine similarity; AP = (1/R) sum_k rel_k precision@k over the ranked list (R relevant
   items: the same label), averaged over the queries.
 
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 
 MEAN, STD = 0.2860, 0.3530
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+EMBEDDED = Path(__file__).resolve().parents[2] / "src" / "kdgraph" / "data" / "embedded" / "fashion_mnist_subset.npz"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 # each variant: its stages, (epochs, active terms); "kd" = KL on the logits + PKT on the embeddings. Epochs of the
@@ -79,9 +81,13 @@ def find(root: Path, name: str) -> Path:
     raise FileNotFoundError(f"no {name}[.gz] in {root}")
 
 
-def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images float32 (N, 1, 28, 28) normalised, labels int64 (N,))``."""
-    images, labels = (read_idx(find(root, name)) for name in FILES[split])
+def load_split(root: Path, split: str, data: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float32 (N, 1, 28, 28) normalised, labels int64 (N,))`` from the idx files or the embedded subset."""
+    if data == "embedded":
+        arrays = np.load(EMBEDDED)
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    else:
+        images, labels = (read_idx(find(root, name)) for name in FILES[split])
     x = torch.from_numpy(images.copy()).float().div(255.0).unsqueeze(1)
     return (x - MEAN) / STD, torch.from_numpy(labels.astype(np.int64))
 
@@ -281,10 +287,10 @@ def evaluate(student, x_train, y_train, x_test, y_test, with_map: bool = True) -
 
 
 def train(variant: str, seed: int, epochs: int, root: Path, teacher_path: Path | None, batch: int = 128,
-          lr: float = 0.05, eval_every: int = 4) -> dict:
+          lr: float = 0.05, eval_every: int = 4, data: str = "full") -> dict:
     torch.manual_seed(seed)
-    x_train, y_train = load_split(root, "train")
-    x_test, y_test = load_split(root, "test")
+    x_train, y_train = load_split(root, "train", data)
+    x_test, y_test = load_split(root, "test", data)
     student = Student()
     teacher, kept, fitnet = None, {}, nn.Identity()
     if variant != "alone":
@@ -322,6 +328,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--root", type=Path, default=DEBIAN)
+    parser.add_argument("--data", choices=["full", "embedded"], default="full",
+                        help="the idx files under --root, or the 12,000/2,000 subset kdgraph embeds (its .npz)")
     parser.add_argument("--teacher", type=Path, default=None, help="the teacher's safetensors")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -329,7 +337,8 @@ def main() -> None:
         parser.error(f"{args.variant} needs --teacher")
     if args.threads:
         torch.set_num_threads(args.threads)
-    row = train(args.variant, args.seed, args.epochs, args.root, args.teacher, eval_every=args.eval_every)
+    row = train(args.variant, args.seed, args.epochs, args.root, args.teacher, eval_every=args.eval_every,
+                data=args.data)
     print(json.dumps(row), flush=True)
 
 

@@ -34,9 +34,9 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     ref, fidelity = script("references/indistill"), script("fidelity")
     family = fidelity.FAMILIES["indistill"]
     overrides = ["teacher.weights=null", *family.kdgraph_overrides, *family.variants[variant].overrides,
-                 *fidelity.epoch_overrides(family, variant, STEPS), f"data.root={idx_root}", f"data.batch_size={BATCH}",
-                 f"runtime.seed={SEED}", "train.max_steps_per_epoch=1", f"eval.every={STEPS}", "runtime.precision=fp64",
-                 f"output={tmp_path / 'run'}"]
+                 *fidelity.epoch_overrides(family, variant, STEPS), "data.source=full", f"data.root={idx_root}",
+                 f"data.batch_size={BATCH}", f"runtime.seed={SEED}", "train.max_steps_per_epoch=1",
+                 f"eval.every={STEPS}", "runtime.precision=fp64", f"output={tmp_path / 'run'}"]
     spec = load_spec(family.spec, overrides)
     torch.manual_seed(0)
     teacher, student = ref.Teacher().eval().double(), ref.Student().double()
@@ -72,3 +72,19 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     expected = ref.evaluate(student, x.double(), y, x_test.double(), y_test)
     assert result.metrics[-1]["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-9)
     assert result.metrics[-1]["val_map"] == pytest.approx(expected["val_map"], abs=1e-6)
+
+
+def test_the_reference_reads_the_embedded_subset_as_kdgraph_does(script):
+    """The fidelity runs use the embedded subset: both sides see the same images, order and normalisation."""
+    from kdgraph.plan import resolve_plan
+
+    ref, fidelity = script("references/indistill"), script("fidelity")
+    family = fidelity.FAMILIES["indistill"]
+    data = resolve_plan(load_spec(family.spec, ["teacher.weights=null", *family.kdgraph_overrides])).data
+    for split, dataset in (("train", data.train), ("test", data.test)):
+        x, y = ref.load_split(None, split, "embedded")
+        assert len(dataset) == len(y) == {"train": 12000, "test": 2000}[split]
+        for i in (0, 1, len(y) // 2, len(y) - 1):
+            image, label = dataset[i]
+            assert label == int(y[i])
+            torch.testing.assert_close(image, x[i], atol=1e-6, rtol=0)
