@@ -140,7 +140,8 @@ SIMREG = Family(
                                                           "bn: [true, false, true], relu: [true, false, true]}, "
                                                           "loss: cosine}]"], ["wide-only"]),
     },
-    ("val_knn", "val_linear_probe"), "full Fashion-MNIST", 10)
+    ("val_knn", "val_linear_probe"), "embedded Fashion-MNIST subset (12,000 train / 2,000 test)", 10,
+    ("--data", "embedded"), ("data.source=embedded",))
 
 # -- InDistill --------------------------------------------------------------------------------------------------------
 EMBEDDING_PKT = "{name: embedding, teacher: 'fc:input', student: 'fc:input', loss: pkt}"

@@ -14,9 +14,10 @@ Knowledge Distillation", BMVC 2021, written out as the paper describes it:
 - views: every model sees the same weakly augmented image: a random resized crop of area fraction ~ U(0.5, 1), aspect
   ratio log-uniform in [3/4, 4/3], bilinear at pixel centres with edge clamping, and a horizontal flip with p = 1/2
   (done on the normalised image, which is the same: both are affine per pixel with weights summing to one);
-- data: the Fashion-MNIST idx files (60,000 / 10,000), mean 0.2860, std 0.3530; batch 128, the last partial batch
+- data: the Fashion-MNIST idx files (60,000 / 10,000; ``--data full``) or the class-balanced 12,000/2,000 subset
+  kdgraph embeds (``--data embedded``, read from its .npz), mean 0.2860, std 0.3530; batch 128, the last partial batch
   dropped; SGD, lr 0.05, momentum 0.9, weight decay 5e-4 on weights only, per-step cosine to 0;
-- evaluation without any head: k-NN top-1 (cosine similarity to the 60,000 train embeddings, k = 20, majority vote,
+- evaluation without any head: k-NN top-1 (cosine similarity to the train embeddings, k = 20, majority vote,
   ties to the larger summed similarity) and a linear probe (logistic regression on the standardised frozen train
   embeddings, full-batch L-BFGS from zeros, 100 iterations, L2 1e-4).
 
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 MEAN, STD = 0.2860, 0.3530
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+EMBEDDED = ROOT / "src" / "kdgraph" / "data" / "embedded" / "fashion_mnist_subset.npz"
 WEIGHTS = {"resnet": ROOT / "src" / "kdgraph" / "models" / "weights" / "fmnist_resnet.safetensors",
            "wide": ROOT / "src" / "kdgraph" / "models" / "weights" / "fmnist_cnn_wide.safetensors"}
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -78,9 +80,13 @@ def find(root: Path, name: str) -> Path:
     raise FileNotFoundError(f"no {name}[.gz] in {root}")
 
 
-def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images float32 (N, 1, 28, 28) normalised, labels int64 (N,))``."""
-    images, labels = (read_idx(find(root, name)) for name in FILES[split])
+def load_split(root: Path, split: str, data: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float32 (N, 1, 28, 28) normalised, labels int64 (N,))`` from the idx files or the embedded subset."""
+    if data == "embedded":
+        arrays = np.load(EMBEDDED)
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    else:
+        images, labels = (read_idx(find(root, name)) for name in FILES[split])
     x = torch.from_numpy(images.copy()).float().div(255.0).unsqueeze(1)
     return (x - MEAN) / STD, torch.from_numpy(labels.astype(np.int64))
 
@@ -297,10 +303,10 @@ def evaluate(student, x_train, y_train, x_test, y_test) -> dict[str, float]:
 
 
 def train(variant: str, seed: int, epochs: int, root: Path, batch: int = 128, lr: float = 0.05,
-          eval_every: int = 2) -> dict:
+          eval_every: int = 2, data: str = "full") -> dict:
     torch.manual_seed(seed)
-    x_train, y_train = load_split(root, "train")
-    x_test, y_test = load_split(root, "test")
+    x_train, y_train = load_split(root, "train", data)
+    x_test, y_test = load_split(root, "test", data)
     student, heads = CNN(), make_heads(variant)
     teachers = make_teachers(VARIANTS[variant][0])
     for model in (student, *teachers.values()):  # channels-last convolutions: faster on CPUs, the same up to rounding
@@ -332,11 +338,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--root", type=Path, default=DEBIAN)
+    parser.add_argument("--data", choices=["full", "embedded"], default="full",
+                        help="the idx files under --root, or the 12,000/2,000 subset kdgraph embeds (its .npz)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(train(args.variant, args.seed, args.epochs, args.root, eval_every=args.eval_every)), flush=True)
+    print(json.dumps(train(args.variant, args.seed, args.epochs, args.root, eval_every=args.eval_every,
+                           data=args.data)), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,27 @@ def test_every_variant_is_a_spec_and_a_reference_variant(name, script):
     assert set(fidelity.FAMILIES) == set(FAMILY_NAMES)
 
 
+@pytest.mark.parametrize("name", ["indistill", "simreg"])
+def test_a_reference_on_the_embedded_subset_sees_kdgraphs_images(name, script):
+    """Both sides of a family run on the embedded subset read the same images, in the same order, normalised alike
+    (the reference from kdgraph's .npz with its own reader)."""
+    import torch
+
+    from kdgraph.plan import resolve_plan
+
+    family = script("fidelity").FAMILIES[name]
+    assert "embedded" in family.reference_args and "data.source=embedded" in family.kdgraph_overrides
+    reference = script(f"references/{family.script.removesuffix('.py')}")
+    data = resolve_plan(load_spec(family.spec, [*family.kdgraph_overrides, *family.variants["alone"].overrides])).data
+    for split, dataset in (("train", data.train), ("test", data.test)):
+        x, y = reference.load_split(None, split, "embedded")
+        assert len(dataset) == len(y) == {"train": 12000, "test": 2000}[split]
+        for i in (0, 1, len(y) // 2, len(y) - 1):
+            image, label = dataset[i]
+            assert label == int(y[i])
+            torch.testing.assert_close(image, x[i], atol=1e-6, rtol=0)
+
+
 def _rows(family, variant, side, values, metric="val_top1"):
     return [{"family": family, "variant": variant, "side": side, "seed": seed, "epochs": 5, "metrics": {metric: v},
              "curve": [{"epoch": 1, metric: v - 0.1}, {"epoch": 5, metric: v}]} for seed, v in enumerate(values)]

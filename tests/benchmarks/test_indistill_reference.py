@@ -73,18 +73,3 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
     assert result.metrics[-1]["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-9)
     assert result.metrics[-1]["val_map"] == pytest.approx(expected["val_map"], abs=1e-6)
 
-
-def test_the_reference_reads_the_embedded_subset_as_kdgraph_does(script):
-    """The fidelity runs use the embedded subset: both sides see the same images, order and normalisation."""
-    from kdgraph.plan import resolve_plan
-
-    ref, fidelity = script("references/indistill"), script("fidelity")
-    family = fidelity.FAMILIES["indistill"]
-    data = resolve_plan(load_spec(family.spec, ["teacher.weights=null", *family.kdgraph_overrides])).data
-    for split, dataset in (("train", data.train), ("test", data.test)):
-        x, y = ref.load_split(None, split, "embedded")
-        assert len(dataset) == len(y) == {"train": 12000, "test": 2000}[split]
-        for i in (0, 1, len(y) // 2, len(y) - 1):
-            image, label = dataset[i]
-            assert label == int(y[i])
-            torch.testing.assert_close(image, x[i], atol=1e-6, rtol=0)
