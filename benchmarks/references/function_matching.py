@@ -195,12 +195,17 @@ def kl(student_logits, teacher_logits):
     return (log_pt.exp() * (log_pt - F.log_softmax(student_logits, dim=1))).sum(dim=1).mean()
 
 
-def draw_views(variant: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, rng: np.random.Generator):
+def draw_views(variant: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, rng: np.random.Generator,
+               ratio_per_image: bool = False):
     """The student's batch, the teacher's (None: the same tensor) and the CE targets: crops from ``generator``,
-    mixing ratios from ``rng``; with independent views the teacher draws its own of both."""
+    mixing ratios from ``rng`` (one per batch, the paper's; ``ratio_per_image``: one per image, as kdgraph draws
+    them, a diagnostic); with independent views the teacher draws its own of both."""
     mixing = variant not in ("fixed-nomix", "consistent-nomix")
     boxes, flips = crop_boxes(len(x), generator)
-    a = mix_ratio(rng) if mixing else 1.0
+    if ratio_per_image and mixing:
+        a = torch.tensor([mix_ratio(rng) for _ in range(len(x))])
+    else:
+        a = mix_ratio(rng) if mixing else 1.0
     student = views(x, boxes, flips, a if mixing else None)
     teacher = None
     if variant == "independent":
@@ -274,7 +279,8 @@ def top1(model, x, y, batch: int = 1000) -> float:
 
 
 def train(variant: str, seed: int, epochs: int, root: Path, teacher_path: Path | None, train_size: int = 512,
-          batch: int = 64, lr: float = 3e-3, warmup_epochs: int = 20, eval_every: int = 25) -> dict:
+          batch: int = 64, lr: float = 3e-3, warmup_epochs: int = 20, eval_every: int = 25,
+          ratio_per_image: bool = False) -> dict:
     torch.manual_seed(seed)
     x_train, y_train = load_split(root, "train")
     x_train, y_train = x_train[:train_size], y_train[:train_size]
@@ -300,7 +306,7 @@ def train(variant: str, seed: int, epochs: int, root: Path, teacher_path: Path |
         order = torch.randperm(len(y_train), generator=order_gen)
         for i in range(steps_per_epoch):
             idx = order[i * batch:(i + 1) * batch]
-            x, x_t, target = draw_views(variant, x_train[idx], y_train[idx], aug_gen, mix_rng)
+            x, x_t, target = draw_views(variant, x_train[idx], y_train[idx], aug_gen, mix_rng, ratio_per_image)
             x, x_t = (v if v is None else v.contiguous(memory_format=torch.channels_last) for v in (x, x_t))
             train_step(variant, student, teacher, optimizer, scheduler, x, x_t, target,
                        None if cache is None else cache[idx])
@@ -322,13 +328,15 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=DEBIAN)
     parser.add_argument("--teacher", type=Path, default=None, help="the teacher's safetensors")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ratio-per-image", action="store_true",
+                        help="one mixing ratio per image (kdgraph's draw) instead of one per batch (a diagnostic)")
     args = parser.parse_args()
     if args.variant != "alone" and args.teacher is None:
         parser.error(f"{args.variant} needs --teacher")
     if args.threads:
         torch.set_num_threads(args.threads)
     row = train(args.variant, args.seed, args.epochs, args.root, args.teacher, args.train_size,
-                warmup_epochs=args.warmup_epochs, eval_every=args.eval_every)
+                warmup_epochs=args.warmup_epochs, eval_every=args.eval_every, ratio_per_image=args.ratio_per_image)
     print(json.dumps(row), flush=True)
 
 
