@@ -162,6 +162,17 @@ INDISTILL = Family(
                                 f"{KD_STAGE}]"], ["all-at-once", *KD_TEACHER]),
         "indistill": Variant("InDistill: pruned layers one by one (1, 1, 2 epochs), then KD", [],
                              ["indistill", *KD_TEACHER]),
+        # the stage-length search, run with --epochs 16 (the last stage, KD, keeps 8 epochs)
+        "indistill-long": Variant("InDistill, stages twice as long (2, 2, 4 epochs), then KD",
+                                  ["train.epochs=16",
+                                   "train.stages=[{name: layer1, epochs: 2, pairs: [layer1]}, {name: layer2, epochs: 2, "
+                                   "pairs: [layer2]}, {name: layer3, epochs: 4, pairs: [layer3]}, "
+                                   "{name: kd, epochs: 8, pairs: [embedding], logits: true}]"],
+                                  ["indistill-long", *KD_TEACHER]),
+        "all-at-once-long": Variant("pruned layers all at once for 8 epochs, then KD",
+                                    ["train.epochs=16",
+                                     f"train.stages=[{{name: layers, epochs: 8, pairs: [layer1, layer2, layer3]}}, "
+                                     f"{KD_STAGE}]"], ["all-at-once-long", *KD_TEACHER]),
     },
     ("val_top1", "val_map"), "embedded Fashion-MNIST subset (12,000 train / 2,000 test)", 12, ("--data", "embedded"),
     ("data.source=embedded",))

@@ -61,6 +61,9 @@ STAGES = {
     "indistill": [(1, {"layer1"}), (1, {"layer2"}), (2, {"layer3"}), (8, {"kd"})],
     "all-at-once": [(4, {"layer1", "layer2", "layer3"}), (8, {"kd"})],
     "fitnet": [(4, {"fitnet"}), (8, {"kd"})],
+    # the stage-length search (run with --epochs 16): twice the feature epochs, the same 8 of KD
+    "indistill-long": [(2, {"layer1"}), (2, {"layer2"}), (4, {"layer3"}), (8, {"kd"})],
+    "all-at-once-long": [(8, {"layer1", "layer2", "layer3"}), (8, {"kd"})],
 }
 VARIANTS = tuple(STAGES)
 
