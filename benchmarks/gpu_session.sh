@@ -30,11 +30,13 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA de
 print(f"torch {torch.__version__}, timm {timm.__version__}, pydantic {pydantic.__version__}, {gpu}")
 EOF
 cat "$OUT/versions.txt"
+# the CUDA-only tests and those whose runtime `auto` takes the GPU path (compiled, bf16) where there is one
+GPU_TESTS=(tests/train/test_cuda.py tests/train/test_guard_device.py tests/train/test_prefetch.py
+           tests/train/test_trainer.py tests/test_runtime.py)
 
 case "$phase" in
   tests)
-    python3 -m pytest -p no:cacheprovider -rs tests/train/test_cuda.py tests/train/test_guard_device.py \
-      tests/train/test_prefetch.py tests/test_runtime.py 2>&1 | tee "$OUT/tests.txt"
+    python3 -m pytest -p no:cacheprovider -rs "${GPU_TESTS[@]}" 2>&1 | tee "$OUT/tests.txt"
     ;;
   step)
     pair=${2:?step needs PAIR}; batch=${3:?step needs BATCH}
@@ -66,9 +68,7 @@ EOF
     # correctness, side by side (neither is a timing): the CUDA-only + runtime tests, the quickstart for one epoch
     # with the default runtime policy (whatever `auto` resolves to)
     workers=(); if python3 -c "import xdist" 2> /dev/null; then workers=(-n 4); fi  # each test compiles: in parallel
-    timeout 150 python3 -m pytest -p no:cacheprovider -rs "${workers[@]}" tests/train/test_cuda.py \
-      tests/train/test_guard_device.py tests/train/test_prefetch.py tests/train/test_trainer.py tests/test_runtime.py \
-      > "$W/tests.txt" 2>&1 &
+    timeout 150 python3 -m pytest -p no:cacheprovider -rs "${workers[@]}" "${GPU_TESTS[@]}" > "$W/tests.txt" 2>&1 &
     tests=$!
     quick=(--overwrite --set train.epochs=1 --set train.baseline=false --set "output=$W/quickstart")
     if [ "$DEVICE" = cpu ]; then quick+=(--set data.source=embedded --set train.max_steps_per_epoch=5); fi
