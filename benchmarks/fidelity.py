@@ -115,8 +115,20 @@ FUNCTION_MATCHING = Family(
 def simreg_heads(head: str) -> list[str]:
     """Both pairs of specs/methods/simreg_two_teachers.yaml with another head."""
     projector = {"linear": "{name: linear}",
-                 "mlp-shallow": "{name: mlp, hidden: [2d], bn: [true], relu: [true]}"}[head]
+                 "mlp-shallow": "{name: mlp, hidden: [2d], bn: [true], relu: [true]}",
+                 "mlp-shallow-8d": "{name: mlp, hidden: [8d], bn: [true], relu: [true]}",
+                 "mlp-deep-8d": "{name: mlp, hidden: [8d, d, 8d], bn: [true, false, true], relu: [true, false, true]}",
+                 }[head]
     return [f"distill.pairs[{i}].projector={projector}" for i in (0, 1)]
+
+
+def one_teacher(name: str, model: str, width: int = 2) -> list[str]:
+    """The spec with one teacher (``name``: ``kdgraph:MODEL``) and the deep MLP head, hidden widths ``width``·d."""
+    w = f"{width}d"
+    return [f"teachers=[{{name: {name}, model: 'kdgraph:{model}', weights: builtin}}]",
+            f"distill.pairs=[{{name: {name}, teacher_model: {name}, teacher: 'fc:input', student: 'fc:input', "
+            f"projector: {{name: mlp, hidden: [{w}, d, {w}], bn: [true, false, true], relu: [true, false, true]}}, "
+            "loss: cosine}]"]
 
 
 SIMREG = Family(
@@ -127,18 +139,16 @@ SIMREG = Family(
         "simreg-ce": Variant("SimReg + CE", ["train.ce_weight=1"], ["simreg-ce"]),
         "mlp-shallow": Variant("shallower head: Linear BN ReLU Linear", simreg_heads("mlp-shallow"), ["mlp-shallow"]),
         "linear": Variant("linear head", simreg_heads("linear"), ["linear"]),
-        "resnet-only": Variant("one teacher: the ResNet", ["teachers=[{name: resnet, model: 'kdgraph:fmnist_resnet', "
-                                                           "weights: builtin}]", "distill.pairs=[{name: resnet, "
-                                                           "teacher_model: resnet, teacher: 'fc:input', student: "
-                                                           "'fc:input', projector: {name: mlp, hidden: [2d, d, 2d], "
-                                                           "bn: [true, false, true], relu: [true, false, true]}, "
-                                                           "loss: cosine}]"], ["resnet-only"]),
-        "wide-only": Variant("one teacher: the wide CNN", ["teachers=[{name: cnn_wide, model: 'kdgraph:fmnist_cnn_wide', "
-                                                          "weights: builtin}]", "distill.pairs=[{name: cnn_wide, "
-                                                          "teacher_model: cnn_wide, teacher: 'fc:input', student: "
-                                                          "'fc:input', projector: {name: mlp, hidden: [2d, d, 2d], "
-                                                          "bn: [true, false, true], relu: [true, false, true]}, "
-                                                          "loss: cosine}]"], ["wide-only"]),
+        "resnet-only": Variant("one teacher: the ResNet", one_teacher("resnet", "fmnist_resnet"), ["resnet-only"]),
+        "wide-only": Variant("one teacher: the wide CNN", one_teacher("cnn_wide", "fmnist_cnn_wide"), ["wide-only"]),
+        # the head-width search: hidden widths 8d instead of 2d
+        "simreg-wide-head": Variant("deep MLP heads, hidden 8d", simreg_heads("mlp-deep-8d"), ["simreg-wide-head"]),
+        "mlp-shallow-wide-head": Variant("shallower head, hidden 8d", simreg_heads("mlp-shallow-8d"),
+                                         ["mlp-shallow-wide-head"]),
+        "resnet-only-wide-head": Variant("one teacher: the ResNet, hidden 8d", one_teacher("resnet", "fmnist_resnet", 8),
+                                         ["resnet-only-wide-head"]),
+        "wide-only-wide-head": Variant("one teacher: the wide CNN, hidden 8d",
+                                       one_teacher("cnn_wide", "fmnist_cnn_wide", 8), ["wide-only-wide-head"]),
     },
     ("val_knn", "val_linear_probe"), "embedded Fashion-MNIST subset (12,000 train / 2,000 test)", 10,
     ("--data", "embedded"), ("data.source=embedded",))

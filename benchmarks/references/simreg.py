@@ -23,7 +23,8 @@ Knowledge Distillation", BMVC 2021, written out as the paper describes it:
 
 Variants: ``simreg`` (two teachers, deep MLP heads, no labels), ``simreg-ce`` (+ CE), ``mlp-shallow``, ``linear``
 (the head ablation, two teachers), ``resnet-only``, ``wide-only`` (one teacher, deep MLP head), ``alone`` (the
-student with CE on the same views).
+student with CE on the same views); the head-width search: ``simreg-wide-head`` and ``mlp-shallow-wide-head`` (hidden
+widths 8d instead of 2d).
 
     python3 benchmarks/references/simreg.py simreg --seed 0 --epochs 10
 
@@ -61,6 +62,11 @@ VARIANTS = {  # variant: (teachers, head, CE weight)
     "linear": (("resnet", "wide"), "linear", 0.0),
     "resnet-only": (("resnet",), "mlp-deep", 0.0),
     "wide-only": (("wide",), "mlp-deep", 0.0),
+    # the head-width search: the same heads with hidden widths 8d instead of 2d
+    "simreg-wide-head": (("resnet", "wide"), "mlp-deep-8d", 0.0),
+    "mlp-shallow-wide-head": (("resnet", "wide"), "mlp-shallow-8d", 0.0),
+    "resnet-only-wide-head": (("resnet",), "mlp-deep-8d", 0.0),
+    "wide-only-wide-head": (("wide",), "mlp-deep-8d", 0.0),
 }
 
 
@@ -200,12 +206,14 @@ def make_teachers(names, paths=WEIGHTS) -> dict[str, nn.Module]:
 
 
 def make_head(kind: str, d: int, out: int) -> nn.Module:
+    """``linear``, ``mlp-shallow`` or ``mlp-deep``; a suffix ``-8d`` makes the hidden width 8d instead of 2d."""
     if kind == "linear":
         return nn.Linear(d, out)
+    kind, h = (kind[:-3], 8 * d) if kind.endswith("-8d") else (kind, 2 * d)
     if kind == "mlp-shallow":
-        return nn.Sequential(nn.Linear(d, 2 * d), nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, out))
-    return nn.Sequential(nn.Linear(d, 2 * d), nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, d),
-                         nn.Linear(d, 2 * d), nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, out))
+        return nn.Sequential(nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, out))
+    return nn.Sequential(nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, d),
+                         nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, out))
 
 
 def make_heads(variant: str, d: int = 32) -> nn.ModuleDict:

@@ -1,8 +1,8 @@
 """Step by step, kdgraph's InDistill equals the independent loop of benchmarks/references/indistill.py.
 
 The shipped spec (specs/methods/indistill.yaml) and every variant of benchmarks/fidelity.py's ``indistill`` family
-(the curriculum, all layers at once, the FitNet warm-up, KD only, the student alone), shortened to 6 epochs (the last
-stage gives way), on 256 images written as idx files: the same initial student and teacher (live modules), the FitNet
+(the curriculum, all layers at once, the FitNet warm-up, KD only, the student alone, and the stage-length search's
+two), shortened to 6 epochs (10 for the long stages; the last stage gives way), on 256 images written as idx files: the same initial student and teacher (live modules), the FitNet
 projector's initial weights copied from the one kdgraph builds, kdgraph's own batch order. The reference prunes the
 teacher itself; the channels it keeps must be the ones kdgraph writes to prune_masks.json. Each kdgraph epoch is one
 step, in float64, so every stage of the curriculum is crossed; every step's loss must agree within 1e-5, and so must
@@ -28,15 +28,17 @@ def idx_root(tmp_path_factory, fmnist_subset):
     return fmnist_subset(tmp_path_factory.mktemp("fmnist"), TRAIN, TEST)
 
 
-@pytest.mark.parametrize("variant", ["indistill", "all-at-once", "fitnet", "kd", "alone"])
+@pytest.mark.parametrize("variant", ["indistill", "all-at-once", "fitnet", "kd", "alone", "indistill-long",
+                                     "all-at-once-long"])
 def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, script, initial_adapters, copy_params,
                                                          tmp_path):
     ref, fidelity = script("references/indistill"), script("fidelity")
     family = fidelity.FAMILIES["indistill"]
+    steps = STEPS if not variant.endswith("-long") else 10  # the long stages take 8 epochs before the last stage
     overrides = ["teacher.weights=null", *family.kdgraph_overrides, *family.variants[variant].overrides,
-                 *fidelity.epoch_overrides(family, variant, STEPS), "data.source=full", f"data.root={idx_root}",
+                 *fidelity.epoch_overrides(family, variant, steps), "data.source=full", f"data.root={idx_root}",
                  f"data.batch_size={BATCH}", f"runtime.seed={SEED}", "train.max_steps_per_epoch=1",
-                 f"eval.every={STEPS}", "runtime.precision=fp64", f"output={tmp_path / 'run'}"]
+                 f"eval.every={steps}", "runtime.precision=fp64", f"output={tmp_path / 'run'}"]
     spec = load_spec(family.spec, overrides)
     torch.manual_seed(0)
     teacher, student = ref.Teacher().eval().double(), ref.Student().double()
@@ -57,16 +59,16 @@ def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, scri
         masks = json.loads((tmp_path / "run" / "prune_masks.json").read_text())
         assert {k.removeprefix("pair:"): v for k, v in masks.items()} == {k: v.tolist() for k, v in kept.items()}
     x, y = ref.load_split(idx_root, "train")
-    optimizer, scheduler = ref.make_optimizer([*student.parameters(), *fitnet.parameters()], 0.05, STEPS)
-    stages = ref.stages_for(variant, STEPS)
+    optimizer, scheduler = ref.make_optimizer([*student.parameters(), *fitnet.parameters()], 0.05, steps)
+    stages = ref.stages_for(variant, steps)
     theirs = []
-    for step in range(STEPS):
+    for step in range(steps):
         idx = epoch_indices(TRAIN, seed=SEED, epoch=step, shuffle=True)[:BATCH]
         theirs.append(ref.train_step(ref.active_at(stages, step), student, teacher, fitnet, kept, optimizer, scheduler,
                                      x[idx].double(), y[idx])["total"])
-    assert len(ours) == STEPS
+    assert len(ours) == steps
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5, err_msg=f"{variant}: kdgraph {ours} vs {theirs}")
-    assert len(set(np.round(theirs, 4))) == STEPS  # the loss moves: the steps really train
+    assert len(set(np.round(theirs, 4))) == steps  # the loss moves: the steps really train
 
     x_test, y_test = ref.load_split(idx_root, "test")
     expected = ref.evaluate(student, x.double(), y, x_test.double(), y_test)
