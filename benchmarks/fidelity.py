@@ -143,6 +143,8 @@ SIMREG = Family(
         "wide-only": Variant("one teacher: the wide CNN", one_teacher("cnn_wide", "fmnist_cnn_wide"), ["wide-only"]),
         # the head-width search: hidden widths 8d instead of 2d
         "simreg-wide-head": Variant("deep MLP heads, hidden 8d", simreg_heads("mlp-deep-8d"), ["simreg-wide-head"]),
+        "simreg-ce-wide-head": Variant("SimReg + CE, hidden 8d", [*simreg_heads("mlp-deep-8d"), "train.ce_weight=1"],
+                                       ["simreg-ce-wide-head"]),
         "mlp-shallow-wide-head": Variant("shallower head, hidden 8d", simreg_heads("mlp-shallow-8d"),
                                          ["mlp-shallow-wide-head"]),
         "resnet-only-wide-head": Variant("one teacher: the ResNet, hidden 8d", one_teacher("resnet", "fmnist_resnet", 8),

@@ -23,8 +23,8 @@ Knowledge Distillation", BMVC 2021, written out as the paper describes it:
 
 Variants: ``simreg`` (two teachers, deep MLP heads, no labels), ``simreg-ce`` (+ CE), ``mlp-shallow``, ``linear``
 (the head ablation, two teachers), ``resnet-only``, ``wide-only`` (one teacher, deep MLP head), ``alone`` (the
-student with CE on the same views); the head-width search: ``simreg-wide-head`` and ``mlp-shallow-wide-head`` (hidden
-widths 8d instead of 2d).
+student with CE on the same views); the head-width search: ``simreg-wide-head``, ``simreg-ce-wide-head``,
+``mlp-shallow-wide-head``, ``resnet-only-wide-head`` and ``wide-only-wide-head`` (hidden widths 8d instead of 2d).
 
     python3 benchmarks/references/simreg.py simreg --seed 0 --epochs 10
 
@@ -65,6 +65,7 @@ VARIANTS = {  # variant: (teachers, head, CE weight)
     # the head-width search: the same heads with hidden widths 8d instead of 2d
     "simreg-wide-head": (("resnet", "wide"), "mlp-deep-8d", 0.0),
     "mlp-shallow-wide-head": (("resnet", "wide"), "mlp-shallow-8d", 0.0),
+    "simreg-ce-wide-head": (("resnet", "wide"), "mlp-deep-8d", 1.0),
     "resnet-only-wide-head": (("resnet",), "mlp-deep-8d", 0.0),
     "wide-only-wide-head": (("wide",), "mlp-deep-8d", 0.0),
 }

@@ -42,8 +42,8 @@ def models(ref):
 
 
 @pytest.mark.parametrize("variant", ["simreg", "simreg-ce", "mlp-shallow", "linear", "resnet-only", "wide-only",
-                                     "alone", "simreg-wide-head", "mlp-shallow-wide-head", "resnet-only-wide-head",
-                                     "wide-only-wide-head"])
+                                     "alone", "simreg-wide-head", "simreg-ce-wide-head", "mlp-shallow-wide-head",
+                                     "resnet-only-wide-head", "wide-only-wide-head"])
 def test_kdgraph_steps_equal_the_plain_pytorch_reference(variant, idx_root, script, initial_adapters, copy_params,
                                                          kdgraph_views, tmp_path):
     ref, fidelity = script("references/simreg"), script("fidelity")
