@@ -69,7 +69,7 @@ def test_two_teachers_each_with_its_own_head():
     heads = [graph.student_adapters[t.adapter] for t in graph.terms if t.kind == "pair"]
     assert heads[0] is not heads[1]
     widths = [[m.out_features for m in h.modules() if isinstance(m, nn.Linear)] for h in heads]
-    assert widths == [[64, 32, 64, 64], [64, 32, 64, 96]]  # Linear(d,2d)→…→Linear(2d,D_T) per teacher, d = 32
+    assert widths == [[256, 32, 256, 64], [256, 32, 256, 96]]  # Linear(d,8d)→…→Linear(8d,D_T) per teacher, d = 32
     assert not any("layer" in k or "block" in k for k in graph.student_adapters.state_dict())
     assert not any(k.startswith("_teacher") for k in graph.state_dict())
     x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
