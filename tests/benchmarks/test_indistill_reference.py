@@ -2,11 +2,11 @@
 
 The shipped spec (specs/methods/indistill.yaml) and every variant of benchmarks/fidelity.py's ``indistill`` family
 (the curriculum, all layers at once, the FitNet warm-up, KD only, the student alone, and the stage-length search's
-two), shortened to 6 epochs (10 for the long stages; the last stage gives way), on 256 images written as idx files: the same initial student and teacher (live modules), the FitNet
-projector's initial weights copied from the one kdgraph builds, kdgraph's own batch order. The reference prunes the
-teacher itself; the channels it keeps must be the ones kdgraph writes to prune_masks.json. Each kdgraph epoch is one
-step, in float64, so every stage of the curriculum is crossed; every step's loss must agree within 1e-5, and so must
-the final top-1 and retrieval mAP.
+two), shortened to 6 epochs (10 for the long stages; the last stage gives way), on 256 images written as idx files:
+the same initial student and teacher (live modules), the FitNet projector's initial weights copied from the one
+kdgraph builds, kdgraph's own batch order. The reference prunes the teacher itself; the channels it keeps must be the
+ones kdgraph writes to prune_masks.json. Each kdgraph epoch is one step, in float64, so every stage of the curriculum
+is crossed; every step's loss must agree within 1e-5, and so must the final top-1 and retrieval mAP.
 """
 
 import copy
