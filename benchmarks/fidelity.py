@@ -112,24 +112,27 @@ FUNCTION_MATCHING = Family(
     ("val_top1",), "the first 512 Fashion-MNIST training images, full test set", 1000)
 
 # -- SimReg -----------------------------------------------------------------------------------------------------------
+def mlp_head(width: int, deep: bool = True) -> str:
+    """The SimReg head as a projector value: ``Linear BN ReLU Linear`` (shallow) or the paper's four layers (deep),
+    hidden widths ``width``·d."""
+    w = f"{width}d"
+    if not deep:
+        return f"{{name: mlp, hidden: [{w}], bn: [true], relu: [true]}}"
+    return f"{{name: mlp, hidden: [{w}, d, {w}], bn: [true, false, true], relu: [true, false, true]}}"
+
+
 def simreg_heads(head: str) -> list[str]:
     """Both pairs of specs/methods/simreg_two_teachers.yaml with another head."""
-    projector = {"linear": "{name: linear}",
-                 "mlp-deep": "{name: mlp, hidden: [2d, d, 2d], bn: [true, false, true], relu: [true, false, true]}",
-                 "mlp-shallow": "{name: mlp, hidden: [2d], bn: [true], relu: [true]}",
-                 "mlp-shallow-8d": "{name: mlp, hidden: [8d], bn: [true], relu: [true]}",
-                 "mlp-deep-8d": "{name: mlp, hidden: [8d, d, 8d], bn: [true, false, true], relu: [true, false, true]}",
-                 }[head]
+    projector = {"linear": "{name: linear}", "mlp-deep": mlp_head(2), "mlp-shallow": mlp_head(2, deep=False),
+                 "mlp-shallow-8d": mlp_head(8, deep=False), "mlp-deep-8d": mlp_head(8)}[head]
     return [f"distill.pairs[{i}].projector={projector}" for i in (0, 1)]
 
 
 def one_teacher(name: str, model: str, width: int = 2) -> list[str]:
     """The spec with one teacher (``name``: ``kdgraph:MODEL``) and the deep MLP head, hidden widths ``width``·d."""
-    w = f"{width}d"
     return [f"teachers=[{{name: {name}, model: 'kdgraph:{model}', weights: builtin}}]",
             f"distill.pairs=[{{name: {name}, teacher_model: {name}, teacher: 'fc:input', student: 'fc:input', "
-            f"projector: {{name: mlp, hidden: [{w}, d, {w}], bn: [true, false, true], relu: [true, false, true]}}, "
-            "loss: cosine}]"]
+            f"projector: {mlp_head(width)}, loss: cosine}}]"]
 
 
 SIMREG = Family(
