@@ -137,6 +137,7 @@ def test_imagefolder_test_split_and_custom_transforms(tmp_path, png_tree):
     tf = T.Compose([T.Resize((6, 6)), T.ToTensor()])
     b = build_datasets("imagefolder", tmp_path, image_size=6, train_transform=tf, eval_transform=tf)
     assert tuple(b.train[0][0].shape) == (3, 6, 6) and "test" in b.description
+    assert not b.provides.seeded and not b.provides.replayable  # Python transforms draw from the global generator
 
 
 def test_imagefolder_errors(tmp_path):
@@ -222,7 +223,8 @@ def test_every_source_declares_what_it_provides(tmp_path, png_tree):
     assert build_datasets("fashion-mnist", source="embedded").provides == memory.provides
     png_tree(tmp_path)
     folder = build_datasets("imagefolder", tmp_path, image_size=8)
-    assert folder.provides == Provides(indexable=True, exact=False, transforms=True, files=True)
+    assert folder.provides == Provides(indexable=True, exact=False, transforms=True, files=True, seeded=True)
+    assert folder.provides.replayable and memory.provides.replayable
     flipped = build_datasets("synthetic", image_size=8, synthetic_size=20, num_classes=2,
                              train_transform=lambda x: x.flip(-1))
     assert not flipped.provides.exact and flipped.provides.transforms
@@ -266,6 +268,31 @@ def test_imagefolder_same_batches_with_0_and_2_workers_and_after_a_skip(tmp_path
     first = {int(i): x for x, _, idx in zero for i, x in zip(idx, x)}
     again = {int(i): x for x, _, idx in other for i, x in zip(idx, x)}
     assert any(not torch.equal(first[i], again[i]) for i in first)
+
+
+def test_imagefolder_replayed_views_are_the_crops_of_epoch_mod_k_from_the_stores_seed(tmp_path, png_tree):
+    """A store of K views drawn from seed s replays image i in epoch e as its crop of epoch e mod K from seed s (the
+    data set's own seed is another); a plain index, as a mixing partner is read, is epoch 0's crop from s. fetch
+    with an epoch gives what the loader gives in that epoch."""
+    from kdgraph.data import ReplayedViews, WithIndex, make_loader, take
+    from kdgraph.data.loader import fetch
+
+    png_tree(tmp_path, per_class=4, size=(30, 22))
+    b = build_datasets("imagefolder", tmp_path, image_size=8, seed=1)
+    other = build_datasets("imagefolder", tmp_path, image_size=8, seed=5)
+    train = take(b.train, 6)
+    replayed = ReplayedViews(train, 3, 5)
+    for i in range(6):
+        for e in range(5):
+            assert torch.equal(replayed[(i, e)][0], other.train[(i, e % 3)][0])
+        assert torch.equal(replayed[i][0], other.train[(i, 0)][0])
+    assert any(not torch.equal(b.train[(i, 1)][0], other.train[(i, 1)][0]) for i in range(6))  # the seed matters
+    loader = make_loader(WithIndex(replayed), 2, train=True, seed=0, drop_last=True)
+    loader.set_epoch(4)
+    for x, _, index in loader:
+        assert torch.equal(x, fetch(other.train, index, epoch=1)[0])
+    assert torch.equal(fetch(train, torch.arange(6), epoch=2)[0], torch.stack([b.train[(i, 2)][0] for i in range(6)]))
+    assert torch.equal(fetch(train, torch.arange(6))[0], torch.stack([b.train[i][0] for i in range(6)]))
 
 
 def test_imagefolder_decodes_like_pil_and_normalises_for_the_student(tmp_path, png_tree):

@@ -1,12 +1,14 @@
-"""Shared store-test fixtures: a tiny distillation spec with augmentation and mixing, its store, and reading a
-store's files."""
+"""Shared store-test fixtures: a tiny distillation spec with augmentation and mixing, its store, reading a store's
+files, and what a run did (every step's loss, every teacher forward)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.spec import spec_from_dict
+from kdgraph.train import Trainer
 
 TINY = {
     "name": "tiny-store",
@@ -60,3 +62,27 @@ def seeded_plan():
         return resolve_plan(spec)
 
     return resolve
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """Every step's total loss, by the run that is going on (``steps["run"] = name`` before it starts)."""
+    record: dict = {"run": None}
+    step = Trainer.step
+
+    def recorded(self, *args, **kwargs):
+        values = step(self, *args, **kwargs)
+        record.setdefault(record["run"], []).append(float(values["total"]))
+        return values
+
+    monkeypatch.setattr(Trainer, "step", recorded)
+    return record
+
+
+@pytest.fixture
+def teacher_forwards(monkeypatch):
+    """The batch size of every teacher forward (``FrozenTeacher``) from now on."""
+    calls = []
+    forward = FrozenTeacher.forward
+    monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    return calls

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.spec import load_spec
 from kdgraph.store.manifest import StoreError
 from kdgraph.store.teach import teach
-from kdgraph.train import Trainer, train
+from kdgraph.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
@@ -20,36 +19,14 @@ SMALL = ["data.source=embedded", "data.train_subset=256", "data.test_subset=64",
          "runtime.threads=1", "runtime.device=cpu"]
 
 
-@pytest.fixture
-def steps(monkeypatch):
-    """Every step's total loss, by the run that is going on (``steps["run"] = name`` before it starts)."""
-    record: dict = {"run": None}
-    step = Trainer.step
-
-    def recorded(self, *args, **kwargs):
-        values = step(self, *args, **kwargs)
-        record.setdefault(record["run"], []).append(float(values["total"]))
-        return values
-
-    monkeypatch.setattr(Trainer, "step", recorded)
-    return record
-
-
-@pytest.fixture
-def teacher_forwards(monkeypatch):
-    calls = []
-    forward = FrozenTeacher.forward
-    monkeypatch.setattr(FrozenTeacher, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
-    return calls
-
-
 def test_quickstart_from_a_store_of_epochs_views_equals_the_online_run_step_by_step(tmp_path, steps,
                                                                                      teacher_forwards):
-    """The quickstart pair (whole layer3 maps: --full-maps) with resized-crop-flip and mixup: the store of K = epochs
-    views with all logits gives every step's loss of the online run within 1e-5, and no teacher runs."""
+    """The quickstart pair (whole layer3 maps, which teach stores whole for it unasked) with resized-crop-flip and
+    mixup: the store of K = epochs views with all logits gives every step's loss of the online run within 1e-5, and
+    no teacher runs."""
     steps["run"] = "online"
     online = train(load_spec(QUICKSTART, SMALL), write=False, quiet=True)
-    teach(load_spec(QUICKSTART, SMALL), out=tmp_path / "store", full_maps=True, quiet=True, shard_images=100)
+    teach(load_spec(QUICKSTART, SMALL), out=tmp_path / "store", quiet=True, shard_images=100)
     teacher_forwards.clear()
     steps["run"] = "store"
     stored = train(load_spec(QUICKSTART, [*SMALL, f"teacher.store={tmp_path / 'store'}"]), write=False, quiet=True)
@@ -110,7 +87,8 @@ def test_a_store_for_something_else_is_refused_with_what_differs(tmp_path, store
     assert "augmentation.crop_scale" in refused(data={"crop_scale": [0.5, 1.0]})
     assert "augmentation.mix.name" in refused(data={"mix": "cutmix"})
     message = refused(distill={"logits": {"temperature": 4.0}, "pairs": [{"teacher": "layer3", "student": "block3"}]})
-    assert "distill.pairs[0]" in message and "--full-maps" in message and "pool: gap" in message
+    assert "distill.pairs[0]" in message and "pool: gap" in message
+    assert "kdgraph teach (it stores the whole maps" in message
     message = refused(distill={"pairs": [{"teacher": "layer2", "student": "block2", "pool": "gap"}]})
     assert "'layer2'" in message and "does not hold" in message
 

@@ -16,9 +16,11 @@ import yaml
 from click.testing import CliRunner
 
 from kdgraph.cli.main import main
+from kdgraph.store.layout import parse_size
 from kdgraph.store.manifest import StoreError, read_manifest
 from kdgraph.store.teach import teach
 from kdgraph.train.launch import TORCHRUN_VARS, torchrun_argv
+from kdgraph.train.progress import Reporter
 from kdgraph.train.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +48,66 @@ def test_the_store_holds_each_views_numbers_and_outputs(tmp_path, store_spec, se
             assert torch.equal(getattr(stored, name), getattr(drawn, name)), name
 
 
-def test_refused_before_any_work(tmp_path, store_spec):
+def test_the_store_holds_each_layer_as_its_pairs_read_it(tmp_path, store_spec):
+    """By default a layer a pair compares whole is stored whole and a layer the pairs pool is stored pooled (no
+    --full-maps needed); --full-maps stores both whole."""
+    pairs = {"logits": {"temperature": 4.0}, "pairs": [{"teacher": "layer3", "student": "block3", "loss": "mse"},
+                                                       {"teacher": "layer2", "student": "block2", "pool": "gap"}]}
+    teach(store_spec(distill=pairs), views=1, out=tmp_path / "a", quiet=True)
+    records = read_manifest(tmp_path / "a")["records"]
+    assert records["t/teacher/tap/layer3"] == {"dtype": "float32", "shape": [32, 7, 7]}  # mse on whole maps
+    assert records["t/teacher/tap/layer2"] == {"dtype": "float32", "shape": [16]}  # pooled by its pair
+    teach(store_spec(distill=pairs), views=1, full_maps=True, out=tmp_path / "b", quiet=True)
+    assert read_manifest(tmp_path / "b")["records"]["t/teacher/tap/layer2"]["shape"] == [16, 14, 14]
+
+
+def test_views_default_to_one_when_every_epoch_shows_the_same_images(tmp_path, store_spec):
+    plain = {"augment": "none", "mix": "none"}
+    assert teach(store_spec(data=plain, train={"epochs": 3}), out=tmp_path / "a", quiet=True).views == 1
+    assert teach(store_spec(train={"epochs": 3}), out=tmp_path / "b", quiet=True).views == 3  # augmented
+    assert teach(store_spec(data=plain, train={"epochs": 3}), views=2, out=tmp_path / "c", quiet=True).views == 2
+
+
+def test_the_size_is_printed_first_and_a_store_above_max_size_refused(tmp_path, store_spec, monkeypatch):
     whole = {"logits": {"temperature": 4.0}, "pairs": [{"teacher": "layer3", "student": "block3"}]}
-    with pytest.raises(StoreError, match=r"pair:block3->layer3 compares the whole 'layer3' output \(32x7x7\) of "
-                                         r"teacher 'teacher'.*pool: gap.*--full-maps") as err:
+    per_view = 5 * 8 + 4 + 8 + 10 * 4 + 32 * 7 * 7 * 4  # crop, partner, ratio; logits; layer3 (float32)
+    lines = []
+    reporter = Reporter(quiet=False)
+    monkeypatch.setattr(reporter, "info", lines.append)
+    with pytest.raises(StoreError) as err:
+        teach(store_spec(distill=whole), max_bytes=1000, out=tmp_path / "a", reporter=reporter)
+    assert lines == [f"store: 96 images × 2 views × (10 logits float32 + layer3 32×7×7 float32 + 52 bytes of view "
+                     f"numbers) = {per_view:,} bytes per image and view ≈ {96 * 2 * per_view / 2**20:.1f} MiB"]
+    assert err.value.key == "--max-size"
+    assert err.value.message.startswith(
+        f"the store would take {96 * 2 * per_view / 2**20:.1f} MiB (96 images × 2 views × {per_view:,} bytes per image "
+        "and view), above --max-size 1000 bytes; raise --max-size (--max-size 1GiB)")
+    monkeypatch.setattr("kdgraph.store.layout.HOST_LIMIT", 96 * per_view - 1)  # one view above what training holds
+    view = f"{96 * per_view / 2**10:.1f} KiB"
+    with pytest.raises(StoreError, match=rf"one view of the store would take {view}, and training from a store holds "
+                                         rf"a whole view in memory \(limit {view}\); pool the layers") as err:
         teach(store_spec(distill=whole), out=tmp_path / "a", quiet=True)
-    assert err.value.key == "distill.pairs[0]"
+    assert err.value.key == "distill.pairs"
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("text, size", [("20GB", 20 * 10**9), ("32GiB", 32 * 2**30), ("32G", 32 * 2**30),
+                                        ("500MiB", 500 * 2**20), ("1.5 TB", 15 * 10**11), ("4096", 4096),
+                                        ("2kb", 2000)])
+def test_max_size_reads_decimal_and_binary_units(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "0GB", "-1GB", "20 parsecs", ""])
+def test_max_size_refuses_what_is_no_size(text):
+    with pytest.raises(StoreError, match="is no size; give a positive number with a unit") as err:
+        parse_size(text)
+    assert err.value.key == "--max-size"
+
+
+def test_refused_before_any_work(tmp_path, store_spec):
     with pytest.raises(StoreError, match="--top-k 10 must lie between 1 and 9"):
         teach(store_spec(), top_k=10, out=tmp_path / "a", quiet=True)
-    with pytest.raises(StoreError, match=r"would take 1.2 MiB \(96 images × 2 views × 6,364 bytes\), above the limit of 1000 bytes.*--max-gib"):
-        teach(store_spec(distill=whole), full_maps=True, max_bytes=1000, out=tmp_path / "a", quiet=True)
     with pytest.raises(StoreError, match="teacher: self or no teacher"):
         teach(store_spec(teacher=None, distill={"logits": None, "pairs": []}), out=tmp_path / "a", quiet=True)
     assert not (tmp_path / "a").exists()  # nothing written
@@ -83,6 +135,28 @@ def test_cli_teach_and_inspect(tmp_path, store_spec):
     bad = runner.invoke(main, ["teach", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "t"), "--top-k", "12"])
     assert bad.exit_code == 2 and "error: --top-k: --top-k 12 must lie between 1 and 9" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_cli_teach_on_the_quickstart_as_it_is(tmp_path):
+    """The quickstart pairs whole layer3 maps and augments nothing: teach stores them whole, in one view, printing
+    the size first; --max-size below it is refused with exit 2 naming it and the estimate, and nothing written."""
+    runner = CliRunner()
+    small = ["--set", "data.source=embedded", "--set", "data.train_subset=256", "--set", "runtime.threads=1"]
+    quickstart = str(ROOT / "specs" / "quickstart.yaml")
+    out = runner.invoke(main, ["teach", quickstart, *small, "--out", str(tmp_path / "s")])
+    assert out.exit_code == 0, out.output
+    per_view = 10 * 4 + 64 * 7 * 7 * 4
+    line = (f"store: 256 images × 1 view × (10 logits float32 + layer3 64×7×7 float32) = {per_view:,} bytes per "
+            f"image and view ≈ {256 * per_view / 2**20:.1f} MiB")
+    assert out.output.index(line) < out.output.index("teach quickstart: teacher over 1 view(s) of 256 images")
+    assert read_manifest(tmp_path / "s")["teachers"]["teacher"]["taps"]["layer3"]["stored"] == "whole"
+    valid = runner.invoke(main, ["validate", quickstart, *small, "--set", f"teacher.store={tmp_path / 's'}"])
+    assert valid.exit_code == 0, valid.output
+    big = runner.invoke(main, ["teach", quickstart, *small, "--out", str(tmp_path / "t"), "--max-size", "1MB"])
+    assert big.exit_code == 2 and "Traceback" not in big.output
+    assert (f"error: --max-size: the store would take {256 * per_view / 2**20:.1f} MiB (256 images × 1 view × "
+            f"{per_view:,} bytes per image and view), above --max-size 976.6 KiB") in big.output
+    assert not (tmp_path / "t").exists()
 
 
 def _spec_file(tmp_path: Path, store_spec, **sections) -> Path:

@@ -175,35 +175,40 @@ def register(main: click.Group) -> None:
     @click.argument("spec_path", metavar="SPEC")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
     @click.option("--views", type=int, default=None, metavar="K",
-                  help="Views per image (default: train.epochs, so every epoch has its own view).")
+                  help="Views per image (default: train.epochs, so every epoch has its own view; 1 when nothing is "
+                  "augmented).")
     @click.option("--out", default=None, metavar="STORE",
                   help="The store's folder (default: the spec's teacher.store, else stores/NAME).")
     @click.option("--top-k", "top_k", type=int, default=None, metavar="k",
                   help="Store the k largest logits in float16 (and the rest's log-mean-exp) instead of all of them.")
-    @click.option("--full-maps", is_flag=True, help="Store tapped layers whole instead of pooled (large).")
+    @click.option("--full-maps", is_flag=True, help="Store every tapped layer whole, also those the pairs pool "
+                  "(default: each layer as its pairs read it).")
     @click.option("--shard-images", type=click.IntRange(min=1), default=None, metavar="N",
                   help="Images per shard file (default: about 64 MiB per shard).")
-    @click.option("--max-gib", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
-                  metavar="GIB", help="Refuse a larger store before any work.")
+    @click.option("--max-size", default="32GiB", show_default=True, metavar="SIZE",
+                  help="Refuse a larger store before any work (20GB, 32GiB, 500MiB; G means GiB).")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")
     @click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
                   help="Write the store with N processes on this node (starts torchrun).")
     @handle_errors
     def teach(spec_path: str, overrides: tuple[str, ...], views: Optional[int], out: Optional[str],
-              top_k: Optional[int], full_maps: bool, shard_images: Optional[int], max_gib: float, quiet: bool,
+              top_k: Optional[int], full_maps: bool, shard_images: Optional[int], max_size: str, quiet: bool,
               nproc: Optional[int]) -> None:
         """Run the teachers of SPEC over K augmented views of the training set and write a teacher store.
 
         Per image and view: the numbers that rebuild the view's pixels and the teachers' outputs the spec's terms
-        read. Train from it with `teacher.store: STORE` (docs/store.md). A stopped teach continues where it stopped."""
+        read. Prints the store's size first; refuses one above --max-size. Train from it with `teacher.store: STORE`
+        (docs/store.md). A stopped teach continues where it stopped."""
         import os
         import sys
 
         from kdgraph.spec import load_spec
+        from kdgraph.store.layout import parse_size
         from kdgraph.store.manifest import human_size
         from kdgraph.store.teach import teach as run_teach
         from kdgraph.train.launch import is_main_process, torchrun_argv, torchrun_env
 
+        max_bytes = parse_size(max_size)
         spec = load_spec(spec_path, overrides)
         if nproc is not None and nproc > 1:
             if torchrun_env() is not None:
@@ -213,13 +218,13 @@ def register(main: click.Group) -> None:
                     *(arg for flag, value in (("--views", views), ("--out", out), ("--top-k", top_k),
                                               ("--shard-images", shard_images)) if value is not None
                       for arg in (flag, str(value))),
-                    "--max-gib", str(max_gib), *(["--full-maps"] if full_maps else []), *(["--quiet"] if quiet else [])]
+                    "--max-size", max_size, *(["--full-maps"] if full_maps else []), *(["--quiet"] if quiet else [])]
             argv = torchrun_argv(nproc, args)
             sys.stdout.flush()
             sys.stderr.flush()
             os.execv(argv[0], argv)
         result = run_teach(spec, views=views, out=out, top_k=top_k, full_maps=full_maps, shard_images=shard_images,
-                           max_bytes=int(max_gib * 2**30), quiet=quiet)
+                           max_bytes=max_bytes, quiet=quiet)
         if is_main_process():
             click.echo(f"wrote {result.path}: {result.views} view(s) of {result.images:,} images, "
                        f"{human_size(result.bytes)} ({result.bytes_per_view:,} bytes per image and view); "

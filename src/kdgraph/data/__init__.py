@@ -25,7 +25,7 @@ class DataError(KdgraphError, ValueError):
 
 
 from .fashion_mnist import load_fashion_mnist  # noqa: E402
-from .datasets import DataBundle, Provides, TensorImageDataset, select, take  # noqa: E402
+from .datasets import DataBundle, Provides, ReplayedViews, TensorImageDataset, select, take  # noqa: E402
 from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402
     crop_flip,
@@ -46,6 +46,7 @@ __all__ = [
     "DATASET_NAMES",
     "DataBundle",
     "Provides",
+    "ReplayedViews",
     "TensorImageDataset",
     "build_datasets",
     "load_fashion_mnist",

@@ -1,6 +1,7 @@
 """Data set types: ``DataBundle`` (what ``build_datasets`` returns) with ``Provides`` (what its splits promise),
 ``TensorImageDataset`` (a whole split held as one tensor and served by index or by batch), ``take`` (the first n
-samples), ``select`` (any samples by position) and the per-data-set normalisation constants.
+samples), ``select`` (any samples by position), ``ReplayedViews`` (a seeded data set as a teacher store replays it)
+and the per-data-set normalisation constants.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.data import Subset as _TorchSubset
 
 from . import DataError
 
-__all__ = ["DataBundle", "Provides", "TensorImageDataset", "take", "select", "renormalised"]
+__all__ = ["DataBundle", "Provides", "TensorImageDataset", "ReplayedViews", "take", "select", "renormalised"]
 
 # ------------------------------------------------------------- normalisation (mean, std)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -35,6 +36,9 @@ class Provides:
       without it); every built-in source is.
     - ``exact``: every access of a sample gives the same tensor, so a teacher's outputs can be cached exactly
       (``teacher.cache: auto``). False where a random per-sample transform runs.
+    - ``seeded``: not exact, but the random per-sample transform is drawn from ``(seed, epoch, index)`` alone (the
+      loader passes ``(index, epoch)`` keys), so epoch ``e``'s sample is the same on every access: a teacher store
+      can replay it (imagefolder's crops; :class:`ReplayedViews`). A transform from Python is not.
     - ``transforms``: a per-sample transform runs on access (imagefolder's crops, a ``train_transform`` from Python),
       so batches are collated by a DataLoader instead of sliced from one tensor.
     - ``files``: samples are read from files on access; ``data.num_workers`` loader processes help.
@@ -44,6 +48,12 @@ class Provides:
     exact: bool = True
     transforms: bool = False
     files: bool = False
+    seeded: bool = False
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a teacher store can replay what the teacher saw of every sample (``exact`` or ``seeded``)."""
+        return self.exact or self.seeded
 
     @classmethod
     def in_memory(cls, transforms: bool = False) -> "Provides":
@@ -160,8 +170,8 @@ class TensorImageDataset(Dataset):
 
 
 class Subset(_TorchSubset):
-    """``torch.utils.data.Subset`` that passes the ``(index, epoch)`` keys of a seeded data set through (the position
-    mapped to the underlying index)."""
+    """``torch.utils.data.Subset`` that passes the ``(index, epoch[, seed])`` keys of a seeded data set through (the
+    position mapped to the underlying index)."""
 
     @property
     def seeded(self) -> bool:
@@ -174,6 +184,25 @@ class Subset(_TorchSubset):
 
     def __getitems__(self, keys: list) -> list:
         return [self[key] for key in keys]
+
+
+class ReplayedViews(Dataset):
+    """A seeded data set (``Provides.seeded``) read as a teacher store of ``views`` views, drawn from ``seed``, replays
+    it: in epoch ``e`` sample ``i`` is its draw of epoch ``e mod views`` from the store's seed, the pixels ``kdgraph
+    teach`` showed the teachers as view ``e mod views`` (whatever ``runtime.seed`` the run has). A plain index (a
+    mixing partner) reads epoch 0's draw from the store's seed, as ``teach`` read it."""
+
+    seeded = True
+
+    def __init__(self, dataset: Dataset, views: int, seed: int) -> None:
+        self.dataset, self.views, self.seed = dataset, int(views), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        index, epoch = key[:2] if isinstance(key, tuple) else (key, 0)
+        return self.dataset[(index, epoch % self.views, self.seed)]
 
 
 def take(dataset: Dataset, n: int) -> Dataset:

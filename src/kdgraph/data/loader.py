@@ -156,16 +156,19 @@ def supports_batching(dataset: Any) -> bool:
     return bool(getattr(dataset, "supports_batching", False)) and hasattr(dataset, "get_batch")
 
 
-def fetch(dataset: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fetch(dataset: Any, idx: torch.Tensor, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images and labels at positions ``idx`` (any order, repeats allowed) as one batch ``(x, y)``: sliced by
-    index where the data set allows it, else read sample by sample and stacked (mixing partners, the teacher store)."""
+    index where the data set allows it, else read sample by sample and stacked (mixing partners, the teacher store).
+    ``epoch``: a seeded data set gives its draws of that epoch (what the training loader gives in it; imagefolder's
+    crops), not those of a plain index."""
     idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
     if isinstance(dataset, TensorDataset):
         return tuple(t.index_select(0, idx) for t in dataset.tensors[:2])  # type: ignore[return-value]
     if supports_batching(dataset):
         x, y, *_ = dataset.get_batch(idx)
         return x, y
-    samples = [dataset[int(i)] for i in idx]
+    keyed = epoch is not None and getattr(dataset, "seeded", False)
+    samples = [dataset[(int(i), int(epoch)) if keyed else int(i)] for i in idx]
     return torch.stack([torch.as_tensor(s[0]) for s in samples]), torch.as_tensor([int(s[1]) for s in samples])
 
 

@@ -6,6 +6,7 @@ checksummed safetensors shards with a JSON manifest; ``teacher.store: PATH`` tra
 (:class:`kdgraph.store.replay.TeacherStore`): no teacher forward, the same pixels. docs/store.md.
 
 Modules: ``records`` (one record's tensors: names, dtypes, top-k replay), ``manifest`` (the files: manifest,
-shards, checksums), ``fingerprint`` (what a store must agree on with a spec), ``teach`` (the writer), ``replay``
-(the reader). Import them directly; this package imports nothing, so that ``kdgraph.plan`` can read a store lazily.
+shards, checksums), ``fingerprint`` (what a store must agree on with a spec), ``layout`` (what a record holds, the
+store's size and its limits), ``teach`` (the writer), ``replay`` (the reader). Import them directly; this package
+imports nothing, so that ``kdgraph.plan`` can read a store lazily.
 """

@@ -5,6 +5,7 @@ spec's terms read from each teacher (its logits, and each tapped layer pooled or
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -12,8 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdgraph.data.datasets import TensorImageDataset
+from kdgraph.data.datasets import Subset, TensorImageDataset
 from kdgraph.data.loader import fetch
+from kdgraph.data.sources.imagefolder import CROPS, FolderImages
 from kdgraph.graph import TermKind
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.train.views import crop_padding
@@ -53,12 +55,38 @@ def teacher_identity(tspec: Any, model: nn.Module) -> dict[str, Any]:
             "precision": tspec.precision}
 
 
+def _folder(dataset: Any) -> Optional[tuple[FolderImages, list[int]]]:
+    """An image folder (or a cut of one) and the positions of its samples, else None."""
+    if isinstance(dataset, FolderImages):
+        return dataset, list(range(len(dataset)))
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, FolderImages):
+        return dataset.dataset, list(dataset.indices)
+    return None
+
+
+def _folder_files(h: Any, folder: FolderImages, indices: list[int]) -> None:
+    """An image folder by its files (each one's name under the split's folder, size in bytes and class) and what
+    makes its pixels (size, crops, normalisation): read, not decoded, so checking a store costs a directory walk."""
+    h.update(f"{CROPS} size={folder.size} train={folder.train} classes={folder.classes!r}".encode())
+    for t in (folder.mean, folder.scale):
+        _update(h, t)
+    for i in indices:
+        path, label = folder.samples[i]
+        name = os.path.relpath(path, folder.root) if folder.root is not None else os.path.basename(path)
+        h.update(f"{name.replace(os.sep, '/')}\0{os.path.getsize(path)}\0{label}\n".encode())
+
+
 def data_fingerprint(dataset: Any, chunk: int = 4096) -> dict[str, Any]:
     """The size and a sha256 of a split as the teacher sees it: for an in-memory split its stored images (with the
-    normalisation and resizing applied on access) and labels, for any other the images and labels read in order."""
+    normalisation and resizing applied on access) and labels; for an image folder its files' names, sizes and classes
+    and how they become pixels (a file rewritten in place at the same size is not noticed); for any other the images
+    and labels read in order."""
     h = hashlib.sha256()
     n = len(dataset)
-    if isinstance(dataset, TensorImageDataset) and dataset.transform is None:
+    folder = _folder(dataset)
+    if folder is not None:
+        _folder_files(h, *folder)
+    elif isinstance(dataset, TensorImageDataset) and dataset.transform is None:
         for t in (dataset.images, dataset.labels, *(v for v in (dataset._scale, dataset._shift) if v is not None)):
             _update(h, t)
         h.update(repr(dataset.size).encode())

@@ -12,7 +12,7 @@ Names and dtypes (``B`` images of a shard):
 ``t/NAME/topk_values``      float16 ``(B, k)``       the k largest logits, largest first
 ``t/NAME/topk_indices``     int16 (int32 past 2¹⁵)   their classes
 ``t/NAME/topk_rest``        float16 ``(B,)``         log-mean-exp of the other ``K − k`` logits
-``t/NAME/tap/LAYER``        float32                  the layer pooled ``(B, C)``, or whole (``--full-maps``)
+``t/NAME/tap/LAYER``        float32                  the layer pooled ``(B, C)``, or whole, as its pairs read it
 =========================== ======================= ========================================================
 
 Top-k logits are replayed (:func:`decode_logits`) as a full ``(B, K)`` row: the k stored values at their classes and

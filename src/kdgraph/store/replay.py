@@ -22,9 +22,17 @@ from kdgraph.store.manifest import StoreError, differences, human_size, read_man
 from kdgraph.store.records import decode_logits, decode_params, decode_tap
 from kdgraph.train.views import ViewParams
 
-__all__ = ["TeacherStore", "open_store", "HOST_LIMIT"]
+__all__ = ["TeacherStore", "open_store", "not_replayable", "HOST_LIMIT"]
 
 HOST_LIMIT = 8 * 2**30  # bytes of one view in memory (as the teacher cache's limit)
+
+
+def not_replayable(dataset: str) -> str:
+    """Why a data source without ``Provides.replayable`` cannot have a store, and what to do instead."""
+    return (f"data set {dataset!r} gives another image on every access (a random per-sample transform that is not "
+            "drawn from (seed, epoch, image), such as a train_transform from Python), so no store can replay what its "
+            "teacher saw; leave the transform out and augment with data.augment (imagefolder's own crops replay "
+            "too), or train online without a store")
 
 
 class TeacherStore:
@@ -45,8 +53,9 @@ class TeacherStore:
 
     def describe(self, epochs: int) -> str:
         """One line for the run's announcement: what the store serves and how its views map to the epochs."""
-        repeat = (f"epoch e replays view e mod {self.views}, so views repeat after {self.views} epochs"
-                  if epochs > self.views else f"epoch e replays view e ({self.views} views for {epochs} epochs)")
+        repeat = (f"epoch e replays view e ({self.views} views for {epochs} epochs)" if epochs <= self.views else
+                  "every epoch replays its one view" if self.views == 1 else
+                  f"epoch e replays view e mod {self.views}, so views repeat after {self.views} epochs")
         return (f"teacher.store {self.path}: {', '.join(self.teachers)} from the store, no teacher forward; {repeat} "
                 f"(seed {self.seed})")
 
@@ -144,7 +153,8 @@ def _tap_problems(name: str, need: TeacherNeeds, stored: dict[str, Any]) -> list
             got = f"pooled ({have['pool']})"
             need_text = "the whole output" if want.pool is None else f"it pooled by {want.pool}"
             problems.append(f"{pairs} compare {need_text} of teacher {name!r}'s {tap!r}, the store holds it {got}; "
-                            "set pool: gap on the pair, or write the store with kdgraph teach --full-maps")
+                            "set pool: gap on the pair, or write the store for this spec with kdgraph teach (it "
+                            "stores the whole maps such a pair reads)")
     return problems
 
 
@@ -171,9 +181,8 @@ def open_store(spec: Spec, data: DataBundle, graph: Any, teacher_maps: dict[str,
     if not manifest.get("complete"):
         raise fail(f"the store {path!r} is incomplete (kdgraph teach stopped before it finished); run the same "
                    "kdgraph teach command again to complete it")
-    if not data.provides.exact:
-        raise fail(f"data set {spec.data.dataset!r} gives another image on every access (a random transform), so "
-                   "no store can replay its views")
+    if not data.provides.replayable:
+        raise fail(not_replayable(spec.data.dataset))
     needs = teacher_needs(spec, graph, teacher_maps)
     want = {"data": {"shape": list(data.input_shape), "classes": data.num_classes, **data_fingerprint(data.train)},
             "augmentation": augmentation_policy(spec.data, data.input_shape),
@@ -204,6 +213,6 @@ def open_store(spec: Spec, data: DataBundle, graph: Any, teacher_maps: dict[str,
     per_view = manifest["bytes_per_view"] * manifest["data"]["images"]
     if per_view > HOST_LIMIT:
         raise fail(f"one view of the store takes {human_size(per_view)} in memory (limit "
-                   f"{human_size(HOST_LIMIT)}); write it with pooled layers instead of --full-maps, or tap "
-                   "smaller layers")
+                   f"{human_size(HOST_LIMIT)}); write it again with pooled layers (pool: gap on the pairs, no "
+                   "--full-maps), or tap smaller layers")
     return TeacherStore(path, manifest, {name: needs[name] for name in served if name in needs})

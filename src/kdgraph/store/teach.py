@@ -1,10 +1,11 @@
 """``kdgraph teach``: run every teacher over K views of the training set and write a store (docs/store.md).
 
 View ``v`` of image ``i`` is the one an online run shows in epoch ``v`` (``kdgraph.train.views``: a function of the
-seed, the view and the image alone). Per image and view the store keeps the view's numbers and the outputs the
-spec's terms read: the logits (all, or the top k) and each tapped layer, pooled as its pairs pool it (or whole with
-``full_maps``). The work is cut into shards of ``shard_images`` images of one view, each computed in batches of fixed
-size from its first image and written atomically, so that:
+seed, the view and the image alone; an image folder's crops too, drawn from the seed, the epoch and the image). Per
+image and view the store keeps the view's numbers and the outputs the spec's terms read: the logits (all, or the top
+k) and each tapped layer as its pairs read it, pooled or whole (every layer whole with ``full_maps``;
+``kdgraph.store.layout``). The work is cut into shards of ``shard_images`` images of one view, each computed in
+batches of fixed size from its first image and written atomically, so that:
 
 - a ``teach`` that was stopped continues where it stopped (every complete shard is kept) and ends with the same
   bytes as one that was not;
@@ -14,8 +15,6 @@ size from its first image and written atomically, so that:
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_f
                                        teacher_needs)
 from kdgraph.store.manifest import (FORMAT, MANIFEST, VERSION, StoreError, differences, existing_shard, human_size,
                                     read_manifest, read_shard, write_manifest, write_shard, write_tensors)
+from kdgraph.store.layout import MAX_BYTES, bytes_per_view, check_needs, check_size, record_layout, size_line
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
+from kdgraph.store.replay import not_replayable
 from kdgraph.train.distributed import DistContext
 from kdgraph.train.evaluate import logits_in_order
 from kdgraph.train.progress import Reporter
@@ -42,7 +43,6 @@ from kdgraph.train.views import SHARED, TEACHER, ViewMaker
 
 __all__ = ["TeachResult", "teach", "default_store", "MAX_BYTES", "SHARD_BYTES"]
 
-MAX_BYTES = 32 * 2**30  # a store above this is refused before any work (``max_bytes``)
 SHARD_BYTES = 64 * 2**20  # default shard size: about this many bytes
 
 
@@ -74,68 +74,6 @@ def default_store(spec: Spec) -> str:
 
 
 # -- what is stored ------------------------------------------------------------------------------------------------
-def _record_layout(spec: Spec, needs: dict[str, TeacherNeeds], top_k: Optional[int], full_maps: bool, n_data: int,
-                   float_bytes: int) -> dict[str, dict[str, Any]]:
-    """Every tensor of a record: its dtype and per-image shape (what the size check and the manifest read)."""
-    out: dict[str, dict[str, Any]] = {}
-    data = spec.data
-    if data.augment == "crop-flip":
-        out["view/crop"] = {"dtype": "int16", "shape": [3]}
-    elif data.augment == "resized-crop-flip":
-        out["view/crop"] = {"dtype": "float64", "shape": [5]}
-    if data.mix.name != "none":
-        out["view/partner"] = {"dtype": "int32" if n_data < 2**31 else "int64", "shape": []}
-        out["view/ratio"] = {"dtype": "float64", "shape": []}
-        if data.mix.name == "cutmix":
-            out["view/box"] = {"dtype": "int16", "shape": [4]}
-    real = "float64" if float_bytes == 8 else "float32"
-    for name, need in needs.items():
-        if need.logits is not None:
-            if top_k is None:
-                out[f"t/{name}/logits"] = {"dtype": real, "shape": [need.logits]}
-            else:
-                out[f"t/{name}/topk_values"] = {"dtype": "float16", "shape": [top_k]}
-                out[f"t/{name}/topk_indices"] = {"dtype": "int16" if need.logits <= 2**15 else "int32",
-                                                 "shape": [top_k]}
-                out[f"t/{name}/topk_rest"] = {"dtype": "float16", "shape": []}
-        for tap, t in need.taps.items():
-            pooled = t.pool is not None and not full_maps
-            shape = [t.shape[0] if t.layout == "map" else t.shape[-1]] if pooled else list(t.shape)
-            out[f"t/{name}/tap/{tap}"] = {"dtype": real, "shape": shape}
-    return out
-
-
-_SIZES = {"int16": 2, "int32": 4, "int64": 8, "float16": 2, "float32": 4, "float64": 8}
-
-
-def _bytes_per_view(layout: dict[str, dict[str, Any]]) -> int:
-    return sum(_SIZES[r["dtype"]] * math.prod(r["shape"]) for r in layout.values())
-
-
-def _check_needs(spec: Spec, needs: dict[str, TeacherNeeds], top_k: Optional[int], full_maps: bool) -> None:
-    """Refuse, before any work, a spec whose pairs read whole maps from a store of pooled layers, and a top-k that
-    is not below the number of classes."""
-    if not needs:
-        raise StoreError("no term of this spec reads a teacher (no distill.logits, no distill.pairs), so there is "
-                         "nothing to store", key="distill")
-    if not full_maps:
-        for name, need in needs.items():
-            for tap, t in need.taps.items():
-                if t.pool is None and t.layout != "vector":
-                    first, *others = t.pairs
-                    key, label = first.split(" ", 1)
-                    also = f" (so do {', '.join(others)})" if others else ""
-                    raise StoreError(f"{label.strip('()')} compares the whole {tap!r} output "
-                                     f"({'x'.join(map(str, t.shape))}) of teacher {name!r}{also}, and a store holds "
-                                     "pooled layers unless asked: set pool: gap on the pair, or run kdgraph teach with "
-                                     "--full-maps", key=key, line=spec.line_of("distill", "pairs", int(key[14:-1])))
-    if top_k is not None:
-        for name, need in needs.items():
-            if need.logits is not None and not 0 < top_k < need.logits:
-                raise StoreError(f"--top-k {top_k} must lie between 1 and {need.logits - 1}: teacher {name!r} has "
-                                 f"{need.logits} logits (leave --top-k out to store all of them)", key="--top-k")
-
-
 def _teacher_entries(spec: Spec, plan: Any, needs: dict[str, TeacherNeeds], layout: dict[str, dict[str, Any]],
                      top_k: Optional[int], full_maps: bool) -> dict[str, Any]:
     out = {}
@@ -228,7 +166,7 @@ def _shard(plan: Any, maker: ViewMaker, needs: dict[str, TeacherNeeds], rt: Any,
              for tap, t in need.taps.items()}
     for first in range(start, stop, batch):
         index = torch.arange(first, min(stop, first + batch))
-        x, _ = fetch(train, index)
+        x, _ = fetch(train, index, epoch=view)  # a seeded data set's draws of epoch `view` (imagefolder's crops)
         pixels, params = maker.make(x.to(rt.device), index, view, role)
         record = encode_params(params, len(train))
         with torch.no_grad(), rt.autocast():
@@ -257,20 +195,22 @@ def _gather(entries: list[dict[str, Any]], dist: DistContext) -> list[dict[str, 
 def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] = None, top_k: Optional[int] = None,
           full_maps: bool = False, shard_images: Optional[int] = None, max_bytes: int = MAX_BYTES,
           quiet: bool = False, reporter: Optional[Reporter] = None, teacher: Teachers = None) -> TeachResult:
-    """Write the teacher store of ``spec`` (``views`` K, default ``train.epochs``) to ``out`` (default
-    :func:`default_store`), or continue one that was stopped; under torchrun each process writes its share.
+    """Write the teacher store of ``spec`` (``views`` K) to ``out`` (default :func:`default_store`), or continue one
+    that was stopped; under torchrun each process writes its share.
 
-    ``top_k``: store the k largest logits in float16 (``kdgraph.store.records``) instead of all of them;
-    ``full_maps``: store tapped layers whole, not pooled; ``shard_images``: images per shard (default: about 64 MiB
-    per shard); ``max_bytes``: refuse a larger store before any work. ``teacher``: live teacher modules (Python)."""
+    ``views`` defaults to ``train.epochs``, or 1 where every epoch shows the same images (no ``data.augment``, no
+    ``data.mix``, data that is exact). A record holds each layer the pairs read as they read it: pooled where they pool
+    it, whole where a pair compares whole maps; ``full_maps``: every tapped layer whole. ``top_k``: store the k
+    largest logits in float16 (``kdgraph.store.records``) instead of all of them; ``shard_images``: images per shard
+    (default: about 64 MiB per shard); ``max_bytes`` (``--max-size``): refuse a larger store before any work.
+    ``teacher``: live teacher modules (Python)."""
     from kdgraph.plan import resolve_plan
     from kdgraph.train.launch import start_distributed
 
     dist = start_distributed(spec)
     reporter = dist.reporter(reporter or Reporter(quiet=quiet))
     seed_everything(spec.runtime.seed)
-    k_views = spec.train.epochs if views is None else int(views)
-    if k_views < 1:
+    if views is not None and int(views) < 1:
         raise StoreError(f"--views {views} must be at least 1", key="--views")
     if spec.teacher == "self" or not spec.teacher_specs:
         raise StoreError("a teacher store holds an external teacher's outputs; this spec has none "
@@ -279,30 +219,23 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
     for warning in plan.warnings:
         reporter.warn(warning)
     data = plan.data
-    if not data.provides.exact:
-        raise StoreError(f"data set {spec.data.dataset!r} gives another image on every access (a random transform), "
-                         "so no store can replay its views", key="data.dataset", line=spec.line_of("data", "dataset"))
+    if not data.provides.replayable:
+        raise StoreError(not_replayable(spec.data.dataset), key="data.dataset", line=spec.line_of("data", "dataset"))
+    varies = spec.data.augment != "none" or spec.data.mix.name != "none" or not data.provides.exact
+    k_views = int(views) if views is not None else spec.train.epochs if varies else 1
     needs = teacher_needs(spec, plan.graph, plan.teacher_maps)
     needs = {n: need for n, need in needs.items() if need.logits is not None or need.taps}
-    _check_needs(spec, needs, top_k, full_maps)
+    check_needs(needs, top_k)
     if top_k is not None and not any(need.logits is not None for need in needs.values()):
         reporter.warn("--top-k has no effect: no term reads a teacher's logits")
         top_k = None
     rt = dist.runtime(plan.runtime, reporter)
     n = len(data.train)
-    layout = _record_layout(spec, needs, top_k, full_maps, n, 8 if rt.precision == "fp64" else 4)
-    per_view = _bytes_per_view(layout)
-    total = per_view * n * k_views
+    layout = record_layout(spec, needs, top_k, full_maps, n, 8 if rt.precision == "fp64" else 4)
+    per_view = bytes_per_view(layout)
     path = Path(out if out is not None else default_store(spec))
-    if total > max_bytes:
-        raise StoreError(f"the store would take {human_size(total)} ({n:,} images × {k_views} views × "
-                         f"{per_view:,} bytes), above the limit of {human_size(max_bytes)}; store fewer views, "
-                         "pool the pairs' layers instead of --full-maps, or raise --max-gib", key="--max-gib")
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    free = shutil.disk_usage(probe).free
-    if total > free:
-        raise StoreError(f"the store would take {human_size(total)} but {str(probe)!r} has {human_size(free)} free; "
-                         "choose another --out, fewer views or pooled layers", key="--out")
+    reporter.info(size_line(layout, n, k_views))  # before any check or work: what the store will take
+    check_size(layout, n, k_views, path, max_bytes, full_maps)
     shard_images = shard_images or max(1, min(n, SHARD_BYTES // max(1, per_view)))
     batch = spec.data.eval_batch_size or 2 * spec.data.batch_size
     role = TEACHER if spec.data.views == "independent" else SHARED
@@ -317,7 +250,7 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
         "about": {"spec": spec.name, "dataset": spec.data.dataset,
                   "weights": {name: spec.teacher_specs[name].weights for name in needs}},
     }
-    if k_views > 1 and spec.data.augment == "none" and spec.data.mix.name == "none":
+    if k_views > 1 and not varies:
         reporter.warn(f"no data.augment and no data.mix: the {k_views} views of an image are all the same image; "
                       "--views 1 stores the same (or use teacher.cache: auto, which needs no store)")
     previous = _prepare_out(path, manifest, dist)
@@ -330,8 +263,9 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
     shards = [(v, s, min(n, s + shard_images)) for v in range(k_views) for s in range(0, n, shard_images)]
     mine = shards[dist.rank::dist.world]
     names = set(layout)
+    one = "" if varies or views is not None else "; one view: nothing is augmented"
     reporter.info(f"teach {spec.name}: {', '.join(needs)} over {k_views} view(s) of {n:,} images → {path} "
-                  f"({per_view:,} bytes per image and view; {human_size(total)} in {len(shards)} shard(s))")
+                  f"({len(shards)} shard(s)){one}")
     entries, computed, kept = [], 0, 0
     start_time = time.perf_counter()
     # a shard is written (serialised, hashed, fsynced) in a thread while the next one is computed

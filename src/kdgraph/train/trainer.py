@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdgraph.data import WithIndex, make_loader
+from kdgraph.data import ReplayedViews, WithIndex, make_loader
 from kdgraph.errors import KdgraphError
 from kdgraph.graph import TermKind
 from kdgraph.graph.terms import legacy_adapter_renames
@@ -85,7 +85,11 @@ class Trainer:
         self.cache: Optional[TeacherCache] = None  # built by cache_teachers() when training starts
         self._teacher_logits: dict[tuple[str, int], torch.Tensor] = {}  # the teachers' test logits, for agreement
         self._stored_logits: Optional[dict[str, torch.Tensor]] = None  # those a teacher store holds
-        self.loader = make_loader(WithIndex(plan.data.train), spec.data.batch_size, train=True, seed=spec.runtime.seed,
+        self.store = plan.store  # a teacher store (`teacher.store`): the views' numbers and the teachers' outputs
+        train = plan.data.train
+        if self.store is not None and plan.data.provides.seeded:  # imagefolder: epoch e's crops are the store's view
+            train = ReplayedViews(train, self.store.views, self.store.seed)
+        self.loader = make_loader(WithIndex(train), spec.data.batch_size, train=True, seed=spec.runtime.seed,
                                   drop_last=spec.data.drop_last, num_workers=spec.data.num_workers,
                                   pin_memory=rt.device.type == "cuda", shard=dist.shard)
         self.steps = len(self.loader) if not cfg.max_steps_per_epoch else min(len(self.loader), cfg.max_steps_per_epoch)
@@ -100,10 +104,9 @@ class Trainer:
         if rt.compile_mode:
             self.compiled = torch.compile(self.model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
         self._compile_checked = False
-        self.store = plan.store  # a teacher store (`teacher.store`): the views' numbers and the teachers' outputs
         online = [name for name in self.graph.teachers if self.store is None or name not in self.store.teachers]
         seed = spec.runtime.seed if self.store is None or spec.data.views == "independent" else self.store.seed
-        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=seed, dataset=plan.data.train,
+        self.views = ViewMaker(spec.data, num_classes=plan.data.num_classes, seed=seed, dataset=train,
                                image_shape=plan.data.input_shape, norm=(plan.data.mean, plan.data.std),
                                two_views=bool(online))
         self.guard = StepGuard(list(trainable.buffers()), cfg.max_bad_steps, self.reporter.warn,

@@ -4,7 +4,8 @@ PIL), crops and resizes the uint8 tensor and normalises it for the student.
 
 Training draws a random resized crop and a flip per image from ``(seed, epoch, index)`` alone, never from a global
 generator: the loader hands each sample its epoch with its index (``seeded``), so the batches are the same with 0,
-2 or 8 loader processes and after resuming, and an image's crop differs from epoch to epoch."""
+2 or 8 loader processes and after resuming, and an image's crop differs from epoch to epoch. For the same reason a
+teacher store can replay epoch ``e``'s crops exactly (``Provides.seeded``, ``datasets.ReplayedViews``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from kdgraph.data import DataError
 from kdgraph.data.datasets import IMAGENET_MEAN, IMAGENET_STD, DataBundle, Provides
 from kdgraph.data.sources.common import SourceOptions, check_num_classes, require_root
 
-__all__ = ["build", "FolderImages", "decode"]
+__all__ = ["build", "FolderImages", "decode", "CROPS"]
 
 _TORCHVISION_IO = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 # torchvision 0.29 announces that its decoders move to TorchCodec; they are still torchvision's fastest path here
@@ -53,6 +54,11 @@ def decode(path: str) -> torch.Tensor:
     from torchvision.transforms.functional import pil_to_tensor
 
     return pil_to_tensor(_read_image(path))
+
+
+CROPS = "torchvision-rrc-flip-seedsequence-v1"
+"""The training crops' algorithm and draws (``crop_box`` from a generator seeded by ``_sample_seed``): a teacher store
+records it, so that a later change of either is caught."""
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -89,14 +95,17 @@ class FolderImages(Dataset):
 
     ``train``: torchvision's ``RandomResizedCrop(S)`` + ``RandomHorizontalFlip()``, each drawn from
     ``(seed, epoch, index)``; otherwise ``Resize(round(S / 0.875))`` (shorter side) + ``CenterCrop(S)``. Resizing
-    runs on the uint8 tensor (bilinear, antialiased). A key is an index or ``(index, epoch)`` (``seeded``: the
-    kdgraph loaders pass the epoch with the index, so worker processes need no shared state)."""
+    runs on the uint8 tensor (bilinear, antialiased). A key is an index, ``(index, epoch)`` (``seeded``: the
+    kdgraph loaders pass the epoch with the index, so worker processes need no shared state) or ``(index, epoch,
+    seed)`` (a teacher store's seed instead of the data set's: ``ReplayedViews``). ``root``: the split's folder, which
+    the file names in a store's fingerprint are relative to."""
 
     seeded = True
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], size: int, train: bool, seed: int = 0,
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
+                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, root: Optional[Path] = None):
         self.samples, self.classes, self.size, self.train, self.seed = samples, classes, int(size), train, int(seed)
+        self.root = root
         self.targets = [t for _, t in samples]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
         self.scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
@@ -105,15 +114,16 @@ class FolderImages(Dataset):
         return len(self.samples)
 
     def pixels(self, key: Any) -> tuple[torch.Tensor, int]:
-        """The uint8 ``(3, S, S)`` crop of sample ``key`` (index or ``(index, epoch)``) and its label."""
+        """The uint8 ``(3, S, S)`` crop of sample ``key`` (index, ``(index, epoch)`` or ``(index, epoch, seed)``) and
+        its label."""
         from torchvision.transforms.v2 import functional as F
 
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        index, epoch, seed = (*key, self.seed)[:3] if isinstance(key, tuple) else (key, 0, self.seed)
         path, label = self.samples[index]
         image = decode(path)
         s = self.size
         if self.train:
-            g = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, index))
+            g = torch.Generator().manual_seed(_sample_seed(seed, epoch, index))
             top, left, h, w = crop_box(image.shape[-2], image.shape[-1], g)
             image = F.resize(image[:, top:top + h, left:left + w], [s, s], antialias=True)
             if torch.rand(1, generator=g).item() < 0.5:
@@ -172,9 +182,10 @@ def build(opts: SourceOptions) -> DataBundle:
         te.samples = [(p, tr.class_to_idx[te.classes[t]]) for p, t in te.samples]
         te.imgs, te.targets = te.samples, [t for _, t in te.samples]
         te.classes = tr.classes
-    if train_transform is None and eval_transform is None:
-        tr = FolderImages(tr.samples, tr.classes, size, True, opts.seed, mean, std)
-        te = FolderImages(te.samples, te.classes, size, False, opts.seed, mean, std)
+    own = train_transform is None and eval_transform is None
+    if own:
+        tr = FolderImages(tr.samples, tr.classes, size, True, opts.seed, mean, std, root=train_dir)
+        te = FolderImages(te.samples, te.classes, size, False, opts.seed, mean, std, root=eval_dir)
     k = len(tr.classes)
     check_num_classes("imagefolder", opts.num_classes, k)
     return DataBundle(
@@ -186,5 +197,7 @@ def build(opts: SourceOptions) -> DataBundle:
         mean=tuple(mean),
         std=tuple(std),
         classes=tuple(tr.classes),
-        provides=Provides(exact=False, transforms=True, files=True),  # a new crop and flip per image and epoch
+        # a new crop and flip per image and epoch: drawn from (seed, epoch, index) by kdgraph's own pipeline, from the
+        # global generator by transforms from Python
+        provides=Provides(exact=False, transforms=True, files=True, seeded=own),
     )
