@@ -46,6 +46,23 @@ def test_against_reference(gen: torch.Generator, gamma: float, order: int) -> No
     )
 
 
+def test_unsquared_is_the_norm_itself(gen: torch.Generator) -> None:
+    """squared=False: (1/B^2) ||C^t - C^s||_F, torchdistill's form; B^2 times its square is the squared form."""
+    s = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    t = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    Cs, Ct = ref_C(s, 0.4, 2), ref_C(t, 0.4, 2)
+    norm = math.sqrt(sum((Ct[i][j] - Cs[i][j]) ** 2 for i in range(5) for j in range(5)))
+    got = cc(s, t, squared=False)
+    assert got.item() == pytest.approx(norm / 25, rel=1e-12)
+    assert cc(s, t).item() == pytest.approx(25 * got.item() ** 2, rel=1e-12)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = cc(x, x.detach().clone(), squared=False)  # equal kernels: 0, with a zero (not NaN) gradient
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+    y = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: cc(a, t[:4], squared=False), (y,))
+
+
 def test_hand_checked() -> None:
     # orthonormal pair, order 1, gamma 0.5: C = e^-1 [[1 + 1, 1 + 0], [1, 2]] = e^-1 [[2, 1], [1, 2]]
     x = torch.eye(2, dtype=torch.float64)

@@ -89,9 +89,52 @@ def test_bf16_autocast(gen: torch.Generator) -> None:
     assert s.grad is not None
 
 
+def pooled(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Average over k x k blocks, written out (the grids here divide exactly)."""
+    b, c, h, w = x.shape
+    out = torch.zeros(b, c, h // k, w // k, dtype=x.dtype)
+    for i in range(h // k):
+        for j in range(w // k):
+            out[:, :, i, j] = sum(x[:, :, k * i + u, k * j + v] for u in range(k) for v in range(k)) / (k * k)
+    return out
+
+
+def bilinear_up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear 2x upsampling with align_corners=False, written out: output position i samples input position
+    i / 2 - 1/4, clamped to [0, n - 1]: weights 3/4 and 1/4 on the two nearest inputs, the edges repeated."""
+    b, c, h, w = x.shape
+
+    def taps(i: int, n: int) -> tuple[int, int, float]:
+        pos = min(max(i / 2 - 0.25, 0.0), n - 1.0)
+        lo = int(pos)
+        return lo, min(lo + 1, n - 1), pos - lo
+
+    out = torch.zeros(b, c, 2 * h, 2 * w, dtype=x.dtype)
+    for i in range(2 * h):
+        r0, r1, fr = taps(i, h)
+        for j in range(2 * w):
+            c0, c1, fc = taps(j, w)
+            out[:, :, i, j] = ((1 - fr) * ((1 - fc) * x[:, :, r0, c0] + fc * x[:, :, r0, c1])
+                               + fr * ((1 - fc) * x[:, :, r1, c0] + fc * x[:, :, r1, c1]))
+    return out
+
+
+def test_different_grids_pooled_by_default_or_interpolated(gen: torch.Generator) -> None:
+    s = torch.randn(2, 3, 3, 4, generator=gen, dtype=torch.float64)  # the student's coarser map
+    t = torch.randn(2, 5, 6, 8, generator=gen, dtype=torch.float64).relu()
+    pooled_value = nst(s, t).item()
+    assert pooled_value == pytest.approx(ref_nst(s, pooled(t, 2)), rel=1e-10)  # RepDistiller: the finer map pooled
+    assert nst(t, s).item() == pytest.approx(ref_nst(pooled(t, 2), s), rel=1e-10)  # a finer student is pooled
+    interpolated = nst(s, t, grid="interpolate").item()
+    assert interpolated == pytest.approx(ref_nst(bilinear_up2(s), t), rel=1e-10)  # kdgraph before issue #33
+    assert abs(pooled_value - interpolated) > 1e-3  # the docstring's point: the two are not the same loss
+
+
 def test_validation() -> None:
-    with pytest.raises(ValueError, match="spatial grids differ"):
-        nst(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="spatial grids differ"):  # (B, C, N) maps: no grid to pool over
+        nst(torch.zeros(2, 3, 4), torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="grid must be one of pool, interpolate"):
+        nst(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), grid="upsample")
     with pytest.raises(ValueError, match="batch sizes differ"):
         nst(torch.zeros(2, 3, 4, 4), torch.zeros(3, 3, 4, 4))
     with pytest.raises(ValueError, match="pooled vectors"):

@@ -206,7 +206,8 @@ def test_several_taps_take_two_sequences_or_all_the_tensors(scratch_registry) ->
 CATALOGUE = {  # name: (kind, needs, taps, has a module, run inputs)
     "dkd": ("logit", "same-shape", 1, False, {"labels"}),
     "dist": ("logit", "same-shape", 1, False, set()),
-    "nst": ("feature", "same-grid", 1, False, set()),
+    "nst": ("feature", "any", 1, False, set()),  # it pools two grids to one itself (grid: pool), as RepDistiller
+    "at": ("feature", "any", 1, False, set()),
     "fsp": ("feature", "same-width", 2, False, set()),
     "ab": ("feature", "same-shape", 1, False, set()),
     "ofd": ("feature", "same-grid", 1, True, {"teacher_batchnorm"}),

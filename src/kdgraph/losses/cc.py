@@ -18,9 +18,12 @@ the pooled feature to 128 dims on both sides, term weight 0.003).
 
 Reference code followed: torchdistill ``torchdistill/losses/mid_level.py`` ``CCKDLoss`` (the Taylor series
 including the ``p = 0`` term, times ``exp(-2 gamma)``; ``reduction="batchmean"`` divides by ``B^2``).
-torchdistill takes the Frobenius norm itself (``torch.dist``), not its square; this function squares it, as the
-paper's ``||.||_2^2``. RepDistiller's ``distiller_zoo/CC.py`` is a different, author-provided variant (products
-of neighbouring samples' absolute differences), not this kernel.
+torchdistill takes the Frobenius norm itself (``torch.dist``), not its square; by default this function squares
+it, as the paper's ``||.||_2^2``, and ``squared=False`` gives torchdistill's ``(1/B^2) ||C^t - C^s||_F``. The two
+differ by the factor ``||C^t - C^s||_F``, which changes with the batch, so a weight tuned for one form (the 0.003
+of torchdistill's configuration is tuned for the unsquared one) does not carry over to the other by a constant.
+RepDistiller's ``distiller_zoo/CC.py`` is a different, author-provided variant (products of neighbouring
+samples' absolute differences), not this kernel.
 """
 
 from __future__ import annotations
@@ -60,18 +63,22 @@ def rbf_taylor_kernel(x: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tenso
 
 
 @fp32_compute
-def cc(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int = 2) -> Tensor:
+def cc(student: Tensor, teacher: Tensor, *, gamma: float = 0.4, order: int = 2, squared: bool = True) -> Tensor:
     """Correlation congruence (Peng et al., ICCV 2019): ``L = (1/B^2) ||C^t - C^s||_F^2``.
 
     ``C`` = :func:`rbf_taylor_kernel` (the Gaussian RBF's Taylor expansion of order ``order`` = ``P``) of the
-    flattened features; student and teacher need only the same batch.
+    flattened features; student and teacher need only the same batch. ``squared=False``: the Frobenius norm itself,
+    ``(1/B^2) ||C^t - C^s||_F`` (torchdistill's ``CCKDLoss``; its gradient at ``C^t = C^s`` is taken as 0).
     """
     check_batch("cc", student, teacher)
     check_positive("cc", gamma=gamma)
     if order < 0 or int(order) != order:
         raise ValueError(f"cc: order must be an integer >= 0, got {order}")
     diff = rbf_taylor_kernel(teacher, gamma=gamma, order=order) - rbf_taylor_kernel(student, gamma=gamma, order=order)
-    return (diff * diff).sum() / student.shape[0] ** 2
+    total = (diff * diff).sum()
+    if not squared:  # sqrt at a floor: equal kernels give 0 with a zero (not NaN) gradient
+        total = torch.where(total > 0, torch.sqrt(total.clamp_min(torch.finfo(total.dtype).tiny)), total)
+    return total / student.shape[0] ** 2
 
 
 class CCEmbeddings(nn.Module):
@@ -89,7 +96,9 @@ def _embeddings(student: Any, teacher: Any, *, dim: int = 128) -> CCEmbeddings:
 
 
 @register_loss("cc", kind="relational", needs="vectors", module=_embeddings)
-def cc_term(student: Tensor, teacher: Tensor, *, module: CCEmbeddings, gamma: float = 0.4, order: int = 2) -> Tensor:
+def cc_term(student: Tensor, teacher: Tensor, *, module: CCEmbeddings, gamma: float = 0.4, order: int = 2,
+            squared: bool = True) -> Tensor:
     """Correlation congruence (Peng et al., ICCV 2019): ``L = (1/B^2) ||C^t - C^s||_F^2`` of the RBF kernel's order
-    ``P`` Taylor expansion over the batch, each side embedded to ``dim`` by a trainable head (:func:`cc`)."""
-    return cc(module.student(student), module.teacher(teacher), gamma=gamma, order=order)
+    ``P`` Taylor expansion over the batch, each side embedded to ``dim`` by a trainable head (:func:`cc`;
+    ``squared: false``: the norm unsquared, torchdistill's form)."""
+    return cc(module.student(student), module.teacher(teacher), gamma=gamma, order=order, squared=squared)

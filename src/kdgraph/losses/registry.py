@@ -3,8 +3,8 @@
     @register_loss("mse", kind="feature")
     def mse(s, t): ...
 
-    @register_loss("at", kind="feature", needs="same-grid", layouts=("map",))
-    def attention_transfer(s, t, p=2.0): ...
+    @register_loss("vid", kind="feature", needs="same-grid", layouts=("map",), module=_regressor)
+    def vid_term(student, teacher, *, module): ...
 
 The record is the only place that says what a loss allows. The spec reads it (which names a pair or the logits term
 may use, their keyword parameters and defaults), the adapter planner reads it (``needs``: what to insert between a
