@@ -9,12 +9,15 @@ builder is ``build(name, kwargs, pretrained) -> nn.Module`` and raises ``ModelEr
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-from typing import Any, Callable
+import re
+import sys
+from typing import Any, Callable, Optional
 
 from torch import nn
 
-from kdgraph.errors import ModelError, suggest
+from kdgraph.errors import ModelError, did_you_mean, suggest
 from kdgraph.models.weights import BUILTIN_DIR, load_weights
 from kdgraph.models.zoo import ZOO
 
@@ -26,6 +29,31 @@ def _nearest(name: str, choices: list[str]) -> str:
     return f"; nearest: {', '.join(near)}" if near else ""
 
 
+def _parameters(fn: Any) -> list[str]:
+    """The keyword names ``fn`` (a function or a class) takes by name, without ``self``, ``*args`` and ``**kwargs``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+
+
+def _kwarg_hint(err: TypeError, factory: Any) -> str:
+    """``; did you mean 'num_classes'?`` for a keyword the constructor rejected, from the names it takes: the
+    factory's own, and, when the error names a class of the factory's module (``ResNet.__init__() got an unexpected
+    keyword argument``: timm and torchvision factories pass ``**kwargs`` on to it), that class's."""
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if found is None:
+        return ""
+    names = _parameters(factory)
+    owner = re.match(r"(\w+)\.__init__\(\)", str(err))
+    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    cls = getattr(module, owner.group(1), None) if owner and module else None
+    if isinstance(cls, type):
+        names += _parameters(cls)
+    return did_you_mean(found.group(1), [n for n in dict.fromkeys(names) if n != found.group(1)])
+
+
 def _timm(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     import timm
 
@@ -34,7 +62,8 @@ def _timm(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
-        raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}") from None
+        entry = timm.models.model_entrypoint(name.split(".")[0])
+        raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, entry)}") from None
     except Exception as err:  # noqa: BLE001 - downloads fail in many ways; all mean "no weights here"
         if not pretrained:
             _construct_failed(f"timm:{name}", kwargs, err)
@@ -53,7 +82,8 @@ def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
     try:
         return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     except TypeError as err:
-        raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}") from None
+        builder = torchvision.models.get_model_builder(name)
+        raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, builder)}") from None
     except Exception as err:  # noqa: BLE001
         if not pretrained:
             _construct_failed(f"torchvision:{name}", kwargs, err)
@@ -93,7 +123,7 @@ def _construct(ref: str, factory: Any, kwargs: dict[str, Any]) -> Any:
     except TypeError as err:
         if not kwargs:
             raise ModelError(f"{ref} cannot be built without arguments ({err}); give them under `kwargs:`") from None
-        raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}") from None
+        raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, factory)}") from None
     except _BUILD_ERRORS as err:
         _construct_failed(ref, kwargs, err)
 
