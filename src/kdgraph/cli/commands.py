@@ -13,6 +13,7 @@ from typing import Optional
 import click
 
 from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.set_args import SetCommand
 from kdgraph.errors import KdgraphError
 
 __all__ = ["register", "parse_input_shape", "parse_kwargs", "trace_ref", "suggest_command", "check_plot_target",
@@ -154,7 +155,7 @@ def register(main: click.Group) -> None:
         path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
         click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))
 
-    @main.command()
+    @main.command(cls=SetCommand)
     @click.argument("spec_path", metavar="SPEC")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
     @click.option("--steps", default=20, show_default=True, help="Timed steps per variant.")
@@ -171,7 +172,7 @@ def register(main: click.Group) -> None:
         result = bench_spec(load_spec(spec_path, overrides), steps=steps, warmup=warmup, batch=batch)
         click.echo(format_bench(result))
 
-    @main.command()
+    @main.command(cls=SetCommand)
     @click.argument("spec_path", metavar="SPEC")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
     @click.option("--views", type=int, default=None, metavar="K",

@@ -14,6 +14,7 @@ import click
 
 from kdgraph import __version__
 from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.set_args import SetCommand
 
 if TYPE_CHECKING:
     from kdgraph.train.guard import Interrupted
@@ -84,7 +85,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -138,7 +139,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         print_summary(result)
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @handle_errors
@@ -154,7 +155,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"{spec_path}: ok")
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("targets", metavar="MODEL|SPEC|STORE [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")
