@@ -149,10 +149,23 @@ def register(main: click.Group) -> None:
     @handle_errors
     def export(run_dir: str, out: str, onnx_path: Optional[str], input_shape: Optional[str], with_heads: bool) -> None:
         """Rebuild RUN_DIR's student, load its trained weights strictly, and write them (and ONNX) out."""
-        from kdgraph.train.export import export_student
+        import shlex
+
+        from kdgraph.train.checkpoint import DamagedCheckpoint
+        from kdgraph.train.export import export_student, weights_note
 
         shape = parse_input_shape(input_shape, ()) if input_shape else None
-        path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
+        try:
+            path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
+        except DamagedCheckpoint as err:
+            words = ["export", run_dir, "--out", out, *(["--onnx", onnx_path] if onnx_path else []),
+                     *(["--input-shape", input_shape] if input_shape else []), *(["--with-heads"] if with_heads else [])]
+            name = click.get_current_context().find_root().info_name or "kdgraph"
+            err.message = err.explain(" ".join([name, *map(shlex.quote, words)]))
+            raise
+        note = weights_note(run_dir)
+        if note:
+            click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))
 
     @main.command(cls=SetCommand)

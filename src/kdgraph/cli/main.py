@@ -103,6 +103,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.train.checkpoint import DamagedCheckpoint
     from kdgraph.train.guard import Interrupted
     from kdgraph.plan import resolve_plan
 
@@ -134,6 +135,9 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
         result = run_train(spec, overwrite=overwrite, resume=resume, quiet=quiet)
     except Interrupted as err:
         err.message += _how_to_go_on(err, lambda again: _train_command(spec_path, overrides, quiet, nproc, again))
+        raise
+    except DamagedCheckpoint as err:
+        err.message = err.explain(_train_command(spec_path, overrides, quiet, nproc, True))
         raise
     if is_main_process():
         print_summary(result)

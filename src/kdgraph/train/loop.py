@@ -17,6 +17,7 @@ from kdgraph.graph.lookup import Teachers
 from kdgraph.plan import Plan, resolve_plan
 from kdgraph.runtime import seed_everything
 from kdgraph.spec.schema import Spec
+from kdgraph.train.checkpoint import check_newest
 from kdgraph.train.distributed import DistContext
 from kdgraph.train.evaluate import teachers_top1
 from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals
@@ -156,6 +157,12 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     spec, student = plan.spec, plan.student
     rt = dist.runtime(plan.runtime, reporter)
     tb = _prepare(plan, dist, run_dir, overwrite, resume)
+    if resume and run_dir is not None:  # a damaged checkpoint found now, not after the teacher passes
+        try:
+            check_newest(run_dir.checkpoints)
+        except KdgraphError as err:
+            err.line = err.line or spec.line_of("output")
+            raise
     done = resume and run_dir is not None and finished(run_dir, spec.train.epochs)  # nothing left to train
     trainer = Trainer(plan, runtime=rt, reporter=reporter, run_dir=run_dir, dist=dist)
     known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
