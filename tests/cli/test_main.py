@@ -247,6 +247,7 @@ def test_a_set_without_value_before_the_spec(tmp_path):
 def test_set_words_that_are_whole_are_left_to_click():
     from kdgraph.cli.set_args import set_mistake
 
-    assert set_mistake(["spec.yaml", "--set", "train.epochs=1", "--set", "student.kwargs={widths: [8, 16, 16]}"]) is None
+    whole = ["spec.yaml", "--set", "train.epochs=1", "--set", "student.kwargs={widths: [8, 16, 16]}"]
+    assert set_mistake(whole) is None
     assert set_mistake(["--set", "name=", "spec.yaml"]) is None  # an empty value, then the spec
     assert set_mistake(["--set", "data.root=/a", "b", "--quiet"]) is None  # a balanced value: click's own message

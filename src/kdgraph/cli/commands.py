@@ -159,7 +159,8 @@ def register(main: click.Group) -> None:
             path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
         except DamagedCheckpoint as err:
             words = ["export", run_dir, "--out", out, *(["--onnx", onnx_path] if onnx_path else []),
-                     *(["--input-shape", input_shape] if input_shape else []), *(["--with-heads"] if with_heads else [])]
+                     *(["--input-shape", input_shape] if input_shape else []),
+                     *(["--with-heads"] if with_heads else [])]
             name = click.get_current_context().find_root().info_name or "kdgraph"
             err.message = err.explain(" ".join([name, *map(shlex.quote, words)]))
             raise

@@ -311,7 +311,8 @@ class Spec(Section):
             return
         total = sum(stage.epochs for stage in stages)
         if total != self.train.epochs:
-            raise ValueError(f"train.stages last {plural(total, 'epoch')} in all but train.epochs is {self.train.epochs}; "
+            raise ValueError(f"train.stages last {plural(total, 'epoch')} in all but train.epochs is "
+                             f"{self.train.epochs}; "
                              f"set train.epochs: {total}")
         labels = [pair.label for pair in self.distill.pairs]
         names = [label.removeprefix("pair:") for label in labels]

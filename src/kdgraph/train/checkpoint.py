@@ -46,7 +46,8 @@ class DamagedCheckpoint(KdgraphError):
                 "start over with --overwrite (or another `output:`)" if self.action == "resume" else
                 f"there is nothing to {self.action}")
         aside = " && ".join(f"mv {shlex.quote(str(p))} {shlex.quote(str(p) + '.damaged')}" for p in self.damaged)
-        return (f"{self.problem}; the newest intact checkpoint is {self.intact.stem} ({position(read_meta(self.intact))})"
+        where = position(read_meta(self.intact))
+        return (f"{self.problem}; the newest intact checkpoint is {self.intact.stem} ({where})"
                 f". To {self.action} from it, set the damaged files aside: {aside}"
                 + (f" && {then}" if then else f", then {self.action} again"))
 

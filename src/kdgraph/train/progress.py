@@ -156,9 +156,9 @@ class Bar:
             self.clock.advance(n)
         if self.progress is not None:
             fields = {}
-            if status is not None:
+            if status is not None:  # the run's time left, short: a bar has little room (the epoch line says more)
                 left = self.clock.describe() if self.clock is not None else None
-                fields["status"] = status + (f"  run: {left}" if left else "")
+                fields["status"] = status + (f"  run: {left.split(' (')[0]}" if left else "")
             self.progress.update(self.task, advance=n, **fields)
 
 
