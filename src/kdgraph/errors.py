@@ -6,7 +6,12 @@ import difflib
 from typing import Iterable
 
 __all__ = ["KdgraphError", "SpecError", "ModelError", "WeightsError", "RunDirError", "with_key", "located", "suggest",
-           "did_you_mean"]
+           "did_you_mean", "plural"]
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``: a count with its noun, as a message reads it."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def suggest(name: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:

@@ -215,3 +215,39 @@ def test_kdgraph_warnings_are_one_line(tmp_path):
     debug = subprocess.run([command[0], "-m", "kdgraph", "--debug", *command[3:]], capture_output=True, text=True,
                            env=env, timeout=120)
     assert re.search(r"\.py:\d+: TraceFallbackWarning: python:untraceable:Branchy", debug.stderr), debug.stderr
+
+
+@pytest.mark.parametrize("words,meant", [
+    (["--set", "train.epochs", "1"], "--set train.epochs 1: a --set is one word, KEY=VALUE, without spaces around "
+                                     "'='; write --set train.epochs=1"),
+    (["--set", "train.epochs", "=", "1"], "write --set train.epochs=1"),
+    (["--set", "train.epochs=", "1"], "write --set train.epochs=1"),
+    (["--set", "student.kwargs={widths:", "[8,", "16,", "16]}"],
+     "the shell split --set student.kwargs={widths: [8, 16, 16]} into 4 words at its spaces; quote the whole "
+     "KEY=VALUE: --set 'student.kwargs={widths: [8, 16, 16]}'"),
+    (["--set=student.kwargs={widths:", "[8,", "16,", "16]}"], "--set 'student.kwargs={widths: [8, 16, 16]}'"),
+])
+@pytest.mark.parametrize("command", ["train", "validate", "inspect", "bench", "teach"])
+def test_a_split_set_says_what_was_meant(tmp_path, command, words, meant):
+    # #29: both ended in click's "Got unexpected extra argument"
+    path = write_spec(tmp_path, SPEC)
+    result = CliRunner().invoke(main, [command, path, *words])
+    assert result.exit_code == 2, result.output
+    assert meant in result.output and "unexpected extra argument" not in result.output, result.output
+
+
+def test_a_set_without_value_before_the_spec(tmp_path):
+    path = write_spec(tmp_path, SPEC)
+    result = CliRunner().invoke(main, ["validate", "--set", "train.epochs", path])
+    assert result.exit_code == 2
+    assert "--set train.epochs has no value: a --set is one word, KEY=VALUE (e.g. --set train.epochs=1)" in \
+        result.output, result.output
+
+
+def test_set_words_that_are_whole_are_left_to_click():
+    from kdgraph.cli.set_args import set_mistake
+
+    whole = ["spec.yaml", "--set", "train.epochs=1", "--set", "student.kwargs={widths: [8, 16, 16]}"]
+    assert set_mistake(whole) is None
+    assert set_mistake(["--set", "name=", "spec.yaml"]) is None  # an empty value, then the spec
+    assert set_mistake(["--set", "data.root=/a", "b", "--quiet"]) is None  # a balanced value: click's own message

@@ -73,3 +73,19 @@ def test_pt_files_load_only_plain_tensors(tmp_path):
     torch.save({"x": object()}, evil)
     with pytest.raises(WeightsError, match="weights_only"):
         load_weights(create_model("kdgraph:fmnist_cnn"), evil)
+
+
+@pytest.mark.parametrize("ref", ["kdgraph:fmnist_cnn", "python:kdgraph.models.zoo:fmnist_cnn_wide", "timm:resnet18",
+                                 "torchvision:resnet18"])
+def test_a_kwargs_typo_gets_the_nearest_name_from_the_factory(ref):
+    # #29: `num_clases` was reported as rejected with no hint; timm and torchvision factories take **kwargs and pass
+    # them to the model class, whose signature has the name
+    with pytest.raises(ModelError) as err:
+        create_model(ref, {"num_clases": 10})
+    assert "unexpected keyword argument 'num_clases'; did you mean 'num_classes'?" in str(err.value)
+
+
+def test_a_kwargs_name_far_from_any_gets_no_guess():
+    with pytest.raises(ModelError) as err:
+        create_model("kdgraph:fmnist_cnn", {"depth": 3})
+    assert "did you mean" not in str(err.value)

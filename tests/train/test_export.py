@@ -139,3 +139,31 @@ def test_onnx_export_matches_the_student(tmp_path):
     got = ReferenceEvaluator(graph).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(got), model.eval()(x), atol=1e-4)
+
+
+def test_export_of_a_missing_path_says_it_does_not_exist(tmp_path):
+    # #29: it said "is not a kdgraph run directory (no spec.yaml)" for a path that is not there at all
+    with pytest.raises(RunDirError, match=f"'{tmp_path / 'nope'}' does not exist; give the run directory"):
+        export_student(tmp_path / "nope", tmp_path / "x.safetensors")
+
+
+def test_export_of_an_interrupted_run_says_it_used_a_mid_epoch_checkpoint(timm_run, tmp_path):
+    from click.testing import CliRunner
+
+    from kdgraph.cli.main import main
+
+    run = tmp_path / "stopped"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "spec.yaml").write_text((timm_run.run_dir / "spec.yaml").read_text())
+    source = next((timm_run.run_dir / "checkpoints").glob("*.json"))
+    meta = json.loads(source.read_text())  # as a SIGINT in the first epoch leaves it: epoch 0, step 1
+    meta.update(epoch=0, step_in_epoch=1, tensors="ckpt-e0000-s000001.safetensors")
+    (run / "checkpoints" / "ckpt-e0000-s000001.json").write_text(json.dumps(meta))
+    (run / "checkpoints" / "ckpt-e0000-s000001.safetensors").write_bytes(
+        source.with_suffix(".safetensors").read_bytes())
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "s.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert ("note: the run has no student.safetensors (its training did not finish): the student comes from its "
+            "newest checkpoint, ckpt-e0000-s000001 (mid-epoch: epoch 1, step 1)") in result.output, result.output
+    finished = CliRunner().invoke(main, ["export", str(timm_run.run_dir), "--out", str(tmp_path / "f.safetensors")])
+    assert finished.exit_code == 0 and "note:" not in finished.output, finished.output

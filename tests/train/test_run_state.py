@@ -130,3 +130,23 @@ def test_ctrl_c_while_the_baseline_starts_removes_only_the_baseline_and_says_res
         train(baseline_spec(tiny_doc, run), quiet=True)
     assert (err.value.run_dir, err.value.checkpoint) == (run, "ckpt-e0002-s000000")  # the distilled run is kept
     assert not (run / "baseline").exists() and (run / "student.safetensors").is_file()
+
+
+def test_a_finished_one_epoch_run_counts_its_epoch_in_the_singular(tmp_path, tiny_doc):
+    # #29: "all 1 epochs are done"
+    tiny_doc["train"]["epochs"] = 1
+    tiny_doc["output"] = str(tmp_path / "run")
+    train(spec_from_dict(tiny_doc), quiet=True)
+    reporter, out = listening_reporter()
+    train(spec_from_dict(tiny_doc), resume=True, reporter=reporter)
+    assert f"{tmp_path / 'run'}: its 1 epoch is done; nothing to train" in out.getvalue(), out.getvalue()
+
+
+def test_the_baseline_writes_no_empty_adapters_file(tmp_path, tiny_doc):
+    # #29: baseline/adapters.safetensors was a 16-byte file holding no tensor
+    tiny_doc["train"]["epochs"] = 1
+    run = tmp_path / "run"
+    train(baseline_spec(tiny_doc, run), quiet=True)
+    assert load_file(str(run / "adapters.safetensors"))  # the distilled run's projector
+    assert (run / "baseline" / "student.safetensors").is_file()
+    assert not (run / "baseline" / "adapters.safetensors").exists()

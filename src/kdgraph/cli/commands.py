@@ -13,6 +13,7 @@ from typing import Optional
 import click
 
 from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.set_args import SetCommand
 from kdgraph.errors import KdgraphError
 
 __all__ = ["register", "parse_input_shape", "parse_kwargs", "trace_ref", "suggest_command", "check_plot_target",
@@ -148,13 +149,27 @@ def register(main: click.Group) -> None:
     @handle_errors
     def export(run_dir: str, out: str, onnx_path: Optional[str], input_shape: Optional[str], with_heads: bool) -> None:
         """Rebuild RUN_DIR's student, load its trained weights strictly, and write them (and ONNX) out."""
-        from kdgraph.train.export import export_student
+        import shlex
+
+        from kdgraph.train.checkpoint import DamagedCheckpoint
+        from kdgraph.train.export import export_student, weights_note
 
         shape = parse_input_shape(input_shape, ()) if input_shape else None
-        path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
+        try:
+            path = export_student(run_dir, out, onnx=onnx_path, input_shape=shape, with_heads=with_heads)
+        except DamagedCheckpoint as err:
+            words = ["export", run_dir, "--out", out, *(["--onnx", onnx_path] if onnx_path else []),
+                     *(["--input-shape", input_shape] if input_shape else []),
+                     *(["--with-heads"] if with_heads else [])]
+            name = click.get_current_context().find_root().info_name or "kdgraph"
+            err.message = err.explain(" ".join([name, *map(shlex.quote, words)]))
+            raise
+        note = weights_note(run_dir)
+        if note:
+            click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {path}" + (f" and {onnx_path}" if onnx_path else ""))
 
-    @main.command()
+    @main.command(cls=SetCommand)
     @click.argument("spec_path", metavar="SPEC")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
     @click.option("--steps", default=20, show_default=True, help="Timed steps per variant.")
@@ -171,7 +186,7 @@ def register(main: click.Group) -> None:
         result = bench_spec(load_spec(spec_path, overrides), steps=steps, warmup=warmup, batch=batch)
         click.echo(format_bench(result))
 
-    @main.command()
+    @main.command(cls=SetCommand)
     @click.argument("spec_path", metavar="SPEC")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
     @click.option("--views", type=int, default=None, metavar="K",

@@ -14,6 +14,7 @@ import click
 
 from kdgraph import __version__
 from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.set_args import SetCommand
 
 if TYPE_CHECKING:
     from kdgraph.train.guard import Interrupted
@@ -84,7 +85,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -102,6 +103,7 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
     from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.train.checkpoint import DamagedCheckpoint
     from kdgraph.train.guard import Interrupted
     from kdgraph.plan import resolve_plan
 
@@ -134,11 +136,14 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     except Interrupted as err:
         err.message += _how_to_go_on(err, lambda again: _train_command(spec_path, overrides, quiet, nproc, again))
         raise
+    except DamagedCheckpoint as err:
+        err.message = err.explain(_train_command(spec_path, overrides, quiet, nproc, True))
+        raise
     if is_main_process():
         print_summary(result)
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key (repeatable).")
 @handle_errors
@@ -154,7 +159,7 @@ def validate(spec_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"{spec_path}: ok")
 
 
-@main.command()
+@main.command(cls=SetCommand)
 @click.argument("targets", metavar="MODEL|SPEC|STORE [STUDENT]", nargs=-1, required=True)
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Probe input shape for a model (default 3,224,224; "
               "1,28,28 for the kdgraph zoo).")

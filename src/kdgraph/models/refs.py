@@ -9,12 +9,16 @@ builder is ``build(name, kwargs, pretrained) -> nn.Module`` and raises ``ModelEr
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-from typing import Any, Callable
+import re
+import sys
+from typing import Any, Callable, Optional
 
 from torch import nn
 
-from kdgraph.errors import ModelError, suggest
+from kdgraph.errors import ModelError, did_you_mean, suggest
+from kdgraph.models import pretrained as pretrained_weights
 from kdgraph.models.weights import BUILTIN_DIR, load_weights
 from kdgraph.models.zoo import ZOO
 
@@ -26,22 +30,54 @@ def _nearest(name: str, choices: list[str]) -> str:
     return f"; nearest: {', '.join(near)}" if near else ""
 
 
+def _parameters(fn: Any) -> list[str]:
+    """The keyword names ``fn`` (a function or a class) takes by name, without ``self``, ``*args`` and ``**kwargs``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+
+
+def _kwarg_hint(err: TypeError, factory: Any) -> str:
+    """``; did you mean 'num_classes'?`` for a keyword the constructor rejected, from the names it takes: the
+    factory's own, and, when the error names a class of the factory's module (``ResNet.__init__() got an unexpected
+    keyword argument``: timm and torchvision factories pass ``**kwargs`` on to it), that class's."""
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if found is None:
+        return ""
+    names = _parameters(factory)
+    owner = re.match(r"(\w+)\.__init__\(\)", str(err))
+    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    cls = getattr(module, owner.group(1), None) if owner and module else None
+    if isinstance(cls, type):
+        names += _parameters(cls)
+    return did_you_mean(found.group(1), [n for n in dict.fromkeys(names) if n != found.group(1)])
+
+
 def _timm(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     import timm
 
     if name not in timm.list_models():
         raise ModelError(f"timm has no model {name!r}{_nearest(name, timm.list_models())}")
+    published, load = None, dict(kwargs)
+    if pretrained:
+        published = pretrained_weights.timm_weights(name)
+        if published is None:
+            raise ModelError(f"timm:{name} has no published weights; remove `weights: pretrained` or give a file")
+        cached = pretrained_weights.require(published)
+        if cached is not None:  # loaded as a local file: timm would ask the hub first, and retry offline
+            overlay = {"file": str(cached), **({"custom_load": False} if published.plain else {})}
+            load["pretrained_cfg_overlay"] = {**overlay, **load.get("pretrained_cfg_overlay", {})}
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **load)
     except TypeError as err:
-        raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}") from None
+        entry = timm.models.model_entrypoint(name.split(".")[0])
+        raise ModelError(f"timm:{name} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, entry)}") from None
     except Exception as err:  # noqa: BLE001 - downloads fail in many ways; all mean "no weights here"
-        if not pretrained:
+        if published is None or not pretrained_weights.is_network_error(err):
             _construct_failed(f"timm:{name}", kwargs, err)
-        raise ModelError(
-            f"timm:{name}: pretrained weights are neither cached locally nor downloadable ({type(err).__name__}). "
-            "Download them once with network access, or give `weights: path/to/file.safetensors`."
-        ) from None
+        raise pretrained_weights.download_failed(published, err) from None
 
 
 def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
@@ -50,17 +86,22 @@ def _torchvision(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
     names = torchvision.models.list_models()
     if name not in names:
         raise ModelError(f"torchvision has no model {name!r}{_nearest(name, names)}")
+    published = None
+    if pretrained:
+        published = pretrained_weights.torchvision_weights(name)
+        if published is None:
+            raise ModelError(f"torchvision:{name} has no published weights; remove `weights: pretrained` or give a "
+                             "file")
+        pretrained_weights.require(published)  # a cached file torchvision finds itself, with no network
     try:
         return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     except TypeError as err:
-        raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}") from None
+        builder = torchvision.models.get_model_builder(name)
+        raise ModelError(f"torchvision:{name} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, builder)}") from None
     except Exception as err:  # noqa: BLE001
-        if not pretrained:
-            _construct_failed(f"torchvision:{name}", kwargs, err)
-        raise ModelError(
-            f"torchvision:{name}: pretrained weights are neither in the torch hub cache nor downloadable "
-            f"({type(err).__name__}). Download them once with network access, or give a safetensors path."
-        ) from None
+        if published is None or not pretrained_weights.is_network_error(err):
+            _construct_failed(f"torchvision:{name}", kwargs, err, pretrained=published is not None)
+        raise pretrained_weights.download_failed(published, err) from None
 
 
 def _python(target: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
@@ -93,7 +134,7 @@ def _construct(ref: str, factory: Any, kwargs: dict[str, Any]) -> Any:
     except TypeError as err:
         if not kwargs:
             raise ModelError(f"{ref} cannot be built without arguments ({err}); give them under `kwargs:`") from None
-        raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}") from None
+        raise ModelError(f"{ref} rejected kwargs {kwargs}: {err}{_kwarg_hint(err, factory)}") from None
     except _BUILD_ERRORS as err:
         _construct_failed(ref, kwargs, err)
 
@@ -102,13 +143,18 @@ _BUILD_ERRORS = (ValueError, RuntimeError, KeyError, IndexError, AttributeError,
                  AssertionError, NotImplementedError)
 
 
-def _construct_failed(ref: str, kwargs: dict[str, Any], err: BaseException) -> None:
-    """Raise a ModelError for a constructor that failed on (usually) its kwargs; re-raise anything else."""
+def _construct_failed(ref: str, kwargs: dict[str, Any], err: BaseException, pretrained: bool = False) -> None:
+    """Raise a ModelError for a constructor that failed on (usually) its kwargs; re-raise anything else.
+    ``pretrained``: the published weights fix the architecture (torchvision's their head too), which the kwargs
+    may contradict."""
     if not isinstance(err, _BUILD_ERRORS):
         raise err
     what = f"with kwargs {kwargs}" if kwargs else "with its default arguments"
     raise ModelError(f"{ref} failed to build {what}: {type(err).__name__}: {err}"
-                     + ("; check the kwargs" if kwargs else "")) from None
+                     + ("; check the kwargs" if kwargs else "")
+                     + ("; with `weights: pretrained` the published weights fix the architecture (torchvision's "
+                        "their classifier too): drop those kwargs, use timm (which replaces the head), or give a "
+                        "weights file" if pretrained and kwargs else "")) from None
 
 
 def _zoo(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
 from pydantic import PrivateAttr, field_validator, model_validator
 
-from kdgraph.errors import did_you_mean
+from kdgraph.errors import did_you_mean, plural
 from kdgraph.spec.models import InputSpec, ModelSpec, TeacherSpec
 from kdgraph.spec.distill import DistillSpec, LogitLossSpec, LogitsSpec, LossSpec, PairSpec, SelfDistillSpec
 from kdgraph.spec.section import Section, short_form
@@ -311,7 +311,8 @@ class Spec(Section):
             return
         total = sum(stage.epochs for stage in stages)
         if total != self.train.epochs:
-            raise ValueError(f"train.stages last {total} epochs in all but train.epochs is {self.train.epochs}; "
+            raise ValueError(f"train.stages last {plural(total, 'epoch')} in all but train.epochs is "
+                             f"{self.train.epochs}; "
                              f"set train.epochs: {total}")
         labels = [pair.label for pair in self.distill.pairs]
         names = [label.removeprefix("pair:") for label in labels]

@@ -8,23 +8,48 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from kdgraph.errors import KdgraphError
 from kdgraph.files import atomic_write_text, save_tensors
 from kdgraph.train.optim import match_param_layout
 
-__all__ = ["CheckpointMismatch", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "optimizer_to_flat",
-           "optimizer_from_flat"]
+__all__ = ["CheckpointMismatch", "DamagedCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "newest_intact", "check_newest", "damage", "position", "optimizer_to_flat", "optimizer_from_flat"]
 
 
 class CheckpointMismatch(KdgraphError):
     """A checkpoint whose tensors do not fit the modules or optimizer of the spec being resumed."""
+
+
+class DamagedCheckpoint(KdgraphError):
+    """The newest checkpoint of a run cannot be read. ``damaged``: the files of the unreadable checkpoints newer
+    than ``intact``, the newest checkpoint that reads (None when none does). :meth:`explain` says how to go on from
+    ``intact``: set the damaged files aside, then the command a caller knows (``kdgraph train ... --resume``)."""
+
+    def __init__(self, problem: str, damaged: list[Path], intact: Optional[Path], action: str = "resume"):
+        self.problem, self.damaged, self.intact, self.action = problem, damaged, intact, action
+        super().__init__(self.explain(), key="output" if action == "resume" else None)
+
+    def explain(self, then: Optional[str] = None) -> str:
+        """The message, ending with the shell commands that go on from the newest intact checkpoint, ``then`` (a
+        command line) last."""
+        if self.intact is None:
+            return f"{self.problem}; no older checkpoint is intact: " + (
+                "start over with --overwrite (or another `output:`)" if self.action == "resume" else
+                f"there is nothing to {self.action}")
+        aside = " && ".join(f"mv {shlex.quote(str(p))} {shlex.quote(str(p) + '.damaged')}" for p in self.damaged)
+        where = position(read_meta(self.intact))
+        return (f"{self.problem}; the newest intact checkpoint is {self.intact.stem} ({where})"
+                f". To {self.action} from it, set the damaged files aside: {aside}"
+                + (f" && {then}" if then else f", then {self.action} again"))
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -107,6 +132,57 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def position(meta: dict[str, Any]) -> str:
+    """``epoch 3 done`` or ``mid-epoch: epoch 4, step 120``: where a checkpoint's metadata puts the run."""
+    if meta["step_in_epoch"]:
+        return f"mid-epoch: epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']}"
+    return f"epoch {meta['epoch']} done"
+
+
+def damage(meta_path: str | Path) -> Optional[tuple[Path, str]]:
+    """The file of checkpoint ``meta_path`` that cannot be read and why, or None when it reads. Cheap: the JSON and
+    the safetensors header, which must cover the whole file (a truncated file does not), not the tensors."""
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["epoch"], meta["step_in_epoch"]  # noqa: B018 - the keys every checkpoint has
+        tensors = meta_path.parent / meta["tensors"]
+    except Exception as err:  # noqa: BLE001 - truncated, garbage or foreign: all mean "cannot resume from it"
+        return meta_path, f"it is unreadable ({type(err).__name__}: {err})"
+    if not tensors.is_file():
+        return tensors, "it is missing"
+    try:
+        with safe_open(str(tensors), "pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        if "not fully covered" in str(err):
+            return tensors, f"it is truncated ({tensors.stat().st_size:,} bytes, fewer than its header lists)"
+        return tensors, f"it is corrupted ({err})"
+    return None
+
+
+def newest_intact(directory: str | Path) -> tuple[Optional[Path], list[tuple[Path, Path, str]]]:
+    """The newest checkpoint (its JSON) that reads, and every newer one that does not: ``(json, bad file, why)``."""
+    broken = []
+    for meta_path in sorted(Path(directory).glob("ckpt-*.json"), reverse=True):
+        problem = damage(meta_path)
+        if problem is None:
+            return meta_path, broken
+        broken.append((meta_path, *problem))
+    return None, broken
+
+
+def check_newest(directory: str | Path, action: str = "resume") -> Optional[Path]:
+    """The newest checkpoint in ``directory`` (None without one), checked before any work relies on it: a damaged
+    one is a :class:`DamagedCheckpoint` naming the damaged file and the newest intact checkpoint, if any."""
+    intact, broken = newest_intact(directory)
+    if not broken:
+        return intact
+    _, bad, why = broken[0]
+    files = [f for meta_path, _, _ in broken for f in (meta_path.with_suffix(".safetensors"), meta_path) if f.exists()]
+    raise DamagedCheckpoint(f"checkpoint file {str(bad)!r} is damaged: {why}", files, intact, action)
+
+
 def _renamed(tensors: dict[str, torch.Tensor], renames: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """Tensor names under an old prefix moved to its new one, where the checkpoint has nothing under the new."""
     for old, new in renames.items():
@@ -122,11 +198,12 @@ def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
     ``renames`` maps old tensor-name prefixes to new ones (adapters were keyed by pair index before they were keyed
     by term label), applied where the checkpoint holds only the old names."""
     meta_path = Path(meta_path)
+    meta = read_meta(meta_path)
+    tensors_path = meta_path.parent / str(meta.get("tensors"))
     try:
-        meta = json.loads(meta_path.read_text())
-        tensors = _renamed(load_file(str(meta_path.parent / meta["tensors"])), renames or {})
+        tensors = _renamed(load_file(str(tensors_path)), renames or {})
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
-        raise KdgraphError(f"checkpoint {str(meta_path)!r} is unreadable ({err})") from None
+        raise KdgraphError(f"checkpoint file {str(tensors_path)!r} is unreadable ({err})", key="output") from None
     try:
         for prefix, module in modules.items():
             own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.runtime import Runtime
+from kdgraph.train.progress import Bar, Reporter
 from kdgraph.train.retrieval import mean_average_precision
 
 if TYPE_CHECKING:
@@ -27,14 +28,18 @@ __all__ = ["top1", "logits_in_order", "top1_agreement", "teachers_top1", "head_t
 
 
 def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
-                 spec: Spec, rt: Runtime, world: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+                 spec: Spec, rt: Runtime, world: int = 1,
+                 bar: Optional[Bar] = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """(named logits, labels) per evaluation batch, under no_grad in eval mode; ``module``'s mode is restored.
 
-    The evaluation batch is global like the training batch: each of ``world`` processes takes its share."""
+    The evaluation batch is global like the training batch: each of ``world`` processes takes its share. ``bar``
+    (a progress bar) advances once per batch."""
     was_training = module.training
     module.eval()
     batch = max(1, (spec.data.eval_batch_size or 2 * spec.data.batch_size) // world)
     loader = make_loader(dataset, batch, train=False, seed=0, drop_last=False, num_workers=spec.data.num_workers)
+    if bar is not None:
+        bar.set_total(len(loader))
     try:
         with torch.no_grad():
             for x, y in loader:
@@ -42,19 +47,22 @@ def _eval_logits(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, 
                 with rt.autocast():
                     logits = forward(x)
                 yield logits, y
+                if bar is not None:
+                    bar.advance()
     finally:
         module.train(was_training)
 
 
 def _accuracies(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset: Dataset,
-                spec: Spec, rt: Runtime, ensemble: bool, dist: Optional["DistContext"]) -> dict[str, float]:
+                spec: Spec, rt: Runtime, ensemble: bool, dist: Optional["DistContext"],
+                bar: Optional[Bar] = None) -> dict[str, float]:
     """Top-1 per named logits; with ``dist``, over this rank's share (its first ``valid`` samples) summed over ranks."""
     valid = None
     if dist is not None:
         dataset, valid = dist.eval_shard(dataset)
     correct: dict[str, int] = {}
     total = 0
-    for logits, y in _eval_logits(module, forward, dataset, spec, rt, dist.world if dist is not None else 1):
+    for logits, y in _eval_logits(module, forward, dataset, spec, rt, dist.world if dist is not None else 1, bar):
         keep = len(y) if valid is None else max(0, min(len(y), valid - total))
         if ensemble:
             logits["ensemble"] = torch.stack([v.float() for v in logits.values()]).mean(0)
@@ -66,9 +74,10 @@ def _accuracies(module: nn.Module, forward: Callable[[torch.Tensor], dict[str, t
     return {name: count / max(1, total) for name, count in correct.items()}
 
 
-def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Optional["DistContext"] = None) -> float:
+def top1(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime, dist: Optional["DistContext"] = None,
+         bar: Optional[Bar] = None) -> float:
     """Fraction of ``dataset`` whose arg-max logit is the label; the model's train/eval mode is restored."""
-    return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist).get("output", 0.0)
+    return _accuracies(model, lambda x: {"output": model(x)}, dataset, spec, rt, False, dist, bar).get("output", 0.0)
 
 
 def logits_in_order(model: nn.Module, dataset: Dataset, spec: Spec, rt: Runtime,
@@ -146,16 +155,20 @@ def top1_agreement(student: nn.Module, teachers: dict[str, nn.Module], dataset: 
 
 
 def teachers_top1(teachers: dict[str, nn.Module], maps: dict[str, "LayerMap"], data: "DataBundle", spec: Spec,
-                  rt: Runtime, dist: Optional["DistContext"] = None, known: Optional[dict] = None) -> dict[str, float]:
+                  rt: Runtime, dist: Optional["DistContext"] = None, known: Optional[dict] = None,
+                  reporter: Optional["Reporter"] = None) -> dict[str, float]:
     """Test top-1 of every teacher that classifies this data set (its layer map's probe gives one logit per class),
     by summary key (``teacher_top1``, or ``teacher_top1/NAME`` with several teachers in ``maps``); a value already in
     ``known`` (a finished run's summary) is reused. ``teachers`` read the data's batches (``Plan.teacher_classifiers``:
-    each through its input conversion)."""
-    known, scores = known or {}, {}
+    each through its input conversion). ``reporter`` shows a progress bar per teacher measured."""
+    known, scores, reporter = known or {}, {}, reporter or Reporter(quiet=True)
     for name, teacher in teachers.items():
         key = "teacher_top1" if len(maps) == 1 else f"teacher_top1/{name}"
-        if key in known or maps[name].logit_count == data.num_classes:
-            scores[key] = known[key] if key in known else top1(teacher.to(rt.device), data.test, spec, rt, dist)
+        if key in known:
+            scores[key] = known[key]
+        elif maps[name].logit_count == data.num_classes:
+            with reporter.phase_bar("teacher top-1" + (f" {name}" if len(maps) > 1 else "")) as bar:
+                scores[key] = top1(teacher.to(rt.device), data.test, spec, rt, dist, bar)
     return scores
 
 

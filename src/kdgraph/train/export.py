@@ -24,10 +24,10 @@ from kdgraph.models.weights import state_mismatch
 from kdgraph.spec import load_spec
 from kdgraph.spec.schema import Spec
 from kdgraph.files import save_tensors
-from kdgraph.train.checkpoint import latest_checkpoint
+from kdgraph.train.checkpoint import check_newest, latest_checkpoint, position, read_meta
 from kdgraph.train.rundir import RunDir
 
-__all__ = ["export_student", "student_weights", "export_onnx"]
+__all__ = ["export_student", "student_weights", "weights_note", "export_onnx"]
 
 STUDENT_PREFIX = "student."
 """Checkpoints hold the student, adapters, optimizer and RNG tensors side by side; the student's carry this prefix."""
@@ -37,11 +37,12 @@ ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
 
 
 def student_weights(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The trained student's state dict of a run and the file it came from (final export, else newest checkpoint)."""
+    """The trained student's state dict of a run and the file it came from (final export, else newest checkpoint,
+    checked first: a damaged one is a :class:`DamagedCheckpoint` naming the newest intact one)."""
     run = RunDir(run_dir)
     if run.student.is_file():
         return read_state_dict(run.student), run.student
-    last = latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
+    last = check_newest(run.checkpoints, action="export") if run.checkpoints.is_dir() else None
     if last is None:
         raise WeightsError(f"{str(run.path)!r} has neither student.safetensors nor a checkpoint in checkpoints/: "
                            "did its training finish at least one epoch (or one `output.checkpoint_every` interval)?")
@@ -54,6 +55,17 @@ def student_weights(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path]
     if not state:
         raise WeightsError(f"checkpoint {str(tensors_file)!r} holds no {STUDENT_PREFIX!r} tensors")
     return state, tensors_file
+
+
+def weights_note(run_dir: str | Path) -> Optional[str]:
+    """What an export of ``run_dir`` reads when it is not the final ``student.safetensors`` (a run that did not
+    finish): the checkpoint and where it stands, a mid-epoch one said so. None for a finished run."""
+    run = RunDir(run_dir)
+    last = latest_checkpoint(run.checkpoints) if not run.student.is_file() and run.checkpoints.is_dir() else None
+    if last is None:
+        return None
+    return (f"the run has no student.safetensors (its training did not finish): the student comes from its newest "
+            f"checkpoint, {last.stem} ({position(read_meta(last))})")
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, ref: str) -> None:
@@ -132,6 +144,9 @@ def export_student(run_dir: str | Path, out: str | Path, onnx: Optional[str | Pa
     ``with_heads`` (self-distillation runs) adds the auxiliary heads from adapters.safetensors as ``heads.headN.*``.
     """
     run = RunDir(run_dir)
+    if not run.path.exists():
+        raise RunDirError(f"{str(run.path)!r} does not exist; give the run directory a training wrote (its "
+                          "`output:`, e.g. runs/quickstart)")
     if not run.spec.is_file():
         raise RunDirError(f"{str(run.path)!r} is not a kdgraph run directory (no spec.yaml)")
     if onnx is not None:

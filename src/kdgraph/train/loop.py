@@ -11,18 +11,19 @@ from typing import Any, Optional
 from rich.text import Text
 from torch import nn
 
-from kdgraph.errors import KdgraphError
+from kdgraph.errors import KdgraphError, plural
 from kdgraph.graph.build import prune_masks
 from kdgraph.graph.lookup import Teachers
 from kdgraph.plan import Plan, resolve_plan
 from kdgraph.runtime import seed_everything
 from kdgraph.spec.schema import Spec
+from kdgraph.train.checkpoint import check_newest
 from kdgraph.train.distributed import DistContext
 from kdgraph.train.evaluate import teachers_top1
 from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals
 from kdgraph.train.launch import start_distributed
 from kdgraph.train.optim import schedule_warning
-from kdgraph.train.progress import Reporter, epoch_line
+from kdgraph.train.progress import Reporter, epoch_fields, epoch_legend
 from kdgraph.train.run_state import finished, previous_summary, stopped_by, tidy_on_failure
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.tb import TensorBoardLogger
@@ -94,7 +95,7 @@ def _announce(plan: Plan, trainer: Trainer, reporter: Reporter, known: dict[str,
         reporter.warn(warning)
     summary: dict[str, Any] = {"name": spec.name, "data": plan.data.description}
     for key, score in teachers_top1(plan.teacher_classifiers(), plan.teacher_maps, plan.data, spec, rt,
-                                    trainer.dist, known).items():
+                                    trainer.dist, known, reporter).items():
         summary[key] = score
         reporter.info(f"  {key.removeprefix('teacher_top1/') if '/' in key else 'teacher'} top-1 {score:.2%}")
     if warning := schedule_warning(spec.train.schedule, spec.train.epochs):
@@ -106,16 +107,23 @@ def _fit(trainer: Trainer, rows: list[dict[str, Any]], start_epoch: int, reporte
          run_dir: Optional[RunDir], tb: Optional[TensorBoardLogger]) -> list[dict[str, Any]]:
     """The epochs from ``start_epoch`` on: a metrics row, a checkpoint (or best.safetensors) after each; a stop
     signal ends the run after its checkpoint."""
-    spec, dist = trainer.spec, trainer.dist
+    spec, dist, terms = trainer.spec, trainer.dist, trainer.graph.terms
     best_key = "val_" + spec.eval.metrics[0]
-    weights = {term.label: term.weight for term in trainer.graph.terms}
+    reporter.clock.begin(spec.name, (spec.train.epochs - start_epoch) * trainer.steps - trainer.start_step)
+    explained = False
     with stop_on_signals(trainer):
         for epoch in range(start_epoch, spec.train.epochs):
             row = trainer.epoch(epoch)
             stop = dist.stop_agreed(trainer)  # collective under torchrun: every rank asks once per epoch
             if row is not None:
                 rows.append(row)
-                reporter.info(epoch_line(row, weights))
+                if not explained:
+                    for line in epoch_legend(row, {t.label: t.weight for t in terms},
+                                             any(t.warmup_epochs > 0 for t in terms)):
+                        reporter.info(line)
+                    explained = True
+                weights = {t.label: t.weight * t.warmup(epoch) for t in terms}  # this epoch's, as in the total
+                reporter.fields(epoch_fields(row, weights, reporter.clock.describe()))
                 if tb is not None:
                     tb.log(row, step=row["epoch"])
                 if run_dir is not None:
@@ -129,11 +137,23 @@ def _fit(trainer: Trainer, rows: list[dict[str, Any]], start_epoch: int, reporte
     return rows
 
 
+def _wants_baseline(spec: Spec) -> bool:
+    return spec.train.baseline and (spec.teacher is not None or bool(spec.teachers))
+
+
+def _baseline_name(spec: Spec) -> str:
+    return f"{spec.name}-baseline"
+
+
+def _baseline_dir(spec: Spec) -> Path:
+    return Path(spec.run_dir) / "baseline"
+
+
 def _baseline_spec(spec: Spec) -> Spec:
     doc = spec.model_dump(mode="json")
-    doc.update(teacher=None, teachers=[], distill={}, self_distill=None, name=f"{spec.name}-baseline")
+    doc.update(teacher=None, teachers=[], distill={}, self_distill=None, name=_baseline_name(spec))
     doc["train"].update(baseline=False, ce_weight=spec.train.ce_weight or 1.0)
-    doc["output"] = str(Path(spec.run_dir) / "baseline")
+    doc["output"] = str(_baseline_dir(spec))
     return Spec.model_validate(doc)
 
 
@@ -156,6 +176,12 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     spec, student = plan.spec, plan.student
     rt = dist.runtime(plan.runtime, reporter)
     tb = _prepare(plan, dist, run_dir, overwrite, resume)
+    if resume and run_dir is not None:  # a damaged checkpoint found now, not after the teacher passes
+        try:
+            check_newest(run_dir.checkpoints)
+        except KdgraphError as err:
+            err.line = err.line or spec.line_of("output")
+            raise
     done = resume and run_dir is not None and finished(run_dir, spec.train.epochs)  # nothing left to train
     trainer = Trainer(plan, runtime=rt, reporter=reporter, run_dir=run_dir, dist=dist)
     known = previous_summary(run_dir) if done else {}  # a finished run's teacher top-1 is not measured again
@@ -165,7 +191,9 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     if plan.store is not None:
         reporter.info(f"  {plan.store.describe(spec.train.epochs)}")
     if done:
-        reporter.info(f"  {run_dir.path}: all {spec.train.epochs} epochs are done; nothing to train")
+        n = spec.train.epochs
+        reporter.info(f"  {run_dir.path}: {'all' if n > 1 else 'its'} {plural(n, 'epoch')} {'are' if n > 1 else 'is'} "
+                      "done; nothing to train")
     else:
         trainer.cache_teachers()
     if trainer.cache is not None and not cache_is_exact(spec, plan.data):
@@ -173,6 +201,8 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
                       "random crop of imagefolder's), so they no longer share the student's view (the fixed-teacher "
                       "ablation)")
     start_epoch, rows = trainer.resume() if resume else (0, [])
+    if _wants_baseline(spec) and not (resume and finished(RunDir(_baseline_dir(spec)), spec.train.epochs)):
+        reporter.clock.plan(_baseline_name(spec), spec.train.epochs * trainer.steps)  # in the time left, from now
     rows = _fit(trainer, rows, start_epoch, reporter, run_dir, tb)
     if tb is not None:
         tb.close()
@@ -181,9 +211,10 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     summary["epochs"] = spec.train.epochs
     if run_dir is not None:
         dist.save_module(run_dir.student, student)
-        dist.save_module(run_dir.adapters, trainer.adapters)
+        if trainer.adapters.state_dict():  # a run without adapters or loss modules (the baseline) writes none
+            dist.save_module(run_dir.adapters, trainer.adapters)
         run_dir.write_json(run_dir.summary, summary)  # now, so a run resumed during its baseline can reuse it
-    if spec.train.baseline and (spec.teacher is not None or spec.teachers):
+    if _wants_baseline(spec):
         _baseline(spec, summary, reporter, run_dir, resume, quiet)
     del trainer  # its DDP/FSDP wrapper holds the process group that finish() closes
     dist.finish(student)

@@ -11,7 +11,7 @@ device when they fit in ``DEVICE_BUDGET`` bytes, else in host memory. Under torc
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from kdgraph.data import DataBundle, make_loader
 from kdgraph.errors import SpecError
 from kdgraph.spec.schema import Spec
 from kdgraph.train.distributed import LOCAL, DistContext
+from kdgraph.train.progress import Reporter
 
 __all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache", "cache_is_exact"]
 
@@ -67,15 +68,17 @@ class TeacherCache:
     """Per teacher name, per tap: a ``(N, ...)`` tensor over the training set in data set order."""
 
     def __init__(self, spec: Spec, teachers: dict[str, nn.Module], dataset: Any, device: torch.device,
-                 channels_last: bool = False, dist: DistContext = LOCAL):
+                 channels_last: bool = False, dist: DistContext = LOCAL, reporter: Optional[Reporter] = None):
         self.outputs: dict[str, dict[str, torch.Tensor]] = {}
         shard, _ = dist.eval_shard(dataset)  # this rank's share (all of it in one process)
         loader = make_loader(shard, spec.data.eval_batch_size or 2 * spec.data.batch_size, train=False, seed=0,
                              drop_last=False, num_workers=spec.data.num_workers)
+        reporter = reporter or Reporter(quiet=True)
         for name, teacher in teachers.items():
             chunks: dict[str, list[torch.Tensor]] = {}
             dtype = _input_dtype(teacher)
-            with torch.no_grad():
+            label = "teacher cache" + (f" {name}" if len(teachers) > 1 else "")
+            with torch.no_grad(), reporter.phase_bar(label, len(loader)) as bar:
                 for i, (x, *_) in enumerate(loader):
                     x = x.to(device, dtype=dtype if x.is_floating_point() else None)
                     if channels_last:
@@ -85,6 +88,7 @@ class TeacherCache:
                         self._check_size(spec, name, _image_bytes(out), len(dataset))
                     for tap, value in out.items():
                         chunks.setdefault(tap, []).append((value if value.dtype == torch.float64 else value.float()).cpu())
+                    bar.advance()
             self.outputs[name] = {tap: dist.gather_shards(torch.cat(parts), len(dataset))
                                   for tap, parts in chunks.items()}
         size = sum(t.numel() * t.element_size() for taps in self.outputs.values() for t in taps.values())

@@ -214,7 +214,7 @@ class Trainer:
         lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch - self.start_step)
         every = self.spec.output.checkpoint_every
         with self.reporter.epoch_bar(f"epoch {epoch + 1}/{self.spec.train.epochs}", self.steps) as bar:
-            bar.advance(n=self.start_step)
+            bar.skip(self.start_step)
             for i, (x, y, index, host) in enumerate(prefetch(self.batches(epoch), self.rt.device),
                                                     start=self.start_step):
                 if i >= self.steps:
@@ -295,7 +295,7 @@ class Trainer:
             share = f" ({-(-len(data.train) // self.dist.world):,} per process)" if self.dist.world > 1 else ""
             self.reporter.info(f"  teacher.cache: computing the outputs of {', '.join(cached)} once over "
                                f"{len(data.train):,} training images{share}")
-            self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last, self.dist)
+            self.cache = TeacherCache(spec, cached, data.train, rt.device, rt.channels_last, self.dist, self.reporter)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
