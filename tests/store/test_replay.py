@@ -109,3 +109,13 @@ def test_a_damaged_shard_is_named_and_teach_again_repairs_it(tmp_path, store_spe
         plan.store.params(torch.tensor([0]), 0)
     result = teach(store_spec(), out=path, quiet=True, shard_images=40)
     assert result.computed == 40 and store_files(path) == before  # only that shard was written again
+
+
+@pytest.mark.parametrize("views, epochs, want", [(1, 1, "(1 view for 1 epoch)"), (3, 2, "(3 views for 2 epochs)"),
+                                                 (1, 4, "every epoch replays its one view")])
+def test_the_store_line_counts_its_views_and_epochs_in_words(views, epochs, want):
+    from kdgraph.store.replay import TeacherStore
+
+    store = TeacherStore("s", {"views": views, "seed": 0, "bytes_per_view": 1, "data": {"images": 1}}, {})
+    assert want in store.describe(epochs)
+    assert "1 views" not in store.describe(epochs) and "1 epochs" not in store.describe(epochs)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from kdgraph.data import DataBundle
+from kdgraph.errors import plural
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_policy, data_fingerprint,
                                        teacher_identity, teacher_needs)
@@ -53,7 +54,8 @@ class TeacherStore:
 
     def describe(self, epochs: int) -> str:
         """One line for the run's announcement: what the store serves and how its views map to the epochs."""
-        repeat = (f"epoch e replays view e ({self.views} views for {epochs} epochs)" if epochs <= self.views else
+        repeat = (f"epoch e replays view e ({plural(self.views, 'view')} for {plural(epochs, 'epoch')})"
+                  if epochs <= self.views else
                   "every epoch replays its one view" if self.views == 1 else
                   f"epoch e replays view e mod {self.views}, so views repeat after {self.views} epochs")
         return (f"teacher.store {self.path}: {', '.join(self.teachers)} from the store, no teacher forward; {repeat} "
