@@ -215,7 +215,8 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
         for model in (student, *teachers.values()):
             model.double()
     live = frozenset(named_teachers(spec, teacher))
-    inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live)
+    inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live, data.own_mean,
+                                            data.own_std)
     own = frozenset(teachers) - live
     built = build_graph(spec, student, teachers, data.input_shape, num_data=len(data.train), inputs=inputs,
                         own=own)

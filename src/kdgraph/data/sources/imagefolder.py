@@ -187,4 +187,6 @@ def build(opts: SourceOptions) -> DataBundle:
         std=tuple(std),
         classes=tuple(tr.classes),
         provides=Provides(exact=False, transforms=True, files=True),  # a new crop and flip per image and epoch
+        own_mean=IMAGENET_MEAN,  # a folder of photographs: ImageNet's statistics unless the student asks otherwise
+        own_std=IMAGENET_STD,
     )
