@@ -6,6 +6,7 @@ This is the one meaning of "plan" in kdgraph: what a spec resolves to. (What goe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
+from kdgraph.data.loader import fetch
 from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import BuiltGraph, DistillGraph, PairReport, build_graph
 from kdgraph.graph.build import teacher_dtype
@@ -26,7 +28,8 @@ from kdgraph.runtime import Runtime, resolve_runtime
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerMap
 
-__all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
+__all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings",
+           "chance_teachers"]
 
 
 class TeacherLogits(nn.Module):
@@ -231,8 +234,48 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
 
     store = open_store(spec, data, built.graph, built.teacher_maps, teachers) if read_store else None
-    return Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
+    plan = Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
                 plan_warnings(spec, built, live) + input_warnings, own_teachers=own, store=store)
+    plan.warnings += chance_teachers(plan, live)
+    return plan
+
+
+CHANCE_SAMPLE = 256
+"""How many training images :func:`chance_teachers` classifies with each teacher passed from Python."""
+
+
+def chance_teachers(plan: Plan, names: frozenset[str]) -> list[str]:
+    """A warning for each teacher of ``names`` (modules passed from Python) whose top-1 on ``CHANCE_SAMPLE``
+    training images, spread over the split, is no better than chance: always answering their most frequent class,
+    plus three binomial standard deviations. kdgraph cannot tell whether a module it did not load is trained; a
+    module that classifies the data at chance either is not (random init teaches noise) or has other classes than the
+    data's, and a trained one clears the bar by far. Only teachers with one logit per class are measured, and none
+    that a teacher store replays."""
+    names = [n for n in names if plan.teacher_maps[n].logit_count == plan.data.num_classes]
+    if not names or plan.store is not None:
+        return []
+    n = len(plan.data.train)
+    x, y = fetch(plan.data.train, torch.linspace(0, n - 1, min(n, CHANCE_SAMPLE)).round().long().unique())
+    chance = torch.bincount(y).max().item() / len(y)
+    if chance >= 1.0:
+        return []
+    bar = chance + 3 * math.sqrt(chance * (1 - chance) / len(y))
+    if plan.spec.runtime.precision == "fp64":
+        x = x.double()
+    warnings = []
+    for name in names:
+        classifier = plan.teacher_classifiers()[name]
+        device = next(iter(classifier.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            top1 = (classifier(x.to(device)).argmax(1).cpu() == y).float().mean().item()
+        if top1 <= bar:
+            key, _ = plan.spec.teacher_key(name)
+            warnings.append(f"{key}: the module passed from Python classifies {len(y)} training images at {top1:.1%} "
+                            f"top-1, no better than chance ({chance:.1%}, always their most frequent class): it looks "
+                            "untrained, and a random-init teacher teaches noise (or its classes are not the data's); "
+                            "pass it with its trained weights loaded, e.g. create_model(\"kdgraph:fmnist_resnet\", "
+                            "weights=\"builtin\") for a zoo teacher")
+    return warnings
 
 
 def _student_input(spec: Spec) -> Optional[Preprocessing]:
