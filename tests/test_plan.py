@@ -130,3 +130,39 @@ def test_the_plan_carries_graph_pairs_and_maps(tmp_path):
     assert [r.label for r in plan.pairs] == ["pair:block3->layer3", "pair:pool->layer3"]
     assert plan.graph.student_adapters[plan.pairs[0].key] is plan.pairs[0].adapters.student
     assert plan.teacher_map is plan.teacher_maps["teacher"] and plan.student_map.logit_count == 10
+
+
+def test_only_outputs_read_as_class_scores_must_give_one_logit_per_class():
+    """Issue #29: the student's width is checked against the data's classes wherever its output is read as class
+    scores (CE on the labels, the logits term, top-1 evaluation); SimReg-style runs (no CE, no logits term, k-NN /
+    linear-probe evaluation) read only an embedding, so their output may have any width."""
+    from kdgraph.errors import KdgraphError
+    import pytest
+
+    doc = {"teacher": {"model": "kdgraph:fmnist_resnet", "weights": "builtin"},
+           "student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 16], "num_classes": 16}},
+           "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 32, "train_subset": 64,
+                    "test_subset": 32},
+           "distill": {"pairs": [{"teacher": "fc:input", "student": "fc:input", "projector": "linear",
+                                  "loss": "cosine"}]},
+           "train": {"ce_weight": 0}, "eval": {"metrics": ["knn", "linear_probe"]}}
+    plan = resolve_plan(spec_from_dict(doc))
+    assert plan.student_map.logit_count == 16 and plan.data.num_classes == 10
+    for change, words in (({"eval": {"metrics": ["top1", "knn"]}}, "eval.metrics scores their top-1"),
+                          ({"train": {"ce_weight": 1.0}}, "train.ce_weight > 0 trains them on the labels")):
+        with pytest.raises(KdgraphError, match="kdgraph:fmnist_cnn gives 16 logits but the data has 10 classes") as err:
+            resolve_plan(spec_from_dict({**doc, **change}))
+        assert err.value.key == "student" and words in str(err.value) and "num_classes: 10 in student.kwargs" in \
+            str(err.value)
+
+
+def test_a_live_student_of_the_wrong_width_is_told_to_change_the_module():
+    from kdgraph.errors import KdgraphError
+    import pytest
+
+    doc = {"student": {"model": "live:student"}, "data": {"dataset": "synthetic", "batch_size": 16,
+                                                          "synthetic": {"classes": 3, "channels": 1, "train_size": 64}}}
+    with pytest.raises(KdgraphError, match="live:student gives 5 logits but the data has 3 classes.*pass a module "
+                                           "with 3 outputs"):
+        resolve_plan(spec_from_dict(doc), student=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                               nn.Linear(1, 5)))

@@ -19,7 +19,7 @@ from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import BuiltGraph, DistillGraph, PairReport, build_graph
 from kdgraph.graph.build import teacher_dtype
 from kdgraph.graph.inputs import student_preprocessing, teacher_inputs
-from kdgraph.graph.lookup import Teachers, named_teachers
+from kdgraph.graph.lookup import Teachers, named_teachers, trace_pair_models
 from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.models.preprocess import Preprocessing
 from kdgraph.models import build_model
@@ -29,7 +29,7 @@ from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerMap
 
 __all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings",
-           "chance_teachers"]
+           "chance_teachers", "check_logit_widths"]
 
 
 class TeacherLogits(nn.Module):
@@ -221,15 +221,13 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live, data.own_mean,
                                             data.own_std)
     own = frozenset(teachers) - live
-    built = build_graph(spec, student, teachers, data.input_shape, num_data=len(data.train), inputs=inputs,
-                        own=own)
+    student_map, teacher_maps = trace_pair_models(spec, student, teachers, data.input_shape,
+                                                  {name: adapter.out_shape for name, adapter in inputs.items()})
+    check_logit_widths(spec, student_map, teacher_maps, data.num_classes)
+    built = build_graph(spec, student, teachers, data.input_shape, student_map, teacher_maps,
+                        num_data=len(data.train), inputs=inputs, own=own)
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
-    classes = built.student_map.logit_count
-    if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
-        raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
-                           f"num_classes: {data.num_classes} in student.kwargs", key="student",
-                           line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
     from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
 
@@ -276,6 +274,32 @@ def chance_teachers(plan: Plan, names: frozenset[str]) -> list[str]:
                             "pass it with its trained weights loaded, e.g. create_model(\"kdgraph:fmnist_resnet\", "
                             "weights=\"builtin\") for a zoo teacher")
     return warnings
+
+
+def check_logit_widths(spec: Spec, student_map: LayerMap, teacher_maps: dict[str, LayerMap], classes: int) -> None:
+    """The student must give one logit per class where its output is read as class scores (the CE on the labels,
+    the logits term, top-1 evaluation), and so must the teacher whose logits the logits term reads. Anything else
+    trains silently: a timm model without ``num_classes`` is a 1000-way classifier of 3-class data. Outputs read by
+    nothing (SimReg with ``ce_weight: 0`` and k-NN evaluation) may have any width; a model whose output is no
+    ``(B, K)`` tensor is left to the checks of what reads it."""
+    readers = [why for cond, why in ((spec.train.ce_weight > 0, "train.ce_weight > 0 trains them on the labels"),
+                                     (spec.distill.logits is not None, "distill.logits distils them"),
+                                     ("top1" in spec.eval.metrics, "eval.metrics scores their top-1")) if cond]
+    models = [("student", ("student",), spec.student, student_map)]
+    if spec.distill.logits is not None:
+        name = spec.distill.logits.teacher_model or next(iter(spec.teacher_specs), None)
+        if name in teacher_maps:
+            models.append((*spec.teacher_key(name), spec.teacher_specs[name], teacher_maps[name]))
+    for key, path, mspec, layer_map in models if readers else ():
+        width = layer_map.logit_count
+        if width is None or width == classes:
+            continue
+        fix = (f"pass a module with {classes} outputs" if mspec.model.startswith("live:") else
+               f"set {'num_labels' if mspec.model.startswith('hf:') else 'num_classes'}: {classes} in {key}.kwargs")
+        raise KdgraphError(f"{mspec.model} gives {width} logits but the data has {classes} classes, and "
+                           f"{' and '.join(readers) if key == 'student' else 'distill.logits distils them'}: a model "
+                           f"whose outputs are read as class scores must give one logit per class; {fix}",
+                           key=key, line=spec.line_of(*path))
 
 
 def _student_input(spec: Spec) -> Optional[Preprocessing]:
