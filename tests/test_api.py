@@ -54,3 +54,4 @@ def test_two_live_teachers_as_a_dict():
     result = kdgraph.distill(spec, teacher={"a": teacher(), "b": teacher()}, student=student())
     assert {"loss/pair:block3->a.layer3", "loss/pair:block2->b.layer2"} <= set(result.metrics[-1])
     assert isinstance(result.student, nn.Module) and result.run_dir is None
+

@@ -6,6 +6,7 @@ This is the one meaning of "plan" in kdgraph: what a spec resolves to. (What goe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -13,11 +14,12 @@ import torch
 from torch import nn
 
 from kdgraph.data import DataBundle, DataError, build_datasets, take
+from kdgraph.data.loader import fetch
 from kdgraph.errors import KdgraphError, located, with_key
 from kdgraph.graph import BuiltGraph, DistillGraph, PairReport, build_graph
 from kdgraph.graph.build import teacher_dtype
 from kdgraph.graph.inputs import student_preprocessing, teacher_inputs
-from kdgraph.graph.lookup import Teachers, named_teachers
+from kdgraph.graph.lookup import Teachers, named_teachers, trace_pair_models
 from kdgraph.graph.teacher import FrozenTeacher
 from kdgraph.models.preprocess import Preprocessing
 from kdgraph.models import build_model
@@ -26,7 +28,8 @@ from kdgraph.runtime import Runtime, resolve_runtime
 from kdgraph.spec.schema import DataSpec, Spec
 from kdgraph.trace import FeatureExtractor, LayerMap
 
-__all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings"]
+__all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings",
+           "chance_teachers", "check_logit_widths"]
 
 
 class TeacherLogits(nn.Module):
@@ -215,23 +218,91 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
         for model in (student, *teachers.values()):
             model.double()
     live = frozenset(named_teachers(spec, teacher))
-    inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live)
+    inputs, input_warnings = teacher_inputs(spec, data.mean, data.std, data.input_shape, live, data.own_mean,
+                                            data.own_std)
     own = frozenset(teachers) - live
-    built = build_graph(spec, student, teachers, data.input_shape, num_data=len(data.train), inputs=inputs,
-                        own=own)
+    student_map, teacher_maps = trace_pair_models(spec, student, teachers, data.input_shape,
+                                                  {name: adapter.out_shape for name, adapter in inputs.items()})
+    check_logit_widths(spec, student_map, teacher_maps, data.num_classes)
+    built = build_graph(spec, student, teachers, data.input_shape, student_map, teacher_maps,
+                        num_data=len(data.train), inputs=inputs, own=own)
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
-    classes = built.student_map.logit_count
-    if classes is not None and classes < data.num_classes and spec.train.ce_weight > 0:
-        raise KdgraphError(f"the student has {classes} outputs but the data has {data.num_classes} classes; set "
-                           f"num_classes: {data.num_classes} in student.kwargs", key="student",
-                           line=spec.line_of("student"))
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
     from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
 
     store = open_store(spec, data, built.graph, built.teacher_maps, teachers) if read_store else None
-    return Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
+    plan = Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
                 plan_warnings(spec, built, live) + input_warnings, own_teachers=own, store=store)
+    plan.warnings += chance_teachers(plan, live)
+    return plan
+
+
+CHANCE_SAMPLE = 256
+"""How many training images :func:`chance_teachers` classifies with each teacher passed from Python."""
+
+
+def chance_teachers(plan: Plan, names: frozenset[str]) -> list[str]:
+    """A warning for each teacher of ``names`` (modules passed from Python) whose top-1 on ``CHANCE_SAMPLE``
+    training images, spread over the split, is no better than chance: always answering their most frequent class,
+    plus three binomial standard deviations. kdgraph cannot tell whether a module it did not load is trained; a
+    module that classifies the data at chance either is not (random init teaches noise) or has other classes than the
+    data's, and a trained one clears the bar by far. Only teachers with one logit per class are measured, and none
+    that a teacher store replays."""
+    names = [n for n in names if plan.teacher_maps[n].logit_count == plan.data.num_classes]
+    if not names or plan.store is not None:
+        return []
+    n = len(plan.data.train)
+    x, y = fetch(plan.data.train, torch.linspace(0, n - 1, min(n, CHANCE_SAMPLE)).round().long().unique())
+    chance = torch.bincount(y).max().item() / len(y)
+    if chance >= 1.0:
+        return []
+    bar = chance + 3 * math.sqrt(chance * (1 - chance) / len(y))
+    if plan.spec.runtime.precision == "fp64":
+        x = x.double()
+    warnings = []
+    for name in names:
+        classifier = plan.teacher_classifiers()[name]
+        device = next(iter(classifier.parameters()), torch.empty(0)).device
+        try:
+            with torch.no_grad():
+                top1 = (classifier(x.to(device)).argmax(1).cpu() == y).float().mean().item()
+        except (RuntimeError, TypeError, ValueError):  # advisory: a module that cannot run here fails where it is used
+            continue
+        if top1 <= bar:
+            key, _ = plan.spec.teacher_key(name)
+            warnings.append(f"{key}: the module passed from Python classifies {len(y)} training images at {top1:.1%} "
+                            f"top-1, no better than chance ({chance:.1%}, always their most frequent class): it looks "
+                            "untrained, and a random-init teacher teaches noise (or its classes are not the data's); "
+                            "pass it with its trained weights loaded, e.g. create_model(\"kdgraph:fmnist_resnet\", "
+                            "weights=\"builtin\") for a zoo teacher")
+    return warnings
+
+
+def check_logit_widths(spec: Spec, student_map: LayerMap, teacher_maps: dict[str, LayerMap], classes: int) -> None:
+    """The student must give one logit per class where its output is read as class scores (the CE on the labels,
+    the logits term, top-1 evaluation), and so must the teacher whose logits the logits term reads. Anything else
+    trains silently: a timm model without ``num_classes`` is a 1000-way classifier of 3-class data. Outputs read by
+    nothing (SimReg with ``ce_weight: 0`` and k-NN evaluation) may have any width; a model whose output is no
+    ``(B, K)`` tensor is left to the checks of what reads it."""
+    readers = [why for cond, why in ((spec.train.ce_weight > 0, "train.ce_weight > 0 trains them on the labels"),
+                                     (spec.distill.logits is not None, "distill.logits distils them"),
+                                     ("top1" in spec.eval.metrics, "eval.metrics scores their top-1")) if cond]
+    models = [("student", ("student",), spec.student, student_map)]
+    if spec.distill.logits is not None:
+        name = spec.distill.logits.teacher_model or next(iter(spec.teacher_specs), None)
+        if name in teacher_maps:
+            models.append((*spec.teacher_key(name), spec.teacher_specs[name], teacher_maps[name]))
+    for key, path, mspec, layer_map in models if readers else ():
+        width = layer_map.logit_count
+        if width is None or width == classes:
+            continue
+        fix = (f"pass a module with {classes} outputs" if mspec.model.startswith("live:") else
+               f"set {'num_labels' if mspec.model.startswith('hf:') else 'num_classes'}: {classes} in {key}.kwargs")
+        raise KdgraphError(f"{mspec.model} gives {width} logits but the data has {classes} classes, and "
+                           f"{' and '.join(readers) if key == 'student' else 'distill.logits distils them'}: a model "
+                           f"whose outputs are read as class scores must give one logit per class; {fix}",
+                           key=key, line=spec.line_of(*path))
 
 
 def _student_input(spec: Spec) -> Optional[Preprocessing]:

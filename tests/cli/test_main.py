@@ -134,12 +134,22 @@ def test_validate_inspect_and_dry_run_print_the_plan_warnings(tmp_path):
     assert code == 0 and "warning" not in out, out
 
 
-def test_readme_python_snippet_runs(tmp_path, monkeypatch):
+def test_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(snippet, "README.md", "exec"), {})
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
     assert list(tmp_path.iterdir()) == []  # the API writes nothing unless asked
+    # issue #29: the example distilled from an untrained teacher and its student ended at chance (0.094) without a
+    # word; run as written it must give a trained teacher, a student well above chance, and no warning
+    summary = scope["result"].summary
+    assert summary["teacher_top1"] > 0.9, summary
+    assert summary["student_top1"] > 0.5, summary  # chance is 0.1; the same student alone reaches about 0.6
+    out = capsys.readouterr()
+    assert "warning" not in out.err, out.err
+    teacher_top1, student_top1, pair_loss = (float(v) for v in out.out.split()[-3:])
+    assert (teacher_top1, student_top1) == (summary["teacher_top1"], summary["student_top1"]) and pair_loss > 0
 
 
 def test_errors_md_quotes_the_input_shape_error_as_kdgraph_prints_it(tmp_path):

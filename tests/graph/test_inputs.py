@@ -151,7 +151,94 @@ def test_inspect_prints_the_conversion(tmp_path, capsys):
     path.write_text(yaml.safe_dump(doc))
     out = CliRunner().invoke(main, ["inspect", str(path)])
     assert out.exit_code == 0, out.output
-    assert "input: teacher reads 1×56×56 (from spec): resize 28×28 → 56×56 bilinear → re-normalise mean" in out.output
+    assert "input: teacher reads 1×56×56 (from spec over builtin weights): resize 28×28 → 56×56 bilinear → re-normalise mean" in out.output
     out = CliRunner().invoke(main, ["inspect", str(path), "--json"])
     import json
     assert json.loads(out.output[out.output.index("{"):])["inputs"]["teachers"]["teacher"]["shape"] == [1, 56, 56]
+
+
+def fmnist_plan(tmp_path=None, student_input=None, teacher=None, weights="builtin"):
+    """The quickstart's models on the embedded Fashion-MNIST, the student's batch normalised with ``student_input``."""
+    doc = {"teacher": {"model": "kdgraph:fmnist_resnet", "weights": weights},
+           "student": {"model": "kdgraph:fmnist_cnn", **({"input": student_input} if student_input else {})},
+           "data": {"dataset": "fashion-mnist", "source": "embedded", "batch_size": 64, "train_subset": 128,
+                    "test_subset": 1000},
+           "distill": {"logits": {}}, "runtime": {"device": "cpu"}}
+    return resolve_plan(Spec.model_validate(doc), teacher=teacher)
+
+
+def teacher_predictions(plan) -> tuple[torch.Tensor, float]:
+    """The teacher's logits on the plan's test images (as the student's batch holds them) and its top-1."""
+    x, y = plan.data.test.get_batch(torch.arange(len(plan.data.test)))
+    with torch.no_grad():
+        logits = plan.teacher_classifiers()["teacher"](x)
+    return logits, (logits.argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("student_input", [{"mean": [0.5], "std": [0.5]}, {"mean": [0.1], "std": [0.9]}])
+def test_no_student_input_changes_the_teachers_top1(student_input):
+    """Issue #29: the student's ``input:`` normalises the batch for the student; the zoo teacher still reads what its
+    builtin weights were trained with (the record beside them), so its logits and measured top-1 do not move."""
+    logits, top1 = teacher_predictions(fmnist_plan())
+    plan = fmnist_plan(student_input=student_input)
+    assert plan.data.mean == tuple(student_input["mean"])  # the batch is the student's ...
+    moved, moved_top1 = teacher_predictions(plan)
+    torch.testing.assert_close(moved, logits, atol=1e-4, rtol=1e-4)  # ... the teacher reads it re-normalised
+    assert moved_top1 == top1 and top1 > 0.85
+    assert plan.graph.inputs["teacher"].steps()[0].startswith("re-normalise mean (" + f"{student_input['mean'][0]:.4g}")
+
+
+def test_a_teacher_without_published_input_reads_the_data_sets_own_statistics(tmp_path):
+    """No ``teacher.input`` and nothing published (a weights file; a module from Python): the fallback is the data
+    set's own statistics, never the student's override."""
+    import shutil
+
+    from kdgraph.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from kdgraph.models import build_model
+    from kdgraph.models.weights import BUILTIN_DIR
+
+    shutil.copy(BUILTIN_DIR / "fmnist_resnet.safetensors", tmp_path / "t.safetensors")
+    logits, _ = teacher_predictions(fmnist_plan())
+    half = {"mean": [0.5], "std": [0.5]}
+    for plan in (fmnist_plan(student_input=half, weights=str(tmp_path / "t.safetensors")),
+                 fmnist_plan(student_input=half, teacher=build_model("kdgraph:fmnist_resnet", weights="builtin"))):
+        adapter = plan.graph.inputs["teacher"]
+        assert adapter.mean == FASHION_MNIST_MEAN and adapter.std == FASHION_MNIST_STD
+        assert adapter.source == "the data set's statistics"
+        torch.testing.assert_close(teacher_predictions(plan)[0], logits, atol=1e-4, rtol=1e-4)
+        assert not any(w.startswith("teacher.input") for w in plan.warnings)
+
+
+def test_builtin_weights_publish_what_they_were_trained_with():
+    """The zoo teachers were trained by specs/teachers/*.yaml on Fashion-MNIST at 28×28 normalised with the data set's
+    own constants: the record beside each builtin file says so, as timm's ``pretrained_cfg`` does."""
+    import yaml
+
+    from kdgraph.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from kdgraph.models.preprocess import published_preprocessing
+    from kdgraph.models.weights import BUILTIN_DIR
+
+    root = BUILTIN_DIR.parents[3]
+    for name in ("fmnist_resnet", "fmnist_cnn_wide"):
+        trained_by = yaml.safe_load((root / "specs" / "teachers" / f"{name}.yaml").read_text())
+        assert "input" not in trained_by["student"] and trained_by["data"]["dataset"] == "fashion-mnist"
+        published = published_preprocessing(f"kdgraph:{name}")
+        assert published.mean == FASHION_MNIST_MEAN and published.std == FASHION_MNIST_STD
+        assert published.size == (28, 28) and published.source == "builtin weights"
+        assert published_preprocessing(f"kdgraph:{name}", {"num_classes": 3}) is None  # builtin fits default kwargs
+    assert published_preprocessing("kdgraph:fmnist_cnn") is None  # no builtin weights, nothing published
+
+
+def test_inspect_shows_the_teachers_renormalisation(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+    from kdgraph.cli.main import main
+
+    doc = {"teacher": {"model": "kdgraph:fmnist_resnet", "weights": "builtin"},
+           "student": {"model": "kdgraph:fmnist_cnn"}, "distill": {"logits": {}}, "data": {"source": "embedded"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = CliRunner().invoke(main, ["inspect", str(path), "--set", "student.input={mean: [0.5], std: [0.5]}"])
+    assert out.exit_code == 0, out.output
+    assert ("input: teacher reads 1×28×28 (from builtin weights): re-normalise mean (0.5) → (0.286), std (0.5) → "
+            "(0.353)") in out.output

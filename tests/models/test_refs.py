@@ -89,3 +89,22 @@ def test_a_kwargs_name_far_from_any_gets_no_guess():
     with pytest.raises(ModelError) as err:
         create_model("kdgraph:fmnist_cnn", {"depth": 3})
     assert "did you mean" not in str(err.value)
+
+
+def test_create_model_loads_the_weights_a_spec_would(tmp_path):
+    """``create_model(ref, weights=...)`` is what a spec's ``weights:`` loads, so the Python API needs no second
+    function for a trained teacher (issue #29)."""
+    from kdgraph.models.weights import BUILTIN_DIR, read_state_dict
+
+    shipped = read_state_dict(BUILTIN_DIR / "fmnist_resnet.safetensors")
+    for model in (create_model("kdgraph:fmnist_resnet", weights="builtin"),
+                  build_model("kdgraph:fmnist_resnet", weights="builtin")):
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in shipped.items())
+    save_tensors(tmp_path / "t.safetensors", shipped)
+    from_file = create_model("kdgraph:fmnist_resnet", weights=str(tmp_path / "t.safetensors"))
+    assert torch.equal(from_file.fc.weight, shipped["fc.weight"])
+    assert not torch.equal(create_model("kdgraph:fmnist_resnet").fc.weight, shipped["fc.weight"])  # random init
+    with pytest.raises(ModelError, match="has no builtin weights"):
+        create_model("kdgraph:fmnist_cnn", weights="builtin")
+    with pytest.raises(ModelError, match="name two different weights"):
+        create_model("timm:resnet18", pretrained=True, weights=str(tmp_path / "t.safetensors"))

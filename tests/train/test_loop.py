@@ -96,7 +96,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, make_spec)
 
 
 def test_plain_supervised_training_without_teacher(tmp_path):
-    doc = {"student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 8]}},
+    doc = {"student": {"model": "kdgraph:fmnist_cnn", "kwargs": {"widths": [4, 8, 8], "num_classes": 4}},
            "data": {"dataset": "synthetic", "image_size": 16, "batch_size": 32,
                     "synthetic": {"channels": 1, "classes": 4, "train_size": 256}},
            "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01}}}

@@ -75,8 +75,13 @@ class DataBundle:
     std: tuple
     classes: tuple[str, ...] = field(default_factory=tuple)
     provides: Provides = field(default_factory=Provides)
+    own_mean: tuple = ()
+    """The data set's own statistics (default: ``mean``/``std``). The splits are normalised with ``mean``/``std``,
+    which ``student.input`` may set otherwise; a teacher whose expected input is not known is fed these."""
+    own_std: tuple = ()
 
     def __post_init__(self) -> None:
+        self.own_mean, self.own_std = tuple(self.own_mean or self.mean), tuple(self.own_std or self.std)
         if self.provides.indexable:
             for split, ds in (("train", self.train), ("test", self.test)):
                 if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):

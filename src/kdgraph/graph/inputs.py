@@ -4,7 +4,9 @@ teacher gets an ``InputAdapter`` on the device that converts the same batch (re-
 The conversion is applied to the batch the student sees, after augmentation and mixing, so shared views stay
 shared: the teacher gets the same augmented images converted, never a second draw. Where a teacher's expected input
 comes from is resolved per field by :func:`teacher_preprocessing`: the spec's ``input:`` key, else the metadata
-published with ``weights: pretrained`` (``kdgraph.models.preprocess``), else the data's own values.
+published with ``weights: pretrained`` or the zoo's ``weights: builtin`` (``kdgraph.models.preprocess``), else the data
+set's own values. "The data set's own" means its own statistics (Fashion-MNIST's mean and std), never the
+``student.input`` the batch was normalised with for the student: that override is the student's, not the teacher's.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class InputAdapter(nn.Module):
 
     In order: a one-channel batch repeated to the model's channels; resized to ``size`` (antialiased when
     shrinking); re-normalised, ``x·(s_d / s_m) + (m_d − m_m) / s_m`` per channel, which is exactly
-    ``(pixel − m_m) / s_m`` for the pixel the data normalised as ``(pixel − m_d) / s_d``. Parameter-free; an
-    adapter with nothing to do returns the batch itself (``identity``)."""
+    ``(pixel − m_m) / s_m`` for the pixel the data normalised as ``(pixel − m_d) / s_d``. A mean or std the target
+    leaves out is the data set's own (``own_mean``, ``own_std``; default: the batch's). Parameter-free; an adapter
+    with nothing to do returns the batch itself (``identity``)."""
 
     def __init__(self, data_mean: Sequence[float], data_std: Sequence[float], data_shape: Sequence[int],
-                 target: Optional[Preprocessing] = None):
+                 target: Optional[Preprocessing] = None, own_mean: Optional[Sequence[float]] = None,
+                 own_std: Optional[Sequence[float]] = None):
         super().__init__()
         target = target or Preprocessing()
         c, h, w = (int(v) for v in data_shape)
@@ -51,16 +55,22 @@ class InputAdapter(nn.Module):
         if channels != c and c != 1:
             raise ValueError(f"the model expects {channels} channels (its mean/std) but the data has {c}")
         self.repeat = channels if channels != c else None
-        d_mean = tuple(data_mean) * (channels if len(data_mean) == 1 and channels > 1 else 1)
-        d_std = tuple(data_std) * (channels if len(data_std) == 1 and channels > 1 else 1)
+
+        def per_channel(values: Sequence[float]) -> tuple[float, ...]:
+            return tuple(values) * (channels if len(values) == 1 and channels > 1 else 1)
+
+        d_mean, d_std = per_channel(data_mean), per_channel(data_std)
         self.data_mean, self.data_std = d_mean, d_std
-        self.mean, self.std = mean or d_mean, std or d_std
+        self.mean = mean or per_channel(own_mean if own_mean is not None else data_mean)
+        self.std = std or per_channel(own_std if own_std is not None else data_std)
         self.renormalise = not (_close(self.mean, d_mean) and _close(self.std, d_std))
         self.size = tuple(target.size) if target.size is not None and tuple(target.size) != (h, w) else None
         self.mode = target.interpolation or "bilinear"
         self.data_shape = (c, h, w)
         self.out_shape = (channels, *(self.size or (h, w)))
-        self.source = target.source or "the data"
+        filled = "the data set's statistics"
+        self.source = (target.source or "given") if mean and std else \
+            f"{target.source} over {filled}" if target.source else filled
         scale = torch.tensor([ds / s for ds, s in zip(d_std, self.std)], dtype=torch.float64)
         shift = torch.tensor([(dm - m) / s for dm, m, s in zip(d_mean, self.mean, self.std)], dtype=torch.float64)
         self.register_buffer("scale", scale.view(1, -1, 1, 1).float(), persistent=False)
@@ -108,8 +118,9 @@ def spec_preprocessing(model: ModelSpec) -> Optional[Preprocessing]:
 
 
 def _published(model: ModelSpec) -> Optional[Preprocessing]:
-    """The metadata of the weights ``model`` loads: only ``weights: pretrained`` loads the weights it describes."""
-    return published_preprocessing(model.model, model.kwargs) if model.weights == "pretrained" else None
+    """The metadata of the weights ``model`` loads: only ``weights: pretrained`` (and the zoo's ``builtin``) loads the
+    weights it describes."""
+    return published_preprocessing(model.model, model.kwargs) if model.weights in ("pretrained", "builtin") else None
 
 
 def student_preprocessing(spec: Spec) -> Optional[Preprocessing]:
@@ -120,8 +131,9 @@ def student_preprocessing(spec: Spec) -> Optional[Preprocessing]:
 
 def teacher_preprocessing(spec: Spec, name: str, data_mean: Sequence[float], data_std: Sequence[float],
                           live: bool = False) -> tuple[Optional[Preprocessing], Optional[str]]:
-    """A teacher's expected input and, when it cannot be determined but probably differs from the data's, a warning
-    naming the key to set. ``live``: a module passed from Python (its own; only ``input:`` is read)."""
+    """A teacher's expected input and, when it cannot be determined but probably differs from the data set's own
+    statistics (``data_mean``, ``data_std``: what it is then fed), a warning naming the key to set. ``live``: a
+    module passed from Python (its own; only ``input:`` is read)."""
     tspec = spec.teacher_specs[name]
     given = spec_preprocessing(tspec)
     published = None if live else _published(tspec)
@@ -133,28 +145,33 @@ def teacher_preprocessing(spec: Spec, name: str, data_mean: Sequence[float], dat
         if tspec.weights == "pretrained" and target is None:
             key, path = spec.teacher_key(name)
             return None, (f"{located(f'{key}.input', spec.line_of(*path))}: {tspec.model} publishes no preprocessing "
-                          f"with its weights, so kdgraph feeds it the data's normalisation (mean {_fmt(data_mean)}, "
-                          f"std {_fmt(data_std)}); set {key}.input: {{mean: [...], std: [...], size: N}} to what "
+                          f"with its weights, so kdgraph feeds it the data set's normalisation (mean "
+                          f"{_fmt(data_mean)}, std {_fmt(data_std)}); set {key}.input: {{mean: [...], std: [...], size: N}} to what "
                           "it was trained with")
         return target, None
     key, path = spec.teacher_key(name)
     return target, (f"{located(f'{key}.input', spec.line_of(*path))}: {tspec.model}'s weights come from "
-                    f"{tspec.weights}, so kdgraph cannot tell how its inputs were normalised; it feeds it the data's "
-                    f"(mean {_fmt(data_mean)}, std {_fmt(data_std)}), while the published weights of this model "
+                    f"{tspec.weights}, so kdgraph cannot tell how its inputs were normalised; it feeds it the data "
+                    f"set's (mean {_fmt(data_mean)}, std {_fmt(data_std)}), while the published weights of this model "
                     f"expect mean {_fmt(guess.mean)}, std {_fmt(guess.std or ())}; set {key}.input: {{mean: [...], "
                     "std: [...]}} to the normalisation it was trained with")
 
 
 def teacher_inputs(spec: Spec, data_mean: Sequence[float], data_std: Sequence[float], data_shape: Sequence[int],
-                   live: frozenset[str] = frozenset()) -> tuple[dict[str, InputAdapter], list[str]]:
-    """An :class:`InputAdapter` per teacher of the spec, and the warnings for teachers whose input is unknown."""
+                   live: frozenset[str] = frozenset(), own_mean: Optional[Sequence[float]] = None,
+                   own_std: Optional[Sequence[float]] = None) -> tuple[dict[str, InputAdapter], list[str]]:
+    """An :class:`InputAdapter` per teacher of the spec, and the warnings for teachers whose input is unknown.
+    ``data_mean``/``data_std``: the batch's normalisation (the student's); ``own_mean``/``own_std``: the data set's
+    own statistics, what a teacher is fed where neither its ``input:`` nor its weights say (default: the batch's)."""
+    own_mean = tuple(own_mean) if own_mean is not None else tuple(data_mean)
+    own_std = tuple(own_std) if own_std is not None else tuple(data_std)
     adapters, warnings = {}, []
     for name in spec.teacher_specs:
-        target, warning = teacher_preprocessing(spec, name, data_mean, data_std, live=name in live)
+        target, warning = teacher_preprocessing(spec, name, own_mean, own_std, live=name in live)
         if warning:
             warnings.append(warning)
         try:
-            adapters[name] = InputAdapter(data_mean, data_std, data_shape, target)
+            adapters[name] = InputAdapter(data_mean, data_std, data_shape, target, own_mean, own_std)
         except ValueError as err:
             key, path = spec.teacher_key(name)
             raise SpecError(f"{err}; set {key}.input.mean and std with one value per channel of the data",

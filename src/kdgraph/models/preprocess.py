@@ -2,7 +2,8 @@
 
 A pretrained model expects its inputs normalised with the statistics it was trained with, at the resolution it was
 trained at. That is published with the weights: timm's ``pretrained_cfg``, a torchvision weights enum's
-``transforms()``, a Hugging Face model's ``preprocessor_config.json``. :func:`published_preprocessing` reads it for a
+``transforms()``, a Hugging Face model's ``preprocessor_config.json``, and for the zoo's ``weights: builtin`` a small
+JSON record beside each shipped file (``models/weights/NAME.json``). :func:`published_preprocessing` reads it for a
 model reference, by scheme (``PUBLISHED``), without building the model. The spec's ``input:`` key (``teacher.input``,
 ``student.input``) overrides it field by field; the data's own normalisation fills what neither gives
 (``kdgraph.graph.inputs`` resolves the three).
@@ -14,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from kdgraph.models.weights import BUILTIN_DIR
 
 __all__ = ["Preprocessing", "PUBLISHED", "published_preprocessing", "INTERPOLATIONS"]
 
@@ -107,12 +110,28 @@ def _hf(name: str, kwargs: dict[str, Any]) -> Optional[Preprocessing]:
     return hf_preprocessing(json.loads(Path(path).read_text()))
 
 
+def _zoo(name: str, kwargs: dict[str, Any]) -> Optional[Preprocessing]:
+    """The record shipped beside a zoo model's builtin weights: what they were trained with (the zoo teachers:
+    Fashion-MNIST at 28×28, normalised with the data set's own mean and std by ``specs/teachers/NAME.yaml``). The
+    builtin weights fit only the default kwargs, so with kwargs nothing is published."""
+    path = BUILTIN_DIR / f"{name}.json"
+    if kwargs or not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    mode = cfg.get("interpolation")
+    return Preprocessing(tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]),
+                         _size(cfg.get("input_size")), mode if mode in INTERPOLATIONS else "bilinear",
+                         "builtin weights")
+
+
 PUBLISHED: dict[str, Callable[[str, dict[str, Any]], Optional[Preprocessing]]] = {
     "timm": _timm,
     "torchvision": _torchvision,
     "hf": _hf,
+    "kdgraph": _zoo,
 }
-"""Scheme -> reader of the preprocessing published with a model's pretrained weights (None: none published)."""
+"""Scheme -> reader of the preprocessing published with a model's trained weights (``pretrained``; the zoo's
+``builtin``), None where none is published."""
 
 
 def published_preprocessing(ref: str, kwargs: Optional[dict[str, Any]] = None) -> Optional[Preprocessing]:

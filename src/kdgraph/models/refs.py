@@ -189,20 +189,24 @@ MODEL_SOURCES: dict[str, Callable[[str, dict[str, Any], bool], nn.Module]] = {
 SCHEMES = tuple(MODEL_SOURCES)
 
 
-def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
-    """Build the architecture a reference names (random init unless ``pretrained``)."""
+def _architecture(ref: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     scheme, _, name = ref.partition(":")
     build = MODEL_SOURCES.get(scheme)
     if build is None:
         raise ModelError(f"model reference {ref!r} must start with one of {', '.join(s + ':' for s in SCHEMES)}")
-    return build(name, dict(kwargs or {}), pretrained)
+    return build(name, kwargs, pretrained)
 
 
-def build_model(ref: str, kwargs: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:
-    """Build a model and load its weights: None (random), ``builtin``, ``pretrained`` or a file path."""
-    if weights == "pretrained":
-        return create_model(ref, kwargs, pretrained=True)
-    model = create_model(ref, kwargs)
+def create_model(ref: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False, *,
+                 weights: str | None = None) -> nn.Module:
+    """Build the model a reference names, with the weights a spec's ``weights:`` would load: None (random init, the
+    architecture alone), ``"builtin"`` (the zoo's shipped weights), ``"pretrained"`` (the library's published ones;
+    ``pretrained=True`` says the same) or a file path (safetensors, strictly)."""
+    if pretrained and weights not in (None, "pretrained"):
+        raise ModelError(f"{ref}: pretrained=True and weights={weights!r} name two different weights; give one")
+    weights = "pretrained" if pretrained else weights
+    kwargs = dict(kwargs or {})
+    model = _architecture(ref, kwargs, weights == "pretrained")
     if weights == "builtin":
         scheme, _, name = ref.partition(":")
         path = BUILTIN_DIR / f"{name}.safetensors"
@@ -212,6 +216,11 @@ def build_model(ref: str, kwargs: dict[str, Any] | None = None, weights: str | N
         if kwargs:
             raise ModelError(f"builtin weights of {ref} are for its default kwargs; remove `kwargs` or give a path")
         load_weights(model, path, ref)
-    elif weights:
+    elif weights and weights != "pretrained":
         load_weights(model, os.path.expanduser(weights), ref)
     return model
+
+
+def build_model(ref: str, kwargs: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:
+    """A spec's model: ``create_model(ref, kwargs, weights=weights)``."""
+    return create_model(ref, kwargs, weights=weights)

@@ -13,8 +13,8 @@ __all__ = ["InputSpec", "ModelSpec", "TeacherSpec"]
 
 class InputSpec(Section):
     """The input a model was trained for. A key left out comes from the metadata published with pretrained weights
-    (timm's pretrained_cfg, torchvision's weights transforms, a Hugging Face preprocessor_config.json), else from
-    the data's own normalisation and size."""
+    (timm's pretrained_cfg, torchvision's weights transforms, a Hugging Face preprocessor_config.json) or the zoo's
+    builtin weights, else from the data set's own statistics and size (never the student's `input:`)."""
 
     mean: Optional[list[float]] = Field(default=None, description="Per-channel mean the model's inputs are "
                                         "normalised with (pixels in [0, 1]), e.g. [0.5, 0.5, 0.5].")
@@ -45,7 +45,7 @@ class ModelSpec(Section):
     )
     input: Optional[InputSpec] = Field(
         default=None, description="The input the model was trained for: {mean, std, size, interpolation}; unset "
-        "keys come from pretrained metadata, else the data. A teacher's batches are converted on the device; the "
+        "keys come from pretrained or builtin metadata, else the data set's own statistics. A teacher's batches are converted on the device; the "
         "data is normalised and sized for the student.",
     )
 

@@ -200,4 +200,6 @@ def build(opts: SourceOptions) -> DataBundle:
         # a new crop and flip per image and epoch: drawn from (seed, epoch, index) by kdgraph's own pipeline, from the
         # global generator by transforms from Python
         provides=Provides(exact=False, transforms=True, files=True, seeded=own),
+        own_mean=IMAGENET_MEAN,  # a folder of photographs: ImageNet's statistics unless the student asks otherwise
+        own_std=IMAGENET_STD,
     )
