@@ -42,7 +42,7 @@ from kdgraph.spec import load_spec  # noqa: E402
 from kdgraph.store.teach import teach  # noqa: E402
 from kdgraph.train import Trainer, train  # noqa: E402
 from kdgraph.train.prefetch import prefetch  # noqa: E402
-from kdgraph.train.views import ViewMaker  # noqa: E402
+from kdgraph.data.views import ViewMaker  # noqa: E402
 
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
 AUGMENTED = ["data.augment=resized-crop-flip", "data.mix=mixup", "train.baseline=false"]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from kdgraph.data import crop_flip, crop_flip_params, load_fashion_mnist  # noqa: E402
 from kdgraph.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD  # noqa: E402
 from kdgraph.models import build_model  # noqa: E402
-from kdgraph.train.views import normalised_fill  # noqa: E402
+from kdgraph.data.views import normalised_fill  # noqa: E402
 
 
 def main() -> None:

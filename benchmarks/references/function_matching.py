@@ -128,7 +128,7 @@ def mix_ratio(rng: np.random.Generator, alpha: float = 1.0) -> float:
 def mixup(x: torch.Tensor, a, partner: torch.Tensor | None = None) -> torch.Tensor:
     """``a x + (1 - a) partner``: the partner of image ``i`` is image ``i - 1`` of the batch (``roll(x, 1)``), the
     paper's, unless ``partner`` gives one per image; ``a`` one ratio, or one per image (a ``(B,)`` tensor, taken in
-    ``x``'s dtype). The replay tests pass kdgraph's own partners and ratios (per image, ``kdgraph.train.views``)."""
+    ``x``'s dtype). The replay tests pass kdgraph's own partners and ratios (per image, ``kdgraph.data.views``)."""
     if isinstance(a, torch.Tensor):
         a = a.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
     return a * x + (1.0 - a) * (torch.roll(x, 1, dims=0) if partner is None else partner)

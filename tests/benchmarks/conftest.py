@@ -13,7 +13,7 @@ from torch import nn
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train.views import ViewMaker
+from kdgraph.data.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 

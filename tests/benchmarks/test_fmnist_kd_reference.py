@@ -27,7 +27,7 @@ from kdgraph.spec import load_spec
 from kdgraph.train import train
 from kdgraph.plan import resolve_plan
 from kdgraph.runtime import seed_everything
-from kdgraph.train.views import ViewMaker
+from kdgraph.data.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, TRAIN, BATCH, SEED = 6, 256, 64, 3

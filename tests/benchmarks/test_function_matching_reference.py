@@ -18,7 +18,7 @@ import torch
 from kdgraph.data.loader import epoch_indices
 from kdgraph.spec import load_spec
 from kdgraph.train import train
-from kdgraph.train.views import TEACHER
+from kdgraph.data.views import TEACHER
 
 STEPS, TRAIN, BATCH, SEED = 5, 256, 32, 3
 

@@ -214,7 +214,7 @@ def test_crop_flip_equals_torchvision_random_crop_and_flip_at_the_same_offsets()
     import torchvision.transforms.functional as TF
 
     from kdgraph.data import crop_flip, crop_flip_params
-    from kdgraph.train.views import normalised_fill
+    from kdgraph.data.views import normalised_fill
 
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     pixels = torch.rand(6, 3, 9, 11, generator=_gen(0))

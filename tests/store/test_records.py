@@ -5,7 +5,7 @@ import torch
 
 from kdgraph.align.layout import ClsToken, GlobalAvgPool
 from kdgraph.store.records import decode_logits, decode_params, decode_tap, encode_logits, encode_params
-from kdgraph.train.views import ViewParams
+from kdgraph.data.views import ViewParams
 
 
 def test_all_logits_round_trip():

@@ -21,7 +21,7 @@ from kdgraph.store.manifest import StoreError, read_manifest
 from kdgraph.store.teach import teach
 from kdgraph.train.launch import TORCHRUN_VARS, torchrun_argv
 from kdgraph.train.progress import Reporter
-from kdgraph.train.views import ViewMaker
+from kdgraph.data.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ Two ways to give the random numbers:
   (``torch.roll(x, 1, dims=0)``).
 - **Per image** (``crop_flip_offsets``, ``resized_crop_boxes``, ``cutmix_boxes``, ``mix_images``, ``paste_boxes``,
   ``mix_targets``): the numbers come as uniforms, one row per image, and the mixing partner as a second batch. This
-  is what kdgraph's training and its teacher store use (``kdgraph.train.views``): every number then depends only on
+  is what kdgraph's training and its teacher store use (``kdgraph.data.views``): every number then depends only on
   ``(seed, view, image)`` (``kdgraph.data.draws``), one ratio and one partner per image.
 """
 

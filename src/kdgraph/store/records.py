@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from kdgraph.train.views import ViewParams
+from kdgraph.data.views import ViewParams
 
 __all__ = ["encode_params", "decode_params", "encode_logits", "decode_logits", "encode_tap", "decode_tap",
            "float_dtype"]

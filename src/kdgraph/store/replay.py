@@ -21,7 +21,7 @@ from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_
                                        teacher_identity, teacher_needs)
 from kdgraph.store.manifest import StoreError, differences, human_size, read_manifest, read_shard
 from kdgraph.store.records import decode_logits, decode_params, decode_tap
-from kdgraph.train.views import ViewParams
+from kdgraph.data.views import ViewParams
 
 __all__ = ["TeacherStore", "open_store", "not_replayable", "HOST_LIMIT"]
 

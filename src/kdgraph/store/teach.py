@@ -1,6 +1,6 @@
 """``kdgraph teach``: run every teacher over K views of the training set and write a store (docs/store.md).
 
-View ``v`` of image ``i`` is the one an online run shows in epoch ``v`` (``kdgraph.train.views``: a function of the
+View ``v`` of image ``i`` is the one an online run shows in epoch ``v`` (``kdgraph.data.views``: a function of the
 seed, the view and the image alone; an image folder's crops too, drawn from the seed, the epoch and the image). Per
 image and view the store keeps the view's numbers and the outputs the spec's terms read: the logits (all, or the top
 k) and each tapped layer as its pairs read it, pooled or whole (every layer whole with ``full_maps``;
@@ -39,7 +39,7 @@ from kdgraph.store.replay import not_replayable
 from kdgraph.train.distributed import DistContext
 from kdgraph.train.evaluate import logits_in_order
 from kdgraph.train.progress import Reporter
-from kdgraph.train.views import SHARED, TEACHER, ViewMaker
+from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 
 __all__ = ["TeachResult", "teach", "default_store", "MAX_BYTES", "SHARD_BYTES"]
 

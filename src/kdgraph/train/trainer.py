@@ -33,7 +33,7 @@ from kdgraph.train.progress import Reporter
 from kdgraph.train.rundir import RunDir
 from kdgraph.train.stages import Curriculum
 from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
-from kdgraph.train.views import ViewMaker
+from kdgraph.data.views import ViewMaker
 
 __all__ = ["Trainer"]
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from kdgraph.data import TensorImageDataset
 from kdgraph.data.augment import mix_images, resized_crop_flip
 from kdgraph.spec.schema import DataSpec
-from kdgraph.train.views import SHARED, TEACHER, ViewMaker
+from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 
 
 def _data(n=40):
