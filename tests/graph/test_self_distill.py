@@ -102,7 +102,7 @@ def test_training_logs_every_head_and_the_ensemble():
 def test_export_with_heads(tmp_path):
     from safetensors.torch import load_file
 
-    from kdgraph.train.export import export_student
+    from kdgraph.rundir.export import export_student
 
     doc = dict(DOC, output=str(tmp_path / "run"))
     train(spec_from_dict(doc), quiet=True)

@@ -19,8 +19,8 @@ from kdgraph.cli.main import main
 from kdgraph.store.layout import parse_size
 from kdgraph.store.manifest import StoreError, read_manifest
 from kdgraph.store.teach import teach
-from kdgraph.train.launch import TORCHRUN_VARS, torchrun_argv
-from kdgraph.train.progress import Reporter
+from kdgraph.session.launch import TORCHRUN_VARS, torchrun_argv
+from kdgraph.session.progress import Reporter
 from kdgraph.data.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]

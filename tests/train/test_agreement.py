@@ -76,5 +76,5 @@ def test_agreement_is_logged_next_to_val_top1(tmp_path):
                              write=True, quiet=True)
     row = result.metrics[-1]
     assert 0 <= row["val_agree"] <= 1 and row["val_kl"] > 0 and "val_top1" in row
-    from kdgraph.train.progress import epoch_line
+    from kdgraph.session.progress import epoch_line
     assert f"agree {row['val_agree']:.2%}  kl {row['val_kl']:.4f}" in epoch_line(row, {})

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kdgraph.cli.main import main
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import Trainer, loop, train
-from kdgraph.train.checkpoint import DamagedCheckpoint, check_newest, damage
+from kdgraph.rundir.checkpoint import DamagedCheckpoint, check_newest, damage
 
 
 TINY = {  # conftest's tiny spec, smaller still

@@ -12,9 +12,9 @@ from kdgraph.errors import KdgraphError, RunDirError, WeightsError
 from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train import export as export_mod
+from kdgraph.rundir import export as export_mod
 from kdgraph.files import save_tensors
-from kdgraph.train.export import export_student, student_weights
+from kdgraph.rundir.export import export_student, student_weights
 
 
 def tiny_run(tmp_path, ref, name):

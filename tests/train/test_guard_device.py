@@ -220,7 +220,7 @@ def test_device_guard_gives_the_host_guard_results(tmp_path, monkeypatch):
 
 
 def test_fused_state_loaded_contiguous_gets_the_channels_last_layout():
-    from kdgraph.train.optim import match_param_layout
+    from kdgraph.rundir.checkpoint import match_param_layout
 
     init = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
     results = []

@@ -9,7 +9,7 @@ from kdgraph.errors import KdgraphError, RunDirError
 from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train.progress import Reporter
+from kdgraph.session.progress import Reporter
 
 @pytest.fixture
 def make_spec(tiny_doc):

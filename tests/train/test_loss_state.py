@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from kdgraph.models import create_model
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train.export import export_student
+from kdgraph.rundir.export import export_student
 
 CRD = {"teacher": "flatten", "student": "flatten", "loss": {"name": "crd", "num_negatives": 64}, "weight": 0.8}
 MGD = {"teacher": "layer3", "student": "block3", "loss": {"name": "mgd", "ratio": 0.5}}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdgraph.spec.schema import OptimizerSpec, ScheduleSpec
-from kdgraph.train.checkpoint import optimizer_from_flat, optimizer_to_flat
+from kdgraph.rundir.checkpoint import optimizer_from_flat, optimizer_to_flat
 from kdgraph.train.optim import build_optimizer, lr_factor, schedule_warning
 
 

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from kdgraph.train.progress import Reporter
+from kdgraph.session.progress import Reporter
 
 
 def _printed(call, message):
@@ -33,7 +33,7 @@ def test_lines_written_to_a_file_or_pipe_are_never_wrapped(monkeypatch):
 
 
 def test_the_epoch_line_shows_the_terms_as_they_add_up_to_the_total():
-    from kdgraph.train.progress import epoch_line
+    from kdgraph.session.progress import epoch_line
 
     # #29: the line printed `0.9×logits 0.2500`, the unweighted value, so the printed terms did not add up to total
     row = {"epoch": 2, "loss/ce": 0.5, "loss/logits": 0.25, "loss/pair:block3->layer3": 0.125,
@@ -78,7 +78,7 @@ def test_a_runs_epoch_lines_add_up_and_the_first_explains_agree_and_kl(tmp_path,
 
 
 def test_an_epoch_line_on_a_narrow_terminal_wraps_between_fields():
-    from kdgraph.train.progress import epoch_fields
+    from kdgraph.session.progress import epoch_fields
 
     # #29: at 60 columns the terminal split `pair:block3->layer3` from its value
     row = {"epoch": 1, "loss/ce": 2.2760, "loss/logits": 13.6032, "loss/pair:block3->layer3": 2.3433,
@@ -108,7 +108,7 @@ class Recording(Reporter):
     def _bar(self, description, total, clock):
         from contextlib import contextmanager
 
-        from kdgraph.train.progress import Bar
+        from kdgraph.session.progress import Bar
 
         reporter = self
 
@@ -144,7 +144,7 @@ def test_the_teacher_phases_have_progress_bars(tmp_path, tiny_doc):
 
 
 def test_the_run_clock_counts_the_baseline_at_the_pace_of_the_steps_so_far():
-    from kdgraph.train.progress import RunClock
+    from kdgraph.session.progress import RunClock
 
     now = [0.0]
     clock = RunClock(now=lambda: now[0])

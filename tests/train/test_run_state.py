@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import Trainer, loop, train
-from kdgraph.train.guard import Interrupted
-from kdgraph.train.progress import Reporter
+from kdgraph.session.signals import Interrupted
+from kdgraph.session.progress import Reporter
 
 
 def listening_reporter() -> tuple[Reporter, io.StringIO]:

@@ -151,8 +151,8 @@ def register(main: click.Group) -> None:
         """Rebuild RUN_DIR's student, load its trained weights strictly, and write them (and ONNX) out."""
         import shlex
 
-        from kdgraph.train.checkpoint import DamagedCheckpoint
-        from kdgraph.train.export import export_student, weights_note
+        from kdgraph.rundir.checkpoint import DamagedCheckpoint
+        from kdgraph.rundir.export import export_student, weights_note
 
         shape = parse_input_shape(input_shape, ()) if input_shape else None
         try:
@@ -221,7 +221,7 @@ def register(main: click.Group) -> None:
         from kdgraph.store.layout import parse_size
         from kdgraph.store.manifest import human_size
         from kdgraph.store.teach import teach as run_teach
-        from kdgraph.train.launch import is_main_process, torchrun_argv, torchrun_env
+        from kdgraph.session.launch import is_main_process, torchrun_argv, torchrun_env
 
         max_bytes = parse_size(max_size)
         spec = load_spec(spec_path, overrides)

@@ -28,7 +28,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             ctx.exit(130)
         except KdgraphError as err:
-            from kdgraph.train.guard import Interrupted
+            from kdgraph.session.signals import Interrupted
 
             if isinstance(err, Interrupted):
                 click.echo(str(err), err=True)

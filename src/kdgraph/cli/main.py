@@ -17,7 +17,7 @@ from kdgraph.cli.errors import handle_errors
 from kdgraph.cli.set_args import SetCommand
 
 if TYPE_CHECKING:
-    from kdgraph.train.guard import Interrupted
+    from kdgraph.session.signals import Interrupted
 
 __all__ = ["main"]
 
@@ -40,7 +40,7 @@ def _print_warnings(plan) -> None:
 def _train_command(spec_path: str, overrides: tuple[str, ...], quiet: bool, nproc: Optional[int],
                    resume: bool) -> str:
     """This ``train`` command line again, shell-quoted: every ``--set`` kept, so it names the same run directory."""
-    from kdgraph.train.launch import torchrun_env
+    from kdgraph.session.launch import torchrun_env
 
     ctx = click.get_current_context()
     env = torchrun_env()
@@ -102,9 +102,9 @@ def train(spec_path: str, overrides: tuple[str, ...], overwrite: bool, resume: b
     from kdgraph.errors import KdgraphError
     from kdgraph.spec import load_spec
     from kdgraph.train import train as run_train
-    from kdgraph.train.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
-    from kdgraph.train.checkpoint import DamagedCheckpoint
-    from kdgraph.train.guard import Interrupted
+    from kdgraph.session.launch import check_batch, is_main_process, torchrun_argv, torchrun_env
+    from kdgraph.rundir.checkpoint import DamagedCheckpoint
+    from kdgraph.session.signals import Interrupted
     from kdgraph.plan import resolve_plan
 
     if overwrite and resume:

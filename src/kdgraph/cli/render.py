@@ -22,7 +22,7 @@ from rich.text import Text
 
 from kdgraph.graph.terms import TermKind
 from kdgraph.trace import LayerMap
-from kdgraph.train.progress import join_fields
+from kdgraph.session.progress import join_fields
 
 __all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json", "inputs_json", "print_inputs", "Sheet",
            "show", "PIPE_WIDTH"]

@@ -27,7 +27,6 @@ from torch import nn
 from kdgraph.align.layout import ClsToken, GlobalAvgPool
 from kdgraph.data.loader import fetch
 from kdgraph.graph.lookup import Teachers
-from kdgraph.runtime import seed_everything
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_fingerprint, teacher_identity,
                                        teacher_needs)
@@ -36,9 +35,9 @@ from kdgraph.store.manifest import (FORMAT, MANIFEST, VERSION, StoreError, diffe
 from kdgraph.store.layout import MAX_BYTES, bytes_per_view, check_needs, check_size, record_layout, size_line
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.store.replay import not_replayable
-from kdgraph.train.distributed import DistContext
+from kdgraph.session.distributed import DistContext
 from kdgraph.train.evaluate import logits_in_order
-from kdgraph.train.progress import Reporter
+from kdgraph.session.progress import Reporter
 from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 
 __all__ = ["TeachResult", "teach", "default_store", "MAX_BYTES", "SHARD_BYTES"]
@@ -205,11 +204,10 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
     (default: about 64 MiB per shard); ``max_bytes`` (``--max-size``): refuse a larger store before any work.
     ``teacher``: live teacher modules (Python)."""
     from kdgraph.plan import resolve_plan
-    from kdgraph.train.launch import start_distributed
+    from kdgraph.session.session import Session
 
-    dist = start_distributed(spec)
-    reporter = dist.reporter(reporter or Reporter(quiet=quiet))
-    seed_everything(spec.runtime.seed)
+    session = Session.start(spec, quiet=quiet, reporter=reporter)
+    dist, reporter = session.dist, session.reporter
     if views is not None and int(views) < 1:
         raise StoreError(f"--views {views} must be at least 1", key="--views")
     if spec.teacher == "self" or not spec.teacher_specs:
@@ -229,7 +227,7 @@ def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] 
     if top_k is not None and not any(need.logits is not None for need in needs.values()):
         reporter.warn("--top-k has no effect: no term reads a teacher's logits")
         top_k = None
-    rt = dist.runtime(plan.runtime, reporter)
+    rt = session.runtime(plan.runtime)
     n = len(data.train)
     layout = record_layout(spec, needs, top_k, full_maps, n, 8 if rt.precision == "fp64" else 4)
     per_view = bytes_per_view(layout)

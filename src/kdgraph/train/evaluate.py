@@ -16,13 +16,13 @@ from torch.utils.data import Dataset
 from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.runtime import Runtime
-from kdgraph.train.progress import Bar, Reporter
+from kdgraph.session.progress import Bar, Reporter
 from kdgraph.train.retrieval import mean_average_precision
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle
     from kdgraph.trace import LayerMap
-    from kdgraph.train.distributed import DistContext
+    from kdgraph.session.distributed import DistContext
 
 __all__ = ["top1", "logits_in_order", "top1_agreement", "teachers_top1", "head_top1", "embeddings", "knn_top1", "linear_probe_top1", "embedding_metrics"]
 

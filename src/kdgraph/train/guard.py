@@ -1,4 +1,5 @@
-"""Guards around the training step: the finiteness check, its error, and stopping cleanly on SIGINT/SIGTERM.
+"""Guards around the training step: the finiteness check and its error (stopping on SIGINT/SIGTERM is
+``kdgraph.session.signals``).
 
 ``StepGuard`` makes a step with a non-finite loss or gradient change nothing (weights, optimizer state, BatchNorm
 statistics). Two modes, chosen by the optimizer:
@@ -12,19 +13,14 @@ statistics). Two modes, chosen by the optimizer:
 
 from __future__ import annotations
 
-import signal
-import threading
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from kdgraph.errors import KdgraphError
 
-__all__ = ["NumericalError", "Interrupted", "total_norm", "stop_on_signals", "BufferSnapshot", "StepGuard",
-           "prime_momentum"]
+__all__ = ["NumericalError", "total_norm", "BufferSnapshot", "StepGuard", "prime_momentum"]
 
 
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -204,34 +200,3 @@ class StepGuard:
             raise NumericalError(
                 f"{run} consecutive steps with non-finite {what}{keep}. Lower train.optimizer.lr, set "
                 "train.grad_clip, or check the inputs and the loss weights", key="train")
-
-
-@contextmanager
-def stop_on_signals(loop: Any) -> Iterator[None]:
-    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (a second signal interrupts at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if loop.stop_signal is not None:
-            raise KeyboardInterrupt
-        loop.stop_signal = signum
-        loop.reporter.warn(f"{signal.Signals(signum).name} received: finishing this step and writing a checkpoint")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class Interrupted(KdgraphError):
-    """The run was stopped by a signal (or a Ctrl-C). ``run_dir`` is the run directory left behind (None when nothing
-    was left) and ``checkpoint`` the name of its newest checkpoint (None when there is none): what a caller needs
-    to say how to go on (the CLI prints the command)."""
-
-    def __init__(self, message: str, *, run_dir: Optional[Path] = None, checkpoint: Optional[str] = None):
-        super().__init__(message)
-        self.run_dir, self.checkpoint = run_dir, checkpoint

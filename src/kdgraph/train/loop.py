@@ -15,17 +15,17 @@ from kdgraph.errors import KdgraphError, plural
 from kdgraph.graph.build import prune_masks
 from kdgraph.graph.lookup import Teachers
 from kdgraph.plan import Plan, resolve_plan
-from kdgraph.runtime import seed_everything
 from kdgraph.spec.schema import Spec
-from kdgraph.train.checkpoint import check_newest
-from kdgraph.train.distributed import DistContext
+from kdgraph.rundir.checkpoint import check_newest
 from kdgraph.train.evaluate import teachers_top1
-from kdgraph.train.guard import Interrupted, NumericalError, stop_on_signals
-from kdgraph.train.launch import start_distributed
+from kdgraph.session.distributed import DistContext
+from kdgraph.session.session import Session
+from kdgraph.session.signals import Interrupted
+from kdgraph.train.guard import NumericalError
 from kdgraph.train.optim import schedule_warning
-from kdgraph.train.progress import Reporter, epoch_fields, epoch_legend
-from kdgraph.train.run_state import finished, previous_summary, stopped_by, tidy_on_failure
-from kdgraph.train.rundir import RunDir
+from kdgraph.session.progress import Reporter, epoch_fields, epoch_legend
+from kdgraph.rundir.run_state import finished, previous_summary, stopped_by, tidy_on_failure
+from kdgraph.rundir.rundir import RunDir, open_run_dir
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import cache_is_exact
 from kdgraph.train.trainer import Trainer
@@ -54,13 +54,11 @@ def train(spec: Spec, *, student: Optional[nn.Module] = None, teacher: Teachers 
     Nothing is written before the spec, models, data and pairs all check out. ``write=False`` keeps it in memory.
     A run directory this call created is removed again if it fails or is interrupted before anything was trained.
     """
-    dist = start_distributed(spec)  # LOCAL in one process; under torchrun: rank 0 prints and writes
-    reporter = dist.reporter(reporter or Reporter(quiet=quiet))
-    seed_everything(spec.runtime.seed)
+    session = Session.start(spec, quiet=quiet, reporter=reporter)  # before the plan: its models' weights are seeded
     plan = resolve_plan(spec, student, teacher)
-    run_dir = dist.run_dir(spec.run_dir) if write else None
-    with tidy_on_failure(run_dir if dist.is_main else None):
-        return _run(plan, dist, reporter, run_dir, overwrite=overwrite, resume=resume, quiet=quiet)
+    run_dir = open_run_dir(spec.run_dir, session.dist) if write else None
+    with tidy_on_failure(run_dir if session.dist.is_main else None):
+        return _run(plan, session, run_dir, overwrite=overwrite, resume=resume, quiet=quiet)
 
 
 def _prepare(plan: Plan, dist: DistContext, run_dir: Optional[RunDir], overwrite: bool,
@@ -103,15 +101,15 @@ def _announce(plan: Plan, trainer: Trainer, reporter: Reporter, known: dict[str,
     return summary
 
 
-def _fit(trainer: Trainer, rows: list[dict[str, Any]], start_epoch: int, reporter: Reporter,
+def _fit(trainer: Trainer, session: Session, rows: list[dict[str, Any]], start_epoch: int,
          run_dir: Optional[RunDir], tb: Optional[TensorBoardLogger]) -> list[dict[str, Any]]:
     """The epochs from ``start_epoch`` on: a metrics row, a checkpoint (or best.safetensors) after each; a stop
     signal ends the run after its checkpoint."""
-    spec, dist, terms = trainer.spec, trainer.dist, trainer.graph.terms
+    spec, dist, terms, reporter = trainer.spec, trainer.dist, trainer.graph.terms, session.reporter
     best_key = "val_" + spec.eval.metrics[0]
     reporter.clock.begin(spec.name, (spec.train.epochs - start_epoch) * trainer.steps - trainer.start_step)
     explained = False
-    with stop_on_signals(trainer):
+    with session.stop_on_signals(trainer):
         for epoch in range(start_epoch, spec.train.epochs):
             row = trainer.epoch(epoch)
             stop = dist.stop_agreed(trainer)  # collective under torchrun: every rank asks once per epoch
@@ -171,10 +169,10 @@ def _baseline(spec: Spec, summary: dict[str, Any], reporter: Reporter, run_dir: 
         run_dir.write_json(run_dir.summary, summary)
 
 
-def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[RunDir], *,
-         overwrite: bool, resume: bool, quiet: bool) -> TrainResult:
-    spec, student = plan.spec, plan.student
-    rt = dist.runtime(plan.runtime, reporter)
+def _run(plan: Plan, session: Session, run_dir: Optional[RunDir], *, overwrite: bool, resume: bool,
+         quiet: bool) -> TrainResult:
+    spec, student, dist, reporter = plan.spec, plan.student, session.dist, session.reporter
+    rt = session.runtime(plan.runtime)
     tb = _prepare(plan, dist, run_dir, overwrite, resume)
     if resume and run_dir is not None:  # a damaged checkpoint found now, not after the teacher passes
         try:
@@ -203,7 +201,7 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     start_epoch, rows = trainer.resume() if resume else (0, [])
     if _wants_baseline(spec) and not (resume and finished(RunDir(_baseline_dir(spec)), spec.train.epochs)):
         reporter.clock.plan(_baseline_name(spec), spec.train.epochs * trainer.steps)  # in the time left, from now
-    rows = _fit(trainer, rows, start_epoch, reporter, run_dir, tb)
+    rows = _fit(trainer, session, rows, start_epoch, run_dir, tb)
     if tb is not None:
         tb.close()
     for metric in spec.eval.metrics:
@@ -217,6 +215,6 @@ def _run(plan: Plan, dist: DistContext, reporter: Reporter, run_dir: Optional[Ru
     if _wants_baseline(spec):
         _baseline(spec, summary, reporter, run_dir, resume, quiet)
     del trainer  # its DDP/FSDP wrapper holds the process group that finish() closes
-    dist.finish(student)
+    session.finish(student)
     return TrainResult(student=student, metrics=rows, summary=summary, run_dir=run_dir.path if run_dir else None,
                        plan=plan)

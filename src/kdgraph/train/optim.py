@@ -9,8 +9,7 @@ import torch
 
 from kdgraph.spec.schema import OptimizerSpec, ScheduleSpec
 
-__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "schedule_warning", "FUSED_DEVICES",
-           "match_param_layout"]
+__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "schedule_warning", "FUSED_DEVICES"]
 
 FUSED_DEVICES: tuple[str, ...] = ("cuda",)
 """Device types that get torch's fused optimizer kernels (one launch per step, and a device-side skip of
@@ -68,14 +67,3 @@ def build_scheduler(cfg: ScheduleSpec, optimizer: torch.optim.Optimizer, steps_p
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, epochs, base_lr))
 
-
-def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter state tensor (momentum, Adam moments) its parameter's memory layout.
-
-    A state loaded from a checkpoint is contiguous while a ``channels_last`` parameter is not; fused optimizer
-    kernels walk both as flat arrays and would silently mix up elements (foreach kernels handle strides)."""
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            # plain tensors only: FSDP2's sharded (DTensor) states keep the layout FSDP gave them
-            if type(value) is torch.Tensor and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -23,14 +23,14 @@ from kdgraph.graph import TermKind
 from kdgraph.graph.terms import legacy_adapter_renames
 from kdgraph.plan import Plan
 from kdgraph.runtime import Runtime
-from kdgraph.train.checkpoint import CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
-from kdgraph.train.distributed import LOCAL, DistContext
+from kdgraph.rundir.checkpoint import CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kdgraph.session.distributed import LOCAL, DistContext
 from kdgraph.train.evaluate import embedding_metrics, head_top1, top1, top1_agreement
 from kdgraph.train.guard import StepGuard, total_norm
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.prefetch import prefetch
-from kdgraph.train.progress import Reporter
-from kdgraph.train.rundir import RunDir
+from kdgraph.session.progress import Reporter
+from kdgraph.rundir.rundir import RunDir
 from kdgraph.train.stages import Curriculum
 from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
 from kdgraph.data.views import ViewMaker

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kdgraph.errors import RunDirError
 from kdgraph.files import atomic_write_text
 
-__all__ = ["RunDir"]
+if TYPE_CHECKING:
+    from kdgraph.session.distributed import DistContext
+
+__all__ = ["RunDir", "SharedRunDir", "open_run_dir"]
 
 MARKER = "spec.yaml"
 
@@ -83,6 +86,35 @@ class RunDir:
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+class SharedRunDir(RunDir):
+    """The run directory seen by every rank: all read it (resume), only rank 0 writes."""
+
+    def __init__(self, path: str | Path, ctx: DistContext):
+        super().__init__(path)
+        self.ctx = ctx
+
+    def prepare(self, spec_doc: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+        self.check(overwrite=overwrite, resume=resume)  # every rank: same files, same verdict, same error
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            super().prepare(spec_doc, overwrite=overwrite, resume=resume)
+        self.ctx.barrier()
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        if self.ctx.is_main:
+            super().write_metrics(rows)
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            super().write_json(path, data)
+
+
+def open_run_dir(path: str | Path, dist: DistContext) -> RunDir:
+    """The run directory of a run in ``dist``'s processes: a plain ``RunDir`` in one process, else one whose writes
+    happen on rank 0 only (``prepare`` also synchronises the ranks)."""
+    return SharedRunDir(path, dist) if dist.enabled else RunDir(path)
 
 
 def _changed_keys(old: Any, new: Any, path: str) -> list[str]:

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from kdgraph.cli.main import main
 from kdgraph.errors import KdgraphError
 from kdgraph.spec import spec_from_dict
-from kdgraph.train.distributed import LOCAL
-from kdgraph.train.launch import TORCHRUN_VARS, start_distributed, torchrun_argv
+from kdgraph.session.distributed import LOCAL
+from kdgraph.session.launch import TORCHRUN_VARS, start_distributed, torchrun_argv
 
 
 # -- the environment checks -------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 from kdgraph.errors import KdgraphError
 from kdgraph.spec.schema import Spec
-from kdgraph.train.distributed import LOCAL, DistContext, destroy
+from kdgraph.session.distributed import LOCAL, DistContext, destroy
 
 __all__ = ["LAUNCH_HINT", "TORCHRUN_VARS", "start_distributed", "check_batch", "torchrun_env", "torchrun_argv", "is_main_process"]
 

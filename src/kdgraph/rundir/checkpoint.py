@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from kdgraph.errors import KdgraphError
 from kdgraph.files import atomic_write_text, save_tensors
-from kdgraph.train.optim import match_param_layout
 
 __all__ = ["CheckpointMismatch", "DamagedCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "newest_intact", "check_newest", "damage", "position", "optimizer_to_flat", "optimizer_from_flat"]
+           "newest_intact", "check_newest", "damage", "position", "optimizer_to_flat", "optimizer_from_flat",
+           "match_param_layout"]
 
 
 class CheckpointMismatch(KdgraphError):
@@ -218,3 +218,15 @@ def load_checkpoint(meta_path: str | Path, modules: dict[str, torch.nn.Module],
         match_param_layout(optimizer)  # saved contiguous; fused kernels need the parameters' (channels_last) layout
     set_rng_state(tensors, meta["rng"])
     return meta
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, Adam moments) its parameter's memory layout.
+
+    A state loaded from a checkpoint is contiguous while a ``channels_last`` parameter is not; fused optimizer
+    kernels walk both as flat arrays and would silently mix up elements (foreach kernels handle strides)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            # plain tensors only: FSDP2's sharded (DTensor) states keep the layout FSDP gave them
+            if type(value) is torch.Tensor and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from kdgraph.train.checkpoint import latest_checkpoint, read_meta
-from kdgraph.train.guard import Interrupted
-from kdgraph.train.rundir import RunDir
+from kdgraph.rundir.checkpoint import latest_checkpoint, read_meta
+from kdgraph.session.signals import Interrupted
+from kdgraph.rundir.rundir import RunDir
 
 __all__ = ["finished", "previous_summary", "tidy_on_failure", "stopped_by", "first_missing"]
 

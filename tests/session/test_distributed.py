@@ -15,8 +15,8 @@ from torch.utils.data import TensorDataset
 
 from kdgraph.data import make_loader, random_crop_flip
 from kdgraph.data.loader import shard_order
-from kdgraph.train.distributed import DistContext
-from kdgraph.train.launch import TORCHRUN_VARS, torchrun_argv
+from kdgraph.session.distributed import DistContext
+from kdgraph.session.launch import TORCHRUN_VARS, torchrun_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +212,7 @@ import copy, json, sys
 import torch
 from kdgraph.plan import resolve_plan
 from kdgraph.spec import load_spec
-from kdgraph.train.launch import start_distributed
+from kdgraph.session.launch import start_distributed
 
 spec = load_spec(sys.argv[1], ["teacher.shard=fsdp", "runtime.distributed=ddp"] + sys.argv[3:])
 dist = start_distributed(spec)

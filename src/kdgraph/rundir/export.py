@@ -24,8 +24,8 @@ from kdgraph.models.weights import state_mismatch
 from kdgraph.spec import load_spec
 from kdgraph.spec.schema import Spec
 from kdgraph.files import save_tensors
-from kdgraph.train.checkpoint import check_newest, latest_checkpoint, position, read_meta
-from kdgraph.train.rundir import RunDir
+from kdgraph.rundir.checkpoint import check_newest, latest_checkpoint, position, read_meta
+from kdgraph.rundir.rundir import RunDir
 
 __all__ = ["export_student", "student_weights", "weights_note", "export_onnx"]
 

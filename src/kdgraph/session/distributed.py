@@ -5,7 +5,7 @@ torchrun starts one process per device. Each builds the same data, models and gr
 differs from one process: the student and the adapters are wrapped (the frozen teacher stays a plain replica),
 each rank trains on its slice of every global batch, metrics are summed over ranks, and only rank 0 prints and
 writes. Every helper is the identity in a single process (``LOCAL``), so the loop has one code path. Joining
-the group and checking the environment against the spec is ``kdgraph.train.launch``.
+the group and checking the environment against the spec is ``kdgraph.session.launch``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from torch.utils.data import Dataset
 from kdgraph.data.datasets import select
 from kdgraph.graph.terms import TermKind
 from kdgraph.files import save_tensors
-from kdgraph.train.progress import Reporter
-from kdgraph.train.rundir import RunDir
+from kdgraph.session.progress import Reporter
 from kdgraph.runtime import Runtime
 
 __all__ = ["DistContext", "LOCAL"]
@@ -99,29 +98,6 @@ class _Logits(nn.Module):
         return self.extractor(x)["output"]
 
 
-class _SharedRunDir(RunDir):
-    """The run directory seen by every rank: all read it (resume), only rank 0 writes."""
-
-    def __init__(self, path: str | Path, ctx: "DistContext"):
-        super().__init__(path)
-        self.ctx = ctx
-
-    def prepare(self, spec_doc: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
-        self.check(overwrite=overwrite, resume=resume)  # every rank: same files, same verdict, same error
-        self.ctx.barrier()
-        if self.ctx.is_main:
-            super().prepare(spec_doc, overwrite=overwrite, resume=resume)
-        self.ctx.barrier()
-
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        if self.ctx.is_main:
-            super().write_metrics(rows)
-
-    def write_json(self, path: Path, data: dict[str, Any]) -> None:
-        if self.ctx.is_main:
-            super().write_json(path, data)
-
-
 @dataclass(frozen=True)
 class DistContext:
     """Where this process stands: ``mode`` off/ddp/fsdp, rank, world size, and the helpers that depend on them."""
@@ -159,10 +135,6 @@ class DistContext:
     def reporter(self, reporter: Reporter) -> Reporter:
         """``reporter`` on rank 0; a silent one (no lines, no bar, no warnings) on the other ranks."""
         return reporter if self.is_main else Reporter(quiet=True, console=Console(stderr=True, quiet=True))
-
-    def run_dir(self, path: str | Path) -> RunDir:
-        """A RunDir whose writes happen on rank 0 only (``prepare`` also synchronises the ranks)."""
-        return _SharedRunDir(path, self) if self.enabled else RunDir(path)
 
     def runtime(self, rt: Runtime, reporter: Reporter) -> Runtime:
         """Pin CUDA to cuda:LOCAL_RANK. FSDP runs eagerly (its hooks and torch.compile are not combined here) and

@@ -41,7 +41,7 @@ def test_a_checkpoint_with_index_keyed_adapters_resumes_into_label_keyed_ones(tm
     from torch import nn
 
     from kdgraph.graph.terms import Term, TermKind, legacy_adapter_renames
-    from kdgraph.train.checkpoint import load_checkpoint, save_checkpoint
+    from kdgraph.rundir.checkpoint import load_checkpoint, save_checkpoint
 
     old = {"adapters": nn.ModuleDict({"student": nn.ModuleDict({"0": nn.Linear(2, 3), "head1": nn.Linear(3, 1)})})}
     opt = torch.optim.SGD(old["adapters"].parameters(), lr=0.1)

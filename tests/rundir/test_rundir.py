@@ -1,7 +1,7 @@
 import pytest
 
 from kdgraph.errors import RunDirError
-from kdgraph.train.rundir import RunDir
+from kdgraph.rundir.rundir import RunDir
 
 
 def test_a_run_dir_under_a_file_is_refused_clearly(tmp_path):
