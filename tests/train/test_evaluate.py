@@ -2,7 +2,7 @@
 
 import torch
 
-from kdgraph.train.evaluate import knn_top1, linear_probe_top1
+from kdgraph.eval.evaluate import knn_top1, linear_probe_top1
 
 
 def _knn_by_hand(bank, bank_y, queries, k):
@@ -52,7 +52,8 @@ def test_linear_probe_separable_and_random_labels():
 def test_eval_keys_reach_the_trainer(tiny_doc, monkeypatch):
     """eval.every skips evaluations (never the last), eval.embedding picks the tap, eval.knn_k reaches k-NN."""
     from kdgraph.spec import spec_from_dict
-    from kdgraph.train import evaluate, train
+    from kdgraph.eval import evaluate
+    from kdgraph.train import train
 
     seen_k = []
     knn = evaluate.knn_top1

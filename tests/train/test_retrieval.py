@@ -7,7 +7,7 @@ import torch
 
 from kdgraph.spec import spec_from_dict
 from kdgraph.train import train
-from kdgraph.train.retrieval import average_precisions, mean_average_precision
+from kdgraph.eval.retrieval import average_precisions, mean_average_precision
 
 
 def _ap_by_loop(query, label, database, database_labels):
@@ -97,7 +97,7 @@ def test_bad_shapes_are_refused():
 
 def test_eval_map_reaches_the_trainer(tiny_doc, monkeypatch):
     """``eval: [map, top1]`` logs ``val_map``: the mAP of the student's test embeddings against its train ones."""
-    from kdgraph.train import evaluate
+    from kdgraph.eval import evaluate
 
     seen = []
     monkeypatch.setattr(evaluate, "mean_average_precision",

@@ -168,7 +168,7 @@ class EvalSpec(Section):
         description="`top1` of the student's classifier; `knn`: k-NN top-1 on the student's embedding (cosine, train "
         "split as the bank); `linear_probe`: a logistic regression fitted on frozen train embeddings; `map`: mean "
         "average precision of test images retrieving train images by the cosine similarity of their embeddings "
-        "(kdgraph.train.retrieval). The first metric picks `best.safetensors`.",
+        "(kdgraph.eval.retrieval). The first metric picks `best.safetensors`.",
     )
     embedding: Optional[str] = Field(
         default=None, description="Student layer used as the embedding (default: the input of its last Linear)."

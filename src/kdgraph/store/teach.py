@@ -36,7 +36,7 @@ from kdgraph.store.layout import MAX_BYTES, bytes_per_view, check_needs, check_s
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.store.replay import not_replayable
 from kdgraph.session.distributed import DistContext
-from kdgraph.train.evaluate import logits_in_order
+from kdgraph.eval.evaluate import logits_in_order
 from kdgraph.session.progress import Reporter
 from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 

@@ -17,7 +17,7 @@ from kdgraph.graph.lookup import Teachers
 from kdgraph.plan import Plan, resolve_plan
 from kdgraph.spec.schema import Spec
 from kdgraph.rundir.checkpoint import check_newest
-from kdgraph.train.evaluate import teachers_top1
+from kdgraph.eval.evaluate import teachers_top1
 from kdgraph.session.distributed import DistContext
 from kdgraph.session.session import Session
 from kdgraph.session.signals import Interrupted

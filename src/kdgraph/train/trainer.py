@@ -25,7 +25,7 @@ from kdgraph.plan import Plan
 from kdgraph.runtime import Runtime
 from kdgraph.rundir.checkpoint import CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from kdgraph.session.distributed import LOCAL, DistContext
-from kdgraph.train.evaluate import embedding_metrics, head_top1, top1, top1_agreement
+from kdgraph.eval.evaluate import embedding_metrics, head_top1, top1, top1_agreement
 from kdgraph.train.guard import StepGuard, total_norm
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.prefetch import prefetch

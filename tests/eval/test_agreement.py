@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 import kdgraph
 from kdgraph.runtime import resolve_runtime
 from kdgraph.spec import Spec
-from kdgraph.train.evaluate import top1_agreement
+from kdgraph.eval.evaluate import top1_agreement
 
 
 class Fixed(nn.Module):

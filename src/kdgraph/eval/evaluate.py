@@ -17,7 +17,7 @@ from kdgraph.data import make_loader
 from kdgraph.spec.schema import Spec
 from kdgraph.runtime import Runtime
 from kdgraph.session.progress import Bar, Reporter
-from kdgraph.train.retrieval import mean_average_precision
+from kdgraph.eval.retrieval import mean_average_precision
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle
