@@ -39,7 +39,7 @@ from kdgraph.data.loader import fetch  # noqa: E402
 from kdgraph.plan import resolve_plan  # noqa: E402
 from kdgraph.runtime import seed_everything  # noqa: E402
 from kdgraph.spec import load_spec  # noqa: E402
-from kdgraph.store.teach import teach  # noqa: E402
+from kdgraph.teach import teach  # noqa: E402
 from kdgraph.train import Trainer, train  # noqa: E402
 from kdgraph.train.prefetch import prefetch  # noqa: E402
 from kdgraph.data.views import ViewMaker  # noqa: E402

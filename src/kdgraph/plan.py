@@ -26,6 +26,7 @@ from kdgraph.models import build_model
 from kdgraph.models.weights import BUILTIN_DIR
 from kdgraph.runtime import Runtime, resolve_runtime
 from kdgraph.spec.schema import DataSpec, Spec
+from kdgraph.store.replay import TeacherStore, open_store
 from kdgraph.trace import FeatureExtractor, LayerMap
 
 __all__ = ["Plan", "TeacherLogits", "resolve_plan", "build_data", "build_models", "has_conv", "plan_warnings",
@@ -60,8 +61,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     own_teachers: frozenset[str] = frozenset()  # built from the spec (not modules passed from Python)
     _classifiers: Optional[dict[str, nn.Module]] = field(default=None, repr=False)
-    store: Optional[Any] = None
-    """The teacher store the teachers read (``teacher.store``), opened and checked: a ``kdgraph.store.TeacherStore``."""
+    store: Optional[TeacherStore] = None
+    """The teacher store the teachers read (``teacher.store``), opened and checked against this plan."""
 
     def teacher_classifiers(self) -> dict[str, nn.Module]:
         """Every teacher that classifies this data set (one logit per class, by its layer map) as a module from the
@@ -229,8 +230,6 @@ def resolve_plan(spec: Spec, student: Optional[nn.Module] = None, teacher: Teach
     if spec.runtime.precision == "fp64":
         built.graph.to(torch.float64)  # the adapters
     runtime = resolve_runtime(spec.runtime, conv_net=has_conv(student, *teachers.values()))
-    from kdgraph.store.replay import open_store  # here: the store reads kdgraph.train's views, which import the plan
-
     store = open_store(spec, data, built.graph, built.teacher_maps, teachers) if read_store else None
     plan = Plan(spec, data, student, teachers, built.graph, built.pairs, built.student_map, built.teacher_maps, runtime,
                 plan_warnings(spec, built, live) + input_warnings, own_teachers=own, store=store)

@@ -71,7 +71,7 @@ def per_step_losses(spec) -> list[dict[str, float]]:
 def run(name: str, tmp_path: Path) -> list[dict[str, float]]:
     if name != "store":
         return per_step_losses(_spec(name))
-    from kdgraph.store.teach import teach
+    from kdgraph.teach import teach
 
     store = tmp_path / "store"
     teach(_spec(name), out=store, views=1, full_maps=True, quiet=True)

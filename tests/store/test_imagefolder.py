@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from kdgraph.models.zoo import FmnistResNet
 from kdgraph.spec import spec_from_dict
 from kdgraph.store.manifest import StoreError, read_manifest
-from kdgraph.store.teach import teach
+from kdgraph.teach import teach
 from kdgraph.train import Trainer, train
 
 

@@ -9,7 +9,7 @@ import torch
 
 from kdgraph.spec import load_spec
 from kdgraph.store.manifest import StoreError
-from kdgraph.store.teach import teach
+from kdgraph.teach import teach
 from kdgraph.train import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from kdgraph.cli.main import main
 from kdgraph.store.layout import parse_size
 from kdgraph.store.manifest import StoreError, read_manifest
-from kdgraph.store.teach import teach
+from kdgraph.teach import teach
 from kdgraph.session.launch import TORCHRUN_VARS, torchrun_argv
 from kdgraph.session.progress import Reporter
 from kdgraph.data.views import ViewMaker

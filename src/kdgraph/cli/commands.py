@@ -220,7 +220,7 @@ def register(main: click.Group) -> None:
         from kdgraph.spec import load_spec
         from kdgraph.store.layout import parse_size
         from kdgraph.store.manifest import human_size
-        from kdgraph.store.teach import teach as run_teach
+        from kdgraph.teach import teach as run_teach
         from kdgraph.session.launch import is_main_process, torchrun_argv, torchrun_env
 
         max_bytes = parse_size(max_size)

@@ -16,11 +16,13 @@ import torch
 
 from kdgraph.data import DataBundle
 from kdgraph.errors import plural
+from kdgraph.graph.distill import DistillGraph
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_policy, data_fingerprint,
                                        teacher_identity, teacher_needs)
 from kdgraph.store.manifest import StoreError, differences, human_size, read_manifest, read_shard
 from kdgraph.store.records import decode_logits, decode_params, decode_tap
+from kdgraph.trace.layer_map import LayerMap
 from kdgraph.data.views import ViewParams
 
 __all__ = ["TeacherStore", "open_store", "not_replayable", "HOST_LIMIT"]
@@ -160,7 +162,7 @@ def _tap_problems(name: str, need: TeacherNeeds, stored: dict[str, Any]) -> list
     return problems
 
 
-def open_store(spec: Spec, data: DataBundle, graph: Any, teacher_maps: dict[str, Any],
+def open_store(spec: Spec, data: DataBundle, graph: DistillGraph, teacher_maps: dict[str, LayerMap],
                teachers: dict[str, torch.nn.Module]) -> Optional[TeacherStore]:
     """The store the spec's teachers name (``teacher.store``), checked against the resolved plan; None without one.
 

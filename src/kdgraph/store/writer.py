@@ -26,7 +26,6 @@ from torch import nn
 
 from kdgraph.align.layout import ClsToken, GlobalAvgPool
 from kdgraph.data.loader import fetch
-from kdgraph.graph.lookup import Teachers
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_fingerprint, teacher_identity,
                                        teacher_needs)
@@ -37,10 +36,10 @@ from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.store.replay import not_replayable
 from kdgraph.session.distributed import DistContext
 from kdgraph.eval.evaluate import logits_in_order
-from kdgraph.session.progress import Reporter
+from kdgraph.session.session import Session
 from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 
-__all__ = ["TeachResult", "teach", "default_store", "MAX_BYTES", "SHARD_BYTES"]
+__all__ = ["TeachResult", "check_request", "write_store", "default_store", "MAX_BYTES", "SHARD_BYTES"]
 
 SHARD_BYTES = 64 * 2**20  # default shard size: about this many bytes
 
@@ -191,29 +190,22 @@ def _gather(entries: list[dict[str, Any]], dist: DistContext) -> list[dict[str, 
     return [e for part in every for e in part]
 
 
-def teach(spec: Spec, *, views: Optional[int] = None, out: Optional[str | Path] = None, top_k: Optional[int] = None,
-          full_maps: bool = False, shard_images: Optional[int] = None, max_bytes: int = MAX_BYTES,
-          quiet: bool = False, reporter: Optional[Reporter] = None, teacher: Teachers = None) -> TeachResult:
-    """Write the teacher store of ``spec`` (``views`` K) to ``out`` (default :func:`default_store`), or continue one
-    that was stopped; under torchrun each process writes its share.
-
-    ``views`` defaults to ``train.epochs``, or 1 where every epoch shows the same images (no ``data.augment``, no
-    ``data.mix``, data that is exact). A record holds each layer the pairs read as they read it: pooled where they pool
-    it, whole where a pair compares whole maps; ``full_maps``: every tapped layer whole. ``top_k``: store the k
-    largest logits in float16 (``kdgraph.store.records``) instead of all of them; ``shard_images``: images per shard
-    (default: about 64 MiB per shard); ``max_bytes`` (``--max-size``): refuse a larger store before any work.
-    ``teacher``: live teacher modules (Python)."""
-    from kdgraph.plan import resolve_plan
-    from kdgraph.session.session import Session
-
-    session = Session.start(spec, quiet=quiet, reporter=reporter)
-    dist, reporter = session.dist, session.reporter
+def check_request(spec: Spec, views: Optional[int]) -> None:
+    """What ``teach`` refuses before it resolves a plan: ``--views`` below 1, a spec without an external teacher."""
     if views is not None and int(views) < 1:
         raise StoreError(f"--views {views} must be at least 1", key="--views")
     if spec.teacher == "self" or not spec.teacher_specs:
         raise StoreError("a teacher store holds an external teacher's outputs; this spec has none "
                          "(teacher: self or no teacher)", key="teacher", line=spec.line_of("teacher"))
-    plan = resolve_plan(spec, teacher=teacher, read_store=False)
+
+
+def write_store(plan: Any, session: Session, *, views: Optional[int] = None, out: Optional[str | Path] = None,
+                top_k: Optional[int] = None, full_maps: bool = False, shard_images: Optional[int] = None,
+                max_bytes: int = MAX_BYTES) -> TeachResult:
+    """Write the teacher store of a resolved plan (a ``kdgraph.plan.Plan`` resolved without reading a store) to
+    ``out``, or continue one that was stopped; under torchrun each process writes its share. The entry that starts
+    the session and resolves the plan is :func:`kdgraph.teach.teach`, which documents the options."""
+    spec, dist, reporter = plan.spec, session.dist, session.reporter
     for warning in plan.warnings:
         reporter.warn(warning)
     data = plan.data
