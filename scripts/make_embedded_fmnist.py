@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from kdgraph.data.fashion_mnist import DEBIAN_DIR, EMBEDDED_FILE, FILES, read_idx  # noqa: E402
+from kdgraph.data.fashion_mnist_files import DEBIAN_DIR, EMBEDDED_FILE, FILES, read_idx  # noqa: E402
 
 PER_CLASS = {"train": 1200, "test": 200}
 MAX_BYTES = 8 * 1024 * 1024

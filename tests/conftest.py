@@ -67,7 +67,7 @@ def write_fmnist_subset(root: Path, train: int, test: int) -> Path:
     import numpy as np
 
     from kdgraph.data import load_fashion_mnist
-    from kdgraph.data.fashion_mnist import write_idx
+    from kdgraph.data.fashion_mnist_files import write_idx
 
     for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
         data = load_fashion_mnist(split=split, source="embedded")

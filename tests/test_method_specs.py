@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from kdgraph.cli.main import main
-from kdgraph.data.fashion_mnist import DEBIAN_DIR
+from kdgraph.data.fashion_mnist_files import DEBIAN_DIR
 from kdgraph.models import create_model
 from kdgraph.spec import load_spec
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kdgraph.data import DataError, load_fashion_mnist
-from kdgraph.data.fashion_mnist import read_idx, write_idx
-from kdgraph.data import fashion_mnist as fm
+from kdgraph.data.fashion_mnist_files import read_idx, write_idx
+from kdgraph.data import fashion_mnist_files as fm
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 

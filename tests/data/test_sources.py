@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kdgraph.data import DATASET_NAMES, DataError, TensorImageDataset, build_datasets
-from kdgraph.data.fashion_mnist import write_idx
-from kdgraph.data import fashion_mnist as fm
+from kdgraph.data.fashion_mnist_files import write_idx
+from kdgraph.data import fashion_mnist_files as fm
 from kdgraph.data import datasets
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdgraph.align.heads import AuxHead
+from kdgraph.align.aux_heads import AuxHead
 from kdgraph.errors import SpecError
 from kdgraph.graph import TermKind, build_graph
 from kdgraph.models import create_model

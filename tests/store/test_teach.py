@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from kdgraph.cli.main import main
-from kdgraph.store.layout import parse_size
+from kdgraph.store.record_layout import parse_size
 from kdgraph.store.manifest import StoreError, read_manifest
 from kdgraph.teach import teach
 from kdgraph.session.launch import TORCHRUN_VARS, torchrun_argv
@@ -82,7 +82,7 @@ def test_the_size_is_printed_first_and_a_store_above_max_size_refused(tmp_path, 
     assert err.value.message.startswith(
         f"the store would take {96 * 2 * per_view / 2**20:.1f} MiB (96 images × 2 views × {per_view:,} bytes per image "
         "and view), above --max-size 1000 bytes; raise --max-size (--max-size 1GiB)")
-    monkeypatch.setattr("kdgraph.store.layout.HOST_LIMIT", 96 * per_view - 1)  # one view above what training holds
+    monkeypatch.setattr("kdgraph.store.record_layout.HOST_LIMIT", 96 * per_view - 1)  # one view above what training holds
     view = f"{96 * per_view / 2**10:.1f} KiB"
     with pytest.raises(StoreError, match=rf"one view of the store would take {view}, and training from a store holds "
                                          rf"a whole view in memory \(limit {view}\); pool the layers") as err:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.handler import handle_errors
 from kdgraph.cli.set_args import SetCommand
 from kdgraph.errors import KdgraphError
 
@@ -218,7 +218,7 @@ def register(main: click.Group) -> None:
         import sys
 
         from kdgraph.spec import load_spec
-        from kdgraph.store.layout import parse_size
+        from kdgraph.store.record_layout import parse_size
         from kdgraph.store.manifest import human_size
         from kdgraph.teach import teach as run_teach
         from kdgraph.session.launch import is_main_process, torchrun_argv, torchrun_env

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import click
 
 from kdgraph import __version__
-from kdgraph.cli.errors import handle_errors
+from kdgraph.cli.handler import handle_errors
 from kdgraph.cli.set_args import SetCommand
 
 if TYPE_CHECKING:

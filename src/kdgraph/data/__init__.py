@@ -24,7 +24,7 @@ class DataError(KdgraphError, ValueError):
     """
 
 
-from .fashion_mnist import load_fashion_mnist  # noqa: E402
+from .fashion_mnist_files import load_fashion_mnist  # noqa: E402
 from .datasets import DataBundle, Provides, ReplayedViews, TensorImageDataset, select, take  # noqa: E402
 from .sources import DATASET_NAMES, build_datasets  # noqa: E402
 from .augment import (  # noqa: E402

@@ -11,7 +11,7 @@ from torch import nn
 from kdgraph.align import (AlignmentError, ChannelSelect, FeatureShape, PairAdapters, align_pair, find_producing_conv,
                            l1_channel_mask, parse_projector)
 from kdgraph.errors import SpecError, with_key
-from kdgraph.graph.distill import DistillGraph
+from kdgraph.graph.distill_graph import DistillGraph
 from kdgraph.graph.heads import embedding_layer, head_terms
 from kdgraph.graph.inputs import InputAdapter
 from kdgraph.graph.lookup import Teachers, feature, layer, named_teachers, trace_pair_models

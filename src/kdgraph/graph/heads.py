@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch import nn
 
-from kdgraph.align.heads import AuxHead
+from kdgraph.align.aux_heads import AuxHead
 from kdgraph.errors import SpecError
 from kdgraph.graph.lookup import layer
 from kdgraph.graph.terms import Term, TermKind, adapter_key

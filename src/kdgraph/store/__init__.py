@@ -7,8 +7,8 @@ shards with a JSON manifest; ``teacher.store: PATH`` trains from it (:class:`kdg
 teacher forward, the same pixels. docs/store.md.
 
 Modules: ``records`` (one record's tensors: names, dtypes, top-k replay), ``manifest`` (the files: manifest,
-shards, checksums), ``fingerprint`` (what a store must agree on with a spec), ``layout`` (what a record holds, the
-store's size and its limits), ``writer`` (the writer), ``replay`` (the reader, which ``kdgraph.plan`` opens while it
-resolves). The store depends only downward (data, graph, session, eval, spec), never on the plan or training.
-Import the modules directly; this package imports nothing.
+shards, checksums), ``fingerprint`` (what a store must agree on with a spec), ``record_layout`` (what a record
+holds, the store's size and its limits), ``writer`` (the writer), ``replay`` (the reader, which ``kdgraph.plan``
+opens while it resolves). The store depends only downward (data, graph, session, eval, spec), never on the plan
+or on training. Import the modules directly; this package imports nothing.
 """

@@ -16,7 +16,7 @@ import torch
 
 from kdgraph.data import DataBundle
 from kdgraph.errors import plural
-from kdgraph.graph.distill import DistillGraph
+from kdgraph.graph.distill_graph import DistillGraph
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_policy, data_fingerprint,
                                        teacher_identity, teacher_needs)

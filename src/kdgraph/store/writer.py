@@ -4,7 +4,7 @@ View ``v`` of image ``i`` is the one an online run shows in epoch ``v`` (``kdgra
 seed, the view and the image alone; an image folder's crops too, drawn from the seed, the epoch and the image). Per
 image and view the store keeps the view's numbers and the outputs the spec's terms read: the logits (all, or the top
 k) and each tapped layer as its pairs read it, pooled or whole (every layer whole with ``full_maps``;
-``kdgraph.store.layout``). The work is cut into shards of ``shard_images`` images of one view, each computed in
+``kdgraph.store.record_layout``). The work is cut into shards of ``shard_images`` images of one view, each computed in
 batches of fixed size from its first image and written atomically, so that:
 
 - a ``teach`` that was stopped continues where it stopped (every complete shard is kept) and ends with the same
@@ -31,7 +31,7 @@ from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_f
                                        teacher_needs)
 from kdgraph.store.manifest import (FORMAT, MANIFEST, VERSION, StoreError, differences, existing_shard, human_size,
                                     read_manifest, read_shard, write_manifest, write_shard, write_tensors)
-from kdgraph.store.layout import MAX_BYTES, bytes_per_view, check_needs, check_size, record_layout, size_line
+from kdgraph.store.record_layout import MAX_BYTES, bytes_per_view, check_needs, check_size, record_layout, size_line
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.store.replay import not_replayable
 from kdgraph.session.distributed import DistContext

@@ -1,10 +1,10 @@
 """``fashion-mnist``: 1x28x28, 10 classes; from ``data.root``, Debian's package, or the embedded subset
-(``data.source``; the idx reader is ``kdgraph.data.fashion_mnist``)."""
+(``data.source``; the idx reader is ``kdgraph.data.fashion_mnist_files``)."""
 
 from __future__ import annotations
 
 from kdgraph.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, DataBundle
-from kdgraph.data.fashion_mnist import CLASSES, load_fashion_mnist
+from kdgraph.data.fashion_mnist_files import CLASSES, load_fashion_mnist
 from kdgraph.data.sources.common import SourceOptions, check_num_classes, tensor_bundle
 
 __all__ = ["build"]
