@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kdgraph.graph.terms import TermKind
-from kdgraph.trace import LayerMap
 from kdgraph.session.progress import join_fields
+from kdgraph.trace import LayerMap
 
 __all__ = ["print_layer_map", "print_plan", "print_summary", "traced_json", "inputs_json", "print_inputs", "Sheet",
            "show", "PIPE_WIDTH"]

@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdgraph.data import make_loader
-from kdgraph.spec.schema import Spec
+from kdgraph.eval.retrieval import mean_average_precision
 from kdgraph.runtime import Runtime
 from kdgraph.session.progress import Bar, Reporter
-from kdgraph.eval.retrieval import mean_average_precision
+from kdgraph.spec.schema import Spec
 
 if TYPE_CHECKING:
     from kdgraph.data import DataBundle

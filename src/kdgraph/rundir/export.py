@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdgraph.errors import KdgraphError, RunDirError, WeightsError
+from kdgraph.files import save_tensors
 from kdgraph.models import build_model, read_state_dict
 from kdgraph.models.weights import state_mismatch
-from kdgraph.spec import load_spec
-from kdgraph.spec.schema import Spec
-from kdgraph.files import save_tensors
 from kdgraph.rundir.checkpoint import check_newest, latest_checkpoint, position, read_meta
 from kdgraph.rundir.rundir import RunDir
+from kdgraph.spec import load_spec
+from kdgraph.spec.schema import Spec
 
 __all__ = ["export_student", "student_weights", "weights_note", "export_onnx"]
 

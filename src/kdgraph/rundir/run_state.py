@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from kdgraph.rundir.checkpoint import latest_checkpoint, read_meta
-from kdgraph.session.signals import Interrupted
 from kdgraph.rundir.rundir import RunDir
+from kdgraph.session.signals import Interrupted
 
 __all__ = ["finished", "previous_summary", "tidy_on_failure", "stopped_by", "first_missing"]
 

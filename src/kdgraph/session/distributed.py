@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdgraph.data.datasets import select
-from kdgraph.graph.terms import TermKind
 from kdgraph.files import save_tensors
-from kdgraph.session.progress import Reporter
+from kdgraph.graph.terms import TermKind
 from kdgraph.runtime import Runtime
+from kdgraph.session.progress import Reporter
 
 __all__ = ["DistContext", "LOCAL"]
 

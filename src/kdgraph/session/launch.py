@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 
 from kdgraph.errors import KdgraphError
-from kdgraph.spec.schema import Spec
 from kdgraph.session.distributed import LOCAL, DistContext, destroy
+from kdgraph.spec.schema import Spec
 
 __all__ = ["LAUNCH_HINT", "TORCHRUN_VARS", "start_distributed", "check_batch", "torchrun_env", "torchrun_argv", "is_main_process"]
 

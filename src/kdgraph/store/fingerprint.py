@@ -16,9 +16,9 @@ from torch.utils.data import TensorDataset
 from kdgraph.data.datasets import Subset, TensorImageDataset
 from kdgraph.data.loader import fetch
 from kdgraph.data.sources.imagefolder import CROPS, FolderImages
+from kdgraph.data.views import crop_padding
 from kdgraph.graph import TermKind
 from kdgraph.spec.schema import DataSpec, Spec
-from kdgraph.data.views import crop_padding
 
 __all__ = ["DRAWS", "TEACHER_KEYS", "TapNeed", "TeacherNeeds", "weights_sha256", "teacher_identity",
            "data_fingerprint", "augmentation_policy", "teacher_needs"]

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from kdgraph.data import DataBundle
+from kdgraph.data.views import ViewParams
 from kdgraph.errors import plural
 from kdgraph.graph.distill_graph import DistillGraph
 from kdgraph.spec.schema import Spec
@@ -23,7 +24,6 @@ from kdgraph.store.fingerprint import (TEACHER_KEYS, TeacherNeeds, augmentation_
 from kdgraph.store.manifest import StoreError, differences, human_size, read_manifest, read_shard
 from kdgraph.store.records import decode_logits, decode_params, decode_tap
 from kdgraph.trace.layer_map import LayerMap
-from kdgraph.data.views import ViewParams
 
 __all__ = ["TeacherStore", "open_store", "not_replayable", "HOST_LIMIT"]
 

@@ -26,6 +26,10 @@ from torch import nn
 
 from kdgraph.align.layout import ClsToken, GlobalAvgPool
 from kdgraph.data.loader import fetch
+from kdgraph.data.views import SHARED, TEACHER, ViewMaker
+from kdgraph.eval.evaluate import logits_in_order
+from kdgraph.session.distributed import DistContext
+from kdgraph.session.session import Session
 from kdgraph.spec.schema import Spec
 from kdgraph.store.fingerprint import (TeacherNeeds, augmentation_policy, data_fingerprint, teacher_identity,
                                        teacher_needs)
@@ -34,10 +38,6 @@ from kdgraph.store.manifest import (FORMAT, MANIFEST, VERSION, StoreError, diffe
 from kdgraph.store.record_layout import MAX_BYTES, bytes_per_view, check_needs, check_size, record_layout, size_line
 from kdgraph.store.records import encode_logits, encode_params, encode_tap
 from kdgraph.store.replay import not_replayable
-from kdgraph.session.distributed import DistContext
-from kdgraph.eval.evaluate import logits_in_order
-from kdgraph.session.session import Session
-from kdgraph.data.views import SHARED, TEACHER, ViewMaker
 
 __all__ = ["TeachResult", "check_request", "write_store", "default_store", "MAX_BYTES", "SHARD_BYTES"]
 

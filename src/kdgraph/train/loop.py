@@ -12,20 +12,20 @@ from rich.text import Text
 from torch import nn
 
 from kdgraph.errors import KdgraphError, plural
+from kdgraph.eval.evaluate import teachers_top1
 from kdgraph.graph.build import prune_masks
 from kdgraph.graph.lookup import Teachers
 from kdgraph.plan import Plan, resolve_plan
-from kdgraph.spec.schema import Spec
 from kdgraph.rundir.checkpoint import check_newest
-from kdgraph.eval.evaluate import teachers_top1
-from kdgraph.session.distributed import DistContext
-from kdgraph.session.session import Session
-from kdgraph.session.signals import Interrupted
-from kdgraph.train.guard import NumericalError
-from kdgraph.train.optim import schedule_warning
-from kdgraph.session.progress import Reporter, epoch_fields, epoch_legend
 from kdgraph.rundir.run_state import finished, previous_summary, stopped_by, tidy_on_failure
 from kdgraph.rundir.rundir import RunDir, open_run_dir
+from kdgraph.session.distributed import DistContext
+from kdgraph.session.progress import Reporter, epoch_fields, epoch_legend
+from kdgraph.session.session import Session
+from kdgraph.session.signals import Interrupted
+from kdgraph.spec.schema import Spec
+from kdgraph.train.guard import NumericalError
+from kdgraph.train.optim import schedule_warning
 from kdgraph.train.tb import TensorBoardLogger
 from kdgraph.train.teacher_cache import cache_is_exact
 from kdgraph.train.trainer import Trainer

@@ -18,9 +18,9 @@ from torch import nn
 
 from kdgraph.data import DataBundle, make_loader
 from kdgraph.errors import SpecError
-from kdgraph.spec.schema import Spec
 from kdgraph.session.distributed import LOCAL, DistContext
 from kdgraph.session.progress import Reporter
+from kdgraph.spec.schema import Spec
 
 __all__ = ["TeacherCache", "HOST_LIMIT", "AUTO_LIMIT", "teachers_to_cache", "cache_is_exact"]
 

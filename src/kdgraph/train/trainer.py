@@ -18,22 +18,22 @@ import torch
 from torch import nn
 
 from kdgraph.data import ReplayedViews, WithIndex, make_loader
+from kdgraph.data.views import ViewMaker
 from kdgraph.errors import KdgraphError
+from kdgraph.eval.evaluate import embedding_metrics, head_top1, top1, top1_agreement
 from kdgraph.graph import TermKind
 from kdgraph.graph.terms import legacy_adapter_renames
 from kdgraph.plan import Plan
-from kdgraph.runtime import Runtime
 from kdgraph.rundir.checkpoint import CheckpointMismatch, latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from kdgraph.rundir.rundir import RunDir
+from kdgraph.runtime import Runtime
 from kdgraph.session.distributed import LOCAL, DistContext
-from kdgraph.eval.evaluate import embedding_metrics, head_top1, top1, top1_agreement
+from kdgraph.session.progress import Reporter
 from kdgraph.train.guard import StepGuard, total_norm
 from kdgraph.train.optim import build_optimizer, build_scheduler
 from kdgraph.train.prefetch import prefetch
-from kdgraph.session.progress import Reporter
-from kdgraph.rundir.rundir import RunDir
 from kdgraph.train.stages import Curriculum
 from kdgraph.train.teacher_cache import TeacherCache, teachers_to_cache
-from kdgraph.data.views import ViewMaker
 
 __all__ = ["Trainer"]
 
