@@ -105,3 +105,27 @@ def test_validation() -> None:
 
 def test_needs_declared() -> None:
     assert any("torch.Generator" in n for n in NEEDS["mgd"])
+
+
+def test_every_fpn_level_is_one_pair_with_its_own_generator(gen: torch.Generator) -> None:
+    # detection (the official det code, mmrazor's RetinaNet recipe): one MGD loss per FPN level, each with its own
+    # generator; the loss takes maps of any grid, the mask drawn on that grid. One pair per level, summed.
+    from kdgraph.align import FeatureShape
+    from kdgraph.losses import get_loss
+    from kdgraph.losses.feature import mse
+
+    record = get_loss("mgd")
+    grids = [(20, 30), (10, 15), (5, 8), (3, 4), (2, 2)]  # P3-P7 of a 160 x 240 input
+    total = want = 0.0
+    for level, (h, w) in enumerate(grids):
+        s = torch.randn(2, 8, h, w, generator=gen)
+        t = torch.randn(2, 8, h, w, generator=gen)
+        module = record.module(FeatureShape((8, h, w), "map"), FeatureShape((8, h, w), "map"), seed=level)
+        mask = mgd_mask(s, 0.65, generator=torch.Generator().manual_seed(level))  # the stream's first draw
+        assert mask.shape == (2, 1, h, w)
+        generated = module.generator(s, mask)
+        total += record.fn(s, t, module=module).item()
+        want += ref_mgd(generated.detach().double(), t.double(), 2e-5)
+        # FitNet-style L2 on a level is mse: the mean over every entry of the level, whatever its grid
+        assert mse(s, t).item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    assert total == pytest.approx(want, rel=1e-5)

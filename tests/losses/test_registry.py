@@ -87,7 +87,8 @@ def test_every_loss_callable_with_its_params() -> None:
         n = 1 if not record.several else 2
         s, t = [torch.randn(size) for _ in range(n)], [torch.randn(size) for _ in range(n)]
         given = {"num_data": 16, "seed": 0, "teacher_batchnorm": [torch.nn.BatchNorm2d(3)] * n,
-                 "labels": torch.arange(4) % 3, "index": torch.arange(4)}
+                 "labels": torch.arange(4) % 3, "index": torch.arange(4),
+                 "targets": [{"boxes": torch.tensor([[1.0, 2.0, 9.0, 12.0]])}] * 4, "image_sizes": [(16, 16)] * 4}
         inputs = {param: given[name] for name, param in record.inputs.items()}
         fn_params, module_params = record.split(record.defaults())
         extra = {}
@@ -95,7 +96,7 @@ def test_every_loss_callable_with_its_params() -> None:
             shapes = ([shape] * n, [shape] * n) if record.several else (shape, shape)
             build = {k: v for k, v in inputs.items() if k in ("num_data", "seed", "teacher_batchnorm")}
             extra["module"] = record.module(*shapes, **module_params, **build)
-        step = {k: v for k, v in inputs.items() if k in ("target", "index", "num_data")}
+        step = {k: v for k, v in inputs.items() if k in ("target", "index", "num_data", "targets", "image_sizes")}
         tensors = (*s, *t) if record.spread else (s, t) if record.several else (s[0], t[0])
         out = record.fn(*tensors, **fn_params, **extra, **step)
         assert out.ndim == 0 and math.isfinite(out.item()), record.name
@@ -220,6 +221,10 @@ CATALOGUE = {  # name: (kind, needs, taps, has a module, run inputs)
     "cc": ("relational", "vectors", 1, True, set()),
     "rkd": ("relational", "vectors", 1, False, set()),
     "crd": ("relational", "vectors", 1, True, {"index", "num_data", "seed"}),
+    "cwd": ("feature", "same-shape", 1, False, set()),
+    "pkd": ("feature", "same-shape", 1, False, set()),
+    "fgd": ("feature", "same-shape", 1, True, {"targets", "image_sizes"}),
+    "pixel_kd": ("feature", "same-shape", 1, False, {"labels"}),
 }
 
 

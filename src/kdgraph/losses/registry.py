@@ -65,9 +65,12 @@ REQUIRED = inspect.Parameter.empty
 MANY = "many"
 """``taps=MANY``: one or more layers per model, as many as the spec names (ReviewKD: every stage)."""
 
-STEP_INPUTS = ("labels", "index", "num_data")
-"""Run inputs a loss function can take at every step: the batch's hard labels ``(B,)``, its data-set positions
-``(B,)``, and the training set's size."""
+STEP_INPUTS = ("labels", "index", "num_data", "targets", "image_sizes")
+"""Run inputs a loss function can take at every step: the batch's hard labels (``(B,)`` class indices, or
+``(B, H, W)`` label maps for segmentation), its data-set positions ``(B,)``, the training set's size, and for
+detection the batch's targets (one dict per image, torchvision's: ``boxes`` ``(N_i, 4)`` ``(x1, y1, x2, y2)`` in
+the pixels of the image the models see, ``labels`` ``(N_i,)``) with each image's ``(height, width)`` in those pixels
+(torchvision's ``ImageList.image_sizes``: before batch padding)."""
 BUILD_INPUTS = ("num_data", "seed", "teacher_batchnorm")
 """Run inputs a loss module's factory can take when the graph is built: the training set's size, a seed of its own
 (for a :class:`kdgraph.losses.state.RandomStream`), and the teacher's BatchNorm right before each teacher tap (read
